@@ -1,0 +1,126 @@
+"""The FastAPI application: routers, error mapping, and resources opened in ``lifespan``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, RedirectResponse
+from prometheus_client import make_asgi_app
+
+from tessera.runtime.api import catalog, errors, files, images
+from tessera.runtime.config import ServerConfig, load_or_create_secret
+from tessera.runtime.jobs.sqlite import SQLiteJobStore
+from tessera.runtime.models import ModelCatalog
+from tessera.runtime.service import ImageService
+from tessera.runtime.sources import SourceResolver
+from tessera.runtime.storage import LocalFileStore, UrlSigner
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_WORKER_ID = "embedded"
+
+DESCRIPTION = """
+An asynchronous image API compatible with Hyperstack AI Studio's: submit a job, get a
+`job_id`, poll `/v1/images/tasks/{job_id}` (or long-poll with `?wait=`), download the
+result by its signed URL. Send your key in the `api_key` header. Every image is billed by
+its 16x16-pixel patches, reported as `usage.output_tokens`.
+"""
+
+
+async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio.Event) -> None:
+    """Load the pipelines off the event loop, then work the queue until ``stop``."""
+    from tessera.runtime.worker.pipeline import LoadedPipeline
+    from tessera.runtime.worker.runner import Worker
+
+    service: ImageService = app.state.service
+    pipelines = {}
+    for model in config.models:
+        pipelines[model.name] = await asyncio.to_thread(
+            LoadedPipeline.load, model.weights, config.device
+        )
+    await service.store.release(EMBEDDED_WORKER_ID)
+    worker = Worker(
+        service.store,
+        service.files,
+        {model.name: model for model in config.models},
+        pipelines,
+        EMBEDDED_WORKER_ID,
+        lease_seconds=config.store.lease_seconds,
+    )
+    app.state.ready = True
+    log.info("worker ready for %s", ", ".join(pipelines))
+    await worker.run(stop)
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = SQLiteJobStore(config.database, config.store)
+        file_store = LocalFileStore(config.files_dir)
+        signer = UrlSigner(
+            load_or_create_secret(config.data_dir / "url-signing.key"),
+            config.public_url,
+            config.url_ttl_seconds,
+        )
+        app.state.service = ImageService(
+            catalog=ModelCatalog(config.models),
+            store=store,
+            files=file_store,
+            signer=signer,
+            sources=SourceResolver(file_store, signer, config.sources),
+        )
+        app.state.keys = config.keys
+        app.state.ready = not config.embedded_worker
+        stop = asyncio.Event()
+        worker_task = (
+            asyncio.create_task(_run_embedded_worker(app, config, stop))
+            if config.embedded_worker
+            else None
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                try:
+                    await asyncio.wait_for(worker_task, timeout=30)
+                except TimeoutError:
+                    log.warning("a job was still running at shutdown; it will run again")
+            await store.close()
+
+    app = FastAPI(
+        title="Tessera image API",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    errors.install(app)
+    v1 = APIRouter(prefix="/v1")
+    v1.include_router(images.router)
+    v1.include_router(catalog.router)
+    v1.include_router(files.router)
+    app.include_router(v1)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Pipelines are loaded and jobs will run")
+    async def readyz() -> Any:
+        if app.state.ready:
+            return {"status": "ready"}
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

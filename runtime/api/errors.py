@@ -1,0 +1,72 @@
+"""Every error leaves the API in one envelope, mapped here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tessera.runtime.errors import TesseraError
+
+log = logging.getLogger(__name__)
+
+
+def envelope(status: int, message: str, code: str, **extra: Any) -> JSONResponse:
+    body = {"code": status, "message": message, "status": "error", "error": code}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status)
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    # A union type names its branch (str, ImageDimensions) in the location; drop those.
+    parts = [p for p in parts if not p[:1].isupper() and p not in ("str", "int", "float")]
+    return ".".join(parts) or "body"
+
+
+async def _tessera_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, TesseraError)
+    return JSONResponse(error.to_dict(), status_code=error.status_code)
+
+
+async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = []
+    for item in error.errors():
+        field = _field_name(tuple(item.get("loc", ())))
+        problems.append({"field": field, "rule": item.get("type"), "message": item.get("msg")})
+    first = problems[0] if problems else {"field": "body", "rule": "invalid", "message": "invalid"}
+    message = f"{first['field']}: {first['message']}"
+    if first["rule"] == "extra_forbidden":
+        message = f"{first['field']}: unknown field"
+    return envelope(
+        422, message, "parameter.invalid", field=first["field"], rule=first["rule"],
+        errors=problems,
+    )
+
+
+async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    codes = {404: "not_found", 405: "method.not_allowed"}
+    response = envelope(
+        error.status_code, str(error.detail), codes.get(error.status_code, "http.error")
+    )
+    if error.headers:
+        response.headers.update(error.headers)
+    return response
+
+
+async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=error)
+    return envelope(500, "internal error; the request was not completed", "internal")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TesseraError, _tessera_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

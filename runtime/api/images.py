@@ -1,0 +1,73 @@
+"""``/v1/images``: submit generations and edits, poll tasks, get an upload URL."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from tessera.runtime.api.deps import CurrentKey, Service
+from tessera.runtime.jobs.base import JobStatus
+from tessera.runtime.params import GenerationRequest
+from tessera.runtime.service import MAX_WAIT_SECONDS
+from tessera.runtime.sources import new_upload_name
+
+router = APIRouter(prefix="/images", tags=["images"])
+
+UPLOAD_URL_TTL_SECONDS = 900
+
+
+class JobAccepted(BaseModel):
+    job_id: int
+    status: JobStatus
+
+
+class SignedUpload(BaseModel):
+    signed_url: str
+    filename: str
+    expires_in: int
+
+
+@router.post("/generations", response_model=JobAccepted, summary="Submit a text-to-image job")
+async def create_generation(
+    body: GenerationRequest, key: CurrentKey, service: Service
+) -> JobAccepted:
+    job = await service.submit(key, body, edit=False)
+    return JobAccepted(job_id=job.id, status=job.status)
+
+
+@router.post("/edits", response_model=JobAccepted, summary="Submit an image-to-image job")
+async def create_edit(body: GenerationRequest, key: CurrentKey, service: Service) -> JobAccepted:
+    job = await service.submit(key, body, edit=True)
+    return JobAccepted(job_id=job.id, status=job.status)
+
+
+@router.get("/tasks/{job_id}", summary="A job's status, progress and result")
+async def get_task(
+    job_id: int,
+    key: CurrentKey,
+    service: Service,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Hold the request up to this many seconds until the status changes.",
+        ),
+    ] = 0,
+) -> dict[str, Any]:
+    job = await service.job_for(key, job_id, wait)
+    return await service.task_body(job)
+
+
+@router.get(
+    "/signed-url",
+    status_code=201,
+    response_model=SignedUpload,
+    summary="A URL to PUT a source image to; pass the filename as image_url",
+)
+async def create_upload_url(key: CurrentKey, service: Service) -> SignedUpload:
+    name = new_upload_name()
+    url = service.signer.sign(f"/v1/uploads/{key.id}/{name}", UPLOAD_URL_TTL_SECONDS)
+    return SignedUpload(signed_url=url, filename=name, expires_in=UPLOAD_URL_TTL_SECONDS)

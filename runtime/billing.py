@@ -1,0 +1,24 @@
+"""Usage arithmetic: an image is billed by the 16x16-pixel patches it covers.
+
+Pure functions over integers and ``Decimal``, so a price is exact to the last digit and the
+same numbers come out of the API, the metrics and the usage ledger.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+PATCH_SIDE = 16
+
+
+def patches_per_image(width: int, height: int) -> int:
+    """ceil(w/16) * ceil(h/16): a partly covered tile counts as a whole one."""
+    return -(-width // PATCH_SIDE) * -(-height // PATCH_SIDE)
+
+
+def job_patches(width: int, height: int, num_images: int) -> int:
+    return patches_per_image(width, height) * num_images
+
+
+def price(patches: int, price_per_patch: Decimal) -> Decimal:
+    return patches * price_per_patch

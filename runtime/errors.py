@@ -1,0 +1,104 @@
+"""The errors Tessera raises, each knowing its HTTP status and machine-readable code.
+
+    TesseraError
+    ├── InvalidParameter      422  a request field breaks a rule (names the field and rule)
+    │   └── ModalityIncompatible  400  an edit sent to a text-to-image model, or the reverse
+    ├── Unauthorized          401  missing or unknown API key
+    ├── NotFound              404
+    │   ├── ModelNotFound         lists the models that do exist
+    │   ├── JobNotFound           also raised for another key's job, so ids leak nothing
+    │   └── FileNotFound          unknown, expired or badly signed file URL
+    ├── PayloadTooLarge       413  an upload or fetched image over the size limit
+    └── StoreUnavailable      503  the job store cannot be reached; the request lost nothing
+
+The API turns every one of them into the same JSON envelope in one place
+(``tessera.runtime.api.errors``); everything else is a bug and becomes a logged 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TesseraError(Exception):
+    """Base class; ``code`` is stable and meant for programs, ``message`` for people."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "request.invalid"
+
+    def __init__(self, message: str, *, field: str | None = None, rule: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.rule = rule
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Hyperstack error envelope, plus the machine code and offending field."""
+        body: dict[str, Any] = {
+            "code": self.status_code,
+            "message": self.message,
+            "status": "error",
+            "error": self.code,
+        }
+        if self.field is not None:
+            body["field"] = self.field
+        if self.rule is not None:
+            body["rule"] = self.rule
+        return body
+
+
+class InvalidParameter(TesseraError):
+    status_code = 422
+    code = "parameter.invalid"
+
+
+class ModalityIncompatible(InvalidParameter):
+    status_code = 400
+    code = "modality.incompatible"
+
+
+class Unauthorized(TesseraError):
+    status_code = 401
+    code = "auth.invalid_key"
+
+
+class NotFound(TesseraError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model.not_found"
+
+    def __init__(self, name: str, available: list[str]):
+        listing = ", ".join(sorted(available)) or "none"
+        super().__init__(
+            f"model {name!r} does not exist; available models: {listing}",
+            field="model",
+            rule="known_model",
+        )
+        self.available = sorted(available)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "available_models": self.available}
+
+
+class JobNotFound(NotFound):
+    code = "job.not_found"
+
+    def __init__(self, job_id: int):
+        super().__init__(f"job {job_id} does not exist")
+
+
+class FileNotFound(NotFound):
+    code = "file.not_found"
+
+
+class PayloadTooLarge(TesseraError):
+    status_code = 413
+    code = "payload.too_large"
+
+
+class StoreUnavailable(TesseraError):
+    status_code = 503
+    code = "store.unavailable"

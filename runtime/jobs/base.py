@@ -1,0 +1,160 @@
+"""The job store: the one durable record of every job, its lease and its usage.
+
+A backend implements ``JobStore``. Its rules, which the conformance tests check for every
+backend:
+
+- ``submit`` returns only after the job is durable.
+- ``lease`` hands a queued job to one worker until ``lease_until``; a lease that runs out
+  puts the job back in the queue, and after ``max_attempts`` leases it fails with the reason.
+- ``complete`` writes the result, the status and the usage record in one atomic step, and
+  only for the worker that holds the lease, so a job is billed exactly once whatever
+  crashes. ``fail`` bills nothing.
+- Backends translate their driver's exceptions into ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from tessera.runtime.errors import TesseraError
+from tessera.runtime.params import JobParams
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+# An in-progress job goes back to QUEUED when its lease runs out.
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED}),
+    JobStatus.IN_PROGRESS: frozenset({JobStatus.QUEUED, JobStatus.COMPLETED, JobStatus.FAILED}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+}
+
+
+class LeaseLost(TesseraError):
+    """The worker no longer holds the job: its lease ran out and the job moved on."""
+
+    status_code = 409
+    code = "job.lease_lost"
+
+
+def check_transition(current: JobStatus, new: JobStatus) -> None:
+    if new not in ALLOWED_TRANSITIONS[current]:
+        raise LeaseLost(f"a job cannot go from {current.value} to {new.value}")
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    key: str
+    width: int
+    height: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    images: tuple[ImageFile, ...]
+    patches: int
+    price: Decimal
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One completed job's bill; the ledger's key is ``job_id``, so export is idempotent."""
+
+    job_id: int
+    model: str
+    key_id: str
+    patches: int
+    price: Decimal
+    images: int
+    completed_at: datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    model: str
+    key_id: str
+    params: JobParams
+    status: JobStatus
+    created_at: datetime
+    progress: int = 0
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    result: JobResult | None = None
+    worker_id: str | None = None
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """What the autoscaler reads: queued and in-progress jobs both need a replica."""
+
+    queued: int = 0
+    in_progress: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.in_progress
+
+
+@dataclass(frozen=True)
+class StorePolicy:
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+
+
+class JobStore(Protocol):
+    async def submit(self, model: str, key_id: str, params: JobParams) -> Job: ...
+
+    async def get(self, job_id: int) -> Job:
+        """The job, or ``JobNotFound``."""
+        ...
+
+    async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
+        """The oldest queued job of ``models``, now in progress for ``worker_id``.
+
+        Waits up to ``wait`` seconds for one to arrive; ``None`` if none did.
+        """
+        ...
+
+    async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
+        """Renew the lease and record progress, or raise ``LeaseLost``."""
+        ...
+
+    async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job: ...
+
+    async def fail(self, job_id: int, worker_id: str, error: str) -> Job: ...
+
+    async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
+        """The job once its status is no longer ``status``, or as it is after ``timeout``."""
+        ...
+
+    async def release(self, worker_id: str) -> int:
+        """Requeue every job ``worker_id`` holds, for a worker that restarts under the same id
+        and knows its old leases are dead; returns how many."""
+        ...
+
+    async def queue_depth(self, model: str) -> QueueDepth: ...
+
+    async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
+        """Usage records in job-id order, for a billing export that resumes where it left."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,396 @@
+"""The embedded job store: one SQLite file in WAL mode, for a laptop or a single node.
+
+Every statement runs on one dedicated thread, which serialises writers the way SQLite wants
+and keeps the event loop free. ``synchronous=FULL`` makes each commit survive a power cut,
+which is what "durable before the id is returned" means. Waiters are woken at once by writes
+from this process and, for writes from another process sharing the file (a separate
+``tessera worker``), by a short poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tessera.runtime.errors import JobNotFound, StoreUnavailable
+from tessera.runtime.jobs.base import (
+    ImageFile,
+    Job,
+    JobResult,
+    JobStatus,
+    LeaseLost,
+    QueueDepth,
+    StorePolicy,
+    UsageRecord,
+    check_transition,
+)
+from tessera.runtime.params import JobParams
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    model       TEXT    NOT NULL,
+    key_id      TEXT    NOT NULL,
+    params      TEXT    NOT NULL,
+    status      TEXT    NOT NULL,
+    progress    INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL    NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    error       TEXT,
+    result      TEXT,
+    worker_id   TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (status, model, id);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id       INTEGER PRIMARY KEY REFERENCES jobs (id),
+    model        TEXT    NOT NULL,
+    key_id       TEXT    NOT NULL,
+    patches      INTEGER NOT NULL,
+    price        TEXT    NOT NULL,
+    images       INTEGER NOT NULL,
+    completed_at REAL    NOT NULL
+);
+"""
+
+# How often a waiter re-reads the file for changes made by another process.
+CROSS_PROCESS_POLL_SECONDS = 0.25
+
+
+def _when(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def _result_from_json(text: str | None) -> JobResult | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return JobResult(
+        images=tuple(ImageFile(**image) for image in data["images"]),
+        patches=data["patches"],
+        price=Decimal(data["price"]),
+    )
+
+
+def _result_to_json(result: JobResult) -> str:
+    return json.dumps(
+        {
+            "images": [vars(image) for image in result.images],
+            "patches": result.patches,
+            "price": str(result.price),
+        }
+    )
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        model=row["model"],
+        key_id=row["key_id"],
+        params=JobParams.model_validate_json(row["params"]),
+        status=JobStatus(row["status"]),
+        created_at=datetime.fromtimestamp(row["created_at"], UTC),
+        progress=row["progress"],
+        attempts=row["attempts"],
+        started_at=_when(row["started_at"]),
+        finished_at=_when(row["finished_at"]),
+        error=row["error"],
+        result=_result_from_json(row["result"]),
+        worker_id=row["worker_id"],
+        lease_until=_when(row["lease_until"]),
+    )
+
+
+class SQLiteJobStore:
+    """``JobStore`` over one SQLite file."""
+
+    def __init__(self, path: Path, policy: StorePolicy | None = None):
+        self.path = Path(path)
+        self.policy = policy or StorePolicy()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-sqlite")
+        self._connection: sqlite3.Connection | None = None
+        self._changed: asyncio.Condition | None = None
+        # Bumped on every local write, so a waiter that read the store before a write never
+        # sleeps through that write's wake-up.
+        self._version = 0
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.executescript(_SCHEMA)
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], T], *, notify: bool) -> T:
+        def in_thread() -> T:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                value = operation(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return value
+
+        loop = asyncio.get_running_loop()
+        try:
+            value = await loop.run_in_executor(self._executor, in_thread)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"the job store at {self.path} failed: {error}") from error
+        if notify:
+            await self._notify()
+        return value
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _notify(self) -> None:
+        condition = self._condition()
+        async with condition:
+            self._version += 1
+            condition.notify_all()
+
+    async def _wait(self, seen_version: int, timeout: float) -> None:
+        """Sleep until a local write newer than ``seen_version``, or a short poll interval."""
+        condition = self._condition()
+        async with condition:
+            if self._version != seen_version:
+                return
+            try:
+                await asyncio.wait_for(
+                    condition.wait(), timeout=min(timeout, CROSS_PROCESS_POLL_SECONDS)
+                )
+            except TimeoutError:
+                pass
+
+    @staticmethod
+    def _fetch(connection: sqlite3.Connection, job_id: int) -> Job:
+        row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job_from_row(row)
+
+    def _fetch_leased(self, connection: sqlite3.Connection, job_id: int, worker_id: str) -> Job:
+        job = self._fetch(connection, job_id)
+        if job.status is not JobStatus.IN_PROGRESS or job.worker_id != worker_id:
+            raise LeaseLost(f"worker {worker_id} no longer holds job {job_id}")
+        return job
+
+    def _reclaim_expired(self, connection: sqlite3.Connection, now: float) -> None:
+        expired = connection.execute(
+            "SELECT id, attempts FROM jobs WHERE status = ? AND lease_until < ?",
+            (JobStatus.IN_PROGRESS.value, now),
+        ).fetchall()
+        for row in expired:
+            if row["attempts"] >= self.policy.max_attempts:
+                connection.execute(
+                    "UPDATE jobs SET status = ?, finished_at = ?, error = ?, worker_id = NULL,"
+                    " lease_until = NULL WHERE id = ?",
+                    (
+                        JobStatus.FAILED.value,
+                        now,
+                        f"the worker running this job stopped responding {row['attempts']} "
+                        f"times (lease of {self.policy.lease_seconds:g} s ran out); giving up",
+                        row["id"],
+                    ),
+                )
+            else:
+                connection.execute(
+                    "UPDATE jobs SET status = ?, progress = 0, worker_id = NULL,"
+                    " lease_until = NULL WHERE id = ?",
+                    (JobStatus.QUEUED.value, row["id"]),
+                )
+
+    # -- JobStore ---------------------------------------------------------------------------
+
+    async def submit(self, model: str, key_id: str, params: JobParams) -> Job:
+        def insert(connection: sqlite3.Connection) -> Job:
+            cursor = connection.execute(
+                "INSERT INTO jobs (model, key_id, params, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (model, key_id, params.model_dump_json(), JobStatus.QUEUED.value, time.time()),
+            )
+            assert cursor.lastrowid is not None
+            return self._fetch(connection, cursor.lastrowid)
+
+        return await self._run(insert, notify=True)
+
+    async def get(self, job_id: int) -> Job:
+        return await self._run(lambda connection: self._fetch(connection, job_id), notify=False)
+
+    async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
+        placeholders = ",".join("?" * len(models))
+
+        def take(connection: sqlite3.Connection) -> Job | None:
+            now = time.time()
+            self._reclaim_expired(connection, now)
+            row = connection.execute(
+                f"SELECT id FROM jobs WHERE status = ? AND model IN ({placeholders})"  # noqa: S608
+                " ORDER BY id LIMIT 1",
+                (JobStatus.QUEUED.value, *models),
+            ).fetchone()
+            if row is None:
+                return None
+            connection.execute(
+                "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
+                " worker_id = ?, lease_until = ?, progress = 0 WHERE id = ?",
+                (
+                    JobStatus.IN_PROGRESS.value,
+                    now,
+                    worker_id,
+                    now + self.policy.lease_seconds,
+                    row["id"],
+                ),
+            )
+            return self._fetch(connection, row["id"])
+
+        deadline = time.monotonic() + wait
+        while True:
+            seen = self._version
+            job = await self._run(take, notify=False)
+            remaining = deadline - time.monotonic()
+            if job is not None or remaining <= 0:
+                if job is not None:
+                    await self._notify()
+                return job
+            await self._wait(seen, remaining)
+
+    async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
+        def renew(connection: sqlite3.Connection) -> None:
+            self._fetch_leased(connection, job_id, worker_id)
+            connection.execute(
+                "UPDATE jobs SET progress = ?, lease_until = ? WHERE id = ?",
+                (max(0, min(progress, 100)), time.time() + self.policy.lease_seconds, job_id),
+            )
+
+        await self._run(renew, notify=False)
+
+    async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job:
+        def finish(connection: sqlite3.Connection) -> Job:
+            job = self._fetch_leased(connection, job_id, worker_id)
+            check_transition(job.status, JobStatus.COMPLETED)
+            now = time.time()
+            connection.execute(
+                "UPDATE jobs SET status = ?, progress = 100, finished_at = ?, result = ?,"
+                " lease_until = NULL WHERE id = ?",
+                (JobStatus.COMPLETED.value, now, _result_to_json(result), job_id),
+            )
+            connection.execute(
+                "INSERT INTO usage (job_id, model, key_id, patches, price, images, completed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    job.model,
+                    job.key_id,
+                    result.patches,
+                    str(result.price),
+                    len(result.images),
+                    now,
+                ),
+            )
+            return self._fetch(connection, job_id)
+
+        return await self._run(finish, notify=True)
+
+    async def fail(self, job_id: int, worker_id: str, error: str) -> Job:
+        def mark_failed(connection: sqlite3.Connection) -> Job:
+            job = self._fetch_leased(connection, job_id, worker_id)
+            check_transition(job.status, JobStatus.FAILED)
+            connection.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_until = NULL"
+                " WHERE id = ?",
+                (JobStatus.FAILED.value, time.time(), error, job_id),
+            )
+            return self._fetch(connection, job_id)
+
+        return await self._run(mark_failed, notify=True)
+
+    async def release(self, worker_id: str) -> int:
+        def requeue(connection: sqlite3.Connection) -> int:
+            # Expire the leases, then let the usual rule decide: requeue, or fail after the
+            # last attempt.
+            cursor = connection.execute(
+                "UPDATE jobs SET lease_until = 0 WHERE status = ? AND worker_id = ?",
+                (JobStatus.IN_PROGRESS.value, worker_id),
+            )
+            self._reclaim_expired(connection, time.time())
+            return cursor.rowcount
+
+        return await self._run(requeue, notify=True)
+
+    async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self._version
+            job = await self.get(job_id)
+            remaining = deadline - time.monotonic()
+            if job.status is not status or remaining <= 0:
+                return job
+            await self._wait(seen, remaining)
+
+    async def queue_depth(self, model: str) -> QueueDepth:
+        def count(connection: sqlite3.Connection) -> QueueDepth:
+            rows = connection.execute(
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE model = ? AND status IN (?, ?)"
+                " GROUP BY status",
+                (model, JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value),
+            ).fetchall()
+            counts: dict[str, Any] = {row["status"]: row["n"] for row in rows}
+            return QueueDepth(
+                queued=counts.get(JobStatus.QUEUED.value, 0),
+                in_progress=counts.get(JobStatus.IN_PROGRESS.value, 0),
+            )
+
+        return await self._run(count, notify=False)
+
+    async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
+        def read(connection: sqlite3.Connection) -> list[UsageRecord]:
+            rows = connection.execute(
+                "SELECT * FROM usage WHERE job_id > ? ORDER BY job_id LIMIT ?",
+                (after_job_id, limit),
+            ).fetchall()
+            return [
+                UsageRecord(
+                    job_id=row["job_id"],
+                    model=row["model"],
+                    key_id=row["key_id"],
+                    patches=row["patches"],
+                    price=Decimal(row["price"]),
+                    images=row["images"],
+                    completed_at=datetime.fromtimestamp(row["completed_at"], UTC),
+                )
+                for row in rows
+            ]
+
+        return await self._run(read, notify=False)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)

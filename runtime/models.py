@@ -1,0 +1,79 @@
+"""The models a server offers: what each is called, does, accepts and costs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tessera.runtime.errors import ModelNotFound
+from tessera.runtime.params import ParameterLimits, Task, request_schema
+
+# About 310 FLUX.1-schnell 1024x1024 images per dollar, Hyperstack's published price.
+DEFAULT_PRICE_PER_PATCH = Decimal("0.00000079")
+
+_MODALITIES: dict[Task, tuple[list[str], list[str]]] = {
+    Task.TEXT_TO_IMAGE: (["text"], ["image"]),
+    Task.IMAGE_TO_IMAGE: (["text", "image"], ["image"]),
+}
+
+
+class ModelSpec(BaseModel):
+    """One servable model. ``weights`` is where a worker finds it; clients never see it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1, max_length=253)
+    task: Task = Task.TEXT_TO_IMAGE
+    weights: str = ""
+    limits: ParameterLimits = ParameterLimits()
+    price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
+    provider: str = "Tessera"
+    description: str = ""
+
+    def public_record(self) -> dict[str, Any]:
+        """The ``/base_models`` record, Hyperstack's fields first."""
+        inputs, outputs = _MODALITIES[self.task]
+        return {
+            "model_name": self.name,
+            "model_type": "image_model",
+            "task": self.task.value,
+            "provider": self.provider,
+            "description": self.description,
+            "input_modalities": inputs,
+            "output_modalities": outputs,
+            "modalities": [self.task.value],
+            "pricing": {
+                "unit": "patch",
+                "patch_size": "16x16",
+                "currency": "USD",
+                "price_per_patch": str(self.price_per_patch),
+                "price_per_million_patches": str(self.price_per_patch * 1_000_000),
+            },
+            "parameters": request_schema(self.limits, self.task),
+        }
+
+
+class ModelCatalog:
+    """The models of one server, looked up by public name."""
+
+    def __init__(self, models: Iterable[ModelSpec] = ()):
+        self._models: dict[str, ModelSpec] = {}
+        for model in models:
+            if model.name in self._models:
+                raise ValueError(f"model {model.name!r} is declared twice")
+            self._models[model.name] = model
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(name, list(self._models)) from None
+
+    def all(self) -> list[ModelSpec]:
+        return sorted(self._models.values(), key=lambda m: m.name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models

@@ -1,0 +1,102 @@
+"""What the API does, apart from HTTP: submit jobs and describe tasks.
+
+Routes stay thin and call these methods; the gateway and ``tessera serve`` share them.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tessera.runtime import metrics
+from tessera.runtime.errors import JobNotFound
+from tessera.runtime.jobs.base import Job, JobStatus, JobStore
+from tessera.runtime.keys import ApiKey
+from tessera.runtime.models import ModelCatalog
+from tessera.runtime.params import GenerationRequest, resolve
+from tessera.runtime.sources import SourceResolver
+from tessera.runtime.storage import FileStore, UrlSigner
+
+MAX_WAIT_SECONDS = 60.0
+
+
+def hyperstack_time(moment: datetime | None) -> str | None:
+    """ISO-8601 in UTC with microseconds and no offset, as Hyperstack writes ``created``."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+@dataclass
+class ImageService:
+    catalog: ModelCatalog
+    store: JobStore
+    files: FileStore
+    signer: UrlSigner
+    sources: SourceResolver
+
+    async def submit(self, key: ApiKey, request: GenerationRequest, *, edit: bool) -> Job:
+        model = self.catalog.get(request.model)
+        params = resolve(request, model.limits, model.task, edit=edit)
+        if params.source_images:
+            stored = await self.sources.store_inputs(key, params.source_images)
+            params = params.model_copy(update={"source_images": stored})
+        job = await self.store.submit(model.name, key.id, params)
+        metrics.JOBS_SUBMITTED.labels(model.name).inc()
+        return job
+
+    async def job_for(self, key: ApiKey, job_id: int, wait: float = 0.0) -> Job:
+        """The caller's job, after waiting up to ``wait`` s for its status to change.
+
+        Another key's job answers exactly like a missing one.
+        """
+        job = await self.store.get(job_id)
+        if job.key_id != key.id:
+            raise JobNotFound(job_id)
+        if wait > 0 and not job.status.finished:
+            job = await self.store.wait_for_change(job_id, job.status, min(wait, MAX_WAIT_SECONDS))
+        return job
+
+    async def task_body(self, job: Job) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "job_id": job.id,
+            "status": job.status.value,
+            "progress": 100 if job.status is JobStatus.COMPLETED else job.progress,
+            "model": job.model,
+            "created_at": hyperstack_time(job.created_at),
+            "started_at": hyperstack_time(job.started_at),
+            "finished_at": hyperstack_time(job.finished_at),
+            "attempts": job.attempts,
+        }
+        if job.status is JobStatus.FAILED:
+            body["error"] = {"code": "job.failed", "message": job.error or "the job failed"}
+        if job.result is not None:
+            params = job.params
+            data = []
+            for image in job.result.images:
+                encoded = None
+                if params.response_format == "b64_json":
+                    encoded = base64.b64encode(await self.files.get(image.key)).decode()
+                data.append(
+                    {
+                        "url": self.signer.sign(f"/v1/files/{image.key}"),
+                        "b64_json": encoded,
+                        "width": image.width,
+                        "height": image.height,
+                        "content_type": image.content_type,
+                    }
+                )
+            body["result"] = {
+                "created": hyperstack_time(job.finished_at),
+                "data": data,
+                "usage": {
+                    "output_tokens": job.result.patches,
+                    "total_tokens": job.result.patches,
+                },
+                "price": str(job.result.price),
+                "seed": params.seed,
+                "parameters": params.model_dump(mode="json", exclude={"source_images"}),
+            }
+        return body

@@ -1,0 +1,171 @@
+"""Load any diffusers pipeline from a folder and call it with API parameters.
+
+The pipeline is asked what it accepts (``inspect.signature`` of ``__call__``) instead of
+being special-cased by class, so a new pipeline works as long as it speaks diffusers' usual
+argument names.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from tessera.runtime.params import JobParams, OutputFormat
+
+log = logging.getLogger(__name__)
+
+# Diffusion pipelines work on latents 8x smaller than the image, packed 2x2 by most
+# transformers: sizes on a 16-pixel grid are safe for all of them.
+SIZE_MULTIPLE = 16
+
+_ENCODERS: dict[OutputFormat, tuple[str, dict[str, Any], str]] = {
+    OutputFormat.PNG: ("PNG", {}, "image/png"),
+    OutputFormat.JPEG: ("JPEG", {"quality": 95}, "image/jpeg"),
+    OutputFormat.WEBP: ("WEBP", {"quality": 95}, "image/webp"),
+}
+
+
+class UnsupportedParameter(ValueError):
+    """The pipeline cannot honour a parameter the job asks for."""
+
+
+def round_up(value: int, multiple: int = SIZE_MULTIPLE) -> int:
+    return -(-value // multiple) * multiple
+
+
+def crop_center(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The requested size out of a slightly larger generation."""
+    if image.size == (width, height):
+        return image
+    left = (image.width - width) // 2
+    top = (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def encode(image: Image.Image, output_format: OutputFormat) -> tuple[bytes, str]:
+    """Image bytes and their content type."""
+    name, options, content_type = _ENCODERS[output_format]
+    buffer = io.BytesIO()
+    image.save(buffer, format=name, **options)
+    return buffer.getvalue(), content_type
+
+
+def pick_device(requested: str | None = None) -> str:
+    import torch
+
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LoadedPipeline:
+    """One pipeline in memory, with what its ``__call__`` accepts."""
+
+    pipeline: Any
+    device: str
+    accepted: frozenset[str]
+    # One pipeline call at a time: diffusers pipelines keep per-call state on themselves.
+    lock: threading.Lock
+
+    @classmethod
+    def load(cls, path: Path, device: str | None = None, dtype: str | None = None) -> LoadedPipeline:
+        import torch
+        from diffusers import DiffusionPipeline
+
+        device = pick_device(device)
+        torch_dtype = getattr(torch, dtype) if dtype else (
+            torch.bfloat16 if device.startswith("cuda") else torch.float32
+        )
+        pipeline = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
+        pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        accepted = frozenset(inspect.signature(pipeline.__call__).parameters)
+        log.info("loaded %s from %s on %s", type(pipeline).__name__, path, device)
+        return cls(pipeline=pipeline, device=device, accepted=accepted, lock=threading.Lock())
+
+    def arguments(
+        self,
+        params: JobParams,
+        sources: list[Image.Image],
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``__call__``, mapped from API names by introspection."""
+        import torch
+
+        width, height = round_up(params.width), round_up(params.height)
+        generator_device = "cpu" if self.device == "mps" else self.device
+        kwargs: dict[str, Any] = {
+            "prompt": params.prompt,
+            "height": height,
+            "width": width,
+            "num_inference_steps": params.num_inference_steps,
+            "num_images_per_prompt": params.num_images,
+            # One generator per image: image i is the same whether it is made alone or in a
+            # batch, and the same for the same seed.
+            "generator": [
+                torch.Generator(generator_device).manual_seed((params.seed + i) % 2**64)
+                for i in range(params.num_images)
+            ],
+            "output_type": "pil",
+        }
+        if "guidance_scale" in self.accepted:
+            kwargs["guidance_scale"] = params.guidance_scale
+        if params.negative_prompt:
+            if "negative_prompt" not in self.accepted:
+                raise UnsupportedParameter(
+                    f"{type(self.pipeline).__name__} does not take a negative_prompt"
+                )
+            kwargs["negative_prompt"] = params.negative_prompt
+            # Flux-style pipelines only use a negative prompt under true classifier-free
+            # guidance; give it the requested guidance so the negative prompt has an effect.
+            if "true_cfg_scale" in self.accepted:
+                kwargs["true_cfg_scale"] = params.guidance_scale
+        if sources:
+            if "image" not in self.accepted:
+                raise UnsupportedParameter(
+                    f"{type(self.pipeline).__name__} does not take a source image"
+                )
+            kwargs["image"] = sources[0] if len(sources) == 1 else sources
+            # Pipelines that resize their input to a target area would change the output
+            # size; ask for exactly the requested area instead.
+            if "max_area" in self.accepted:
+                kwargs["max_area"] = width * height
+            if "_auto_resize" in self.accepted:
+                kwargs["_auto_resize"] = False
+        if on_step is not None and "callback_on_step_end" in self.accepted:
+            total = params.num_inference_steps
+
+            def callback(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> Any:
+                on_step(step + 1, total)
+                return tensors
+
+            kwargs["callback_on_step_end"] = callback
+        unknown = set(kwargs) - self.accepted
+        if unknown:
+            raise UnsupportedParameter(
+                f"{type(self.pipeline).__name__} does not accept {', '.join(sorted(unknown))}"
+            )
+        return kwargs
+
+    def generate(
+        self,
+        params: JobParams,
+        sources: list[Image.Image] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[Image.Image]:
+        """Run the pipeline; exactly ``params.width`` x ``params.height`` images come back."""
+        import torch
+
+        kwargs = self.arguments(params, sources or [], on_step)
+        with self.lock, torch.inference_mode():
+            output = self.pipeline(**kwargs)
+        return [crop_center(image, params.width, params.height) for image in output.images]

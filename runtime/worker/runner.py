@@ -1,0 +1,141 @@
+"""The worker loop: lease a job, run its pipeline off the event loop, store and bill it.
+
+The pipeline runs in a thread so the loop stays free for lease renewals (and, inside
+``tessera serve``, for the API). Completion is the store's one atomic step; if the lease was
+lost meanwhile, the result is dropped and nothing is billed, because another worker owns
+the job now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from tessera.runtime import billing, metrics
+from tessera.runtime.jobs.base import ImageFile, Job, JobResult, JobStore, LeaseLost
+from tessera.runtime.models import ModelSpec
+from tessera.runtime.storage import FileStore
+from tessera.runtime.worker.pipeline import LoadedPipeline, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Progress:
+    """Written by the pipeline thread, read by the heartbeat task."""
+
+    value: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Worker:
+    def __init__(
+        self,
+        store: JobStore,
+        files: FileStore,
+        models: Mapping[str, ModelSpec],
+        pipelines: Mapping[str, LoadedPipeline],
+        worker_id: str,
+        *,
+        lease_seconds: float = 60.0,
+    ):
+        self.store = store
+        self.files = files
+        self.models = models
+        self.pipelines = pipelines
+        self.worker_id = worker_id
+        self.heartbeat_seconds = max(lease_seconds / 3, 0.05)
+        self.busy = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process jobs until ``stop`` is set; a job in flight is finished first."""
+        names = list(self.pipelines)
+        while not stop.is_set():
+            job = await self.store.lease(names, self.worker_id, wait=1.0)
+            if job is not None:
+                await self.process(job)
+
+    async def process(self, job: Job) -> None:
+        self.busy = True
+        queued_for = (job.started_at or job.created_at) - job.created_at
+        metrics.JOB_SECONDS.labels(job.model, "queue").observe(queued_for.total_seconds())
+        started = time.monotonic()
+        progress = _Progress()
+        heartbeat = asyncio.create_task(self._heartbeat(job, progress))
+        try:
+            result = await self._run(job, progress)
+        except LeaseLost:
+            log.warning("job %s: lease lost while running; dropping the result", job.id)
+            return
+        except Exception as error:
+            log.exception("job %s failed", job.id)
+            await self._finish(job, lambda: self.store.fail(job.id, self.worker_id, _describe(error)))
+            metrics.JOBS_FINISHED.labels(job.model, "failed").inc()
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self.busy = False
+        if await self._finish(job, lambda: self.store.complete(job.id, self.worker_id, result)):
+            metrics.JOB_SECONDS.labels(job.model, "run").observe(time.monotonic() - started)
+            metrics.JOBS_FINISHED.labels(job.model, "completed").inc()
+            metrics.IMAGES.labels(job.model).inc(len(result.images))
+            metrics.PATCHES.labels(job.model, job.key_id).inc(result.patches)
+            metrics.BILLED.labels(job.model, job.key_id).inc(float(result.price))
+
+    async def _finish(self, job: Job, write: Callable[[], Awaitable[Job]]) -> bool:
+        try:
+            await write()
+        except LeaseLost:
+            log.warning("job %s: lease lost before completion; another worker owns it", job.id)
+            return False
+        return True
+
+    async def _run(self, job: Job, progress: _Progress) -> JobResult:
+        params = job.params
+        pipeline = self.pipelines[job.model]
+        sources = [
+            Image.open(io.BytesIO(await self.files.get(key))).convert("RGB")
+            for key in params.source_images
+        ]
+        loop = asyncio.get_running_loop()
+
+        def on_step(step: int, total: int) -> None:
+            progress.value = min(99, step * 100 // max(total, 1))
+            loop.call_soon_threadsafe(progress.changed.set)
+
+        images = await asyncio.to_thread(pipeline.generate, params, sources, on_step)
+        stored = []
+        for index, image in enumerate(images):
+            data, content_type = await asyncio.to_thread(encode, image, params.output_format)
+            key = f"results/{job.id}/{index}.{params.output_format.value}"
+            await self.files.put(key, data)
+            stored.append(ImageFile(key, image.width, image.height, content_type))
+        patches = billing.job_patches(params.width, params.height, len(stored))
+        price = billing.price(patches, self.models[job.model].price_per_patch)
+        return JobResult(images=tuple(stored), patches=patches, price=price)
+
+    async def _heartbeat(self, job: Job, progress: _Progress) -> None:
+        """Renew the lease on a timer and report progress as it moves."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.changed.wait(), timeout=self.heartbeat_seconds)
+            progress.changed.clear()
+            try:
+                await self.store.heartbeat(job.id, self.worker_id, progress.value)
+            except LeaseLost:
+                log.warning("job %s: lease lost", job.id)
+                return
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return f"the pipeline failed: {text}"
