@@ -22,3 +22,8 @@ def job_patches(width: int, height: int, num_images: int) -> int:
 
 def price(patches: int, price_per_patch: Decimal) -> Decimal:
     return patches * price_per_patch
+
+
+def format_amount(amount: Decimal) -> str:
+    """Fixed-point text (``0.00000079``, never ``7.9E-7``), for JSON and ledgers."""
+    return f"{amount:f}"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from tessera.runtime import client_cli
 from tessera.runtime.params import IntRange, ParameterLimits, Task
 
 DEFAULT_DATA_DIR = Path(os.environ.get("TESSERA_DATA_DIR", "~/.local/share/tessera")).expanduser()
@@ -118,6 +119,32 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tessera.runtime.worker.main import WorkerSettings, run_worker
+
+    queue: str = args.queue
+    storage = args.storage
+    if storage is None:
+        if not queue.startswith("sqlite:///"):
+            print("error: --storage is required with this queue", file=sys.stderr)
+            return 2
+        storage = Path(queue.removeprefix("sqlite://")).parent / "files"
+    settings = WorkerSettings(
+        model=args.model,
+        weights=args.weights,
+        queue=queue,
+        task=Task(args.task),
+        storage=storage,
+        port=args.port,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    asyncio.run(run_worker(settings))
+    return 0
+
+
 def _demo_model(args: argparse.Namespace) -> int:
     from tessera.runtime.demo import build_demo_pipeline
 
@@ -158,10 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
+    worker = commands.add_parser("worker", help="run one model's worker against a job queue")
+    worker.add_argument("--model", required=True, help="the model's public name")
+    worker.add_argument("--weights", required=True, type=Path, help="diffusers pipeline folder")
+    worker.add_argument("--queue", required=True, help="job store URL, e.g. sqlite:///data/jobs.db")
+    worker.add_argument("--task", choices=[t.value for t in Task], default=Task.TEXT_TO_IMAGE.value)
+    worker.add_argument(
+        "--storage", type=Path, help="folder for results (default: beside a sqlite queue)"
+    )
+    worker.add_argument("--port", type=int, default=8080, help="health and metrics port")
+    worker.add_argument("--device", help="torch device (default: cuda if any, else cpu)")
+    worker.add_argument("--dtype", help="torch dtype, e.g. bfloat16 (default per device)")
+    worker.set_defaults(handler=_worker)
+
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline to PATH")
     demo.add_argument("path", type=Path)
     demo.add_argument("--task", choices=[t.value for t in Task], default=Task.TEXT_TO_IMAGE.value)
     demo.set_defaults(handler=_demo_model)
+    client_cli.register(commands)
 
     for entry in entry_points(group="tessera.commands"):
         try:

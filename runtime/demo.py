@@ -139,6 +139,9 @@ def build_demo_pipeline(path: Path, task: Task = Task.TEXT_TO_IMAGE) -> Path:
     The pipeline is written to a temporary sibling and renamed into place, so an interrupted
     build never leaves a folder that looks finished.
     """
+    from tessera.runtime.worker.pipeline import quiet_libraries
+
+    quiet_libraries()
     from diffusers import FluxKontextPipeline, FluxPipeline
 
     pipeline_class = FluxKontextPipeline if task is Task.IMAGE_TO_IMAGE else FluxPipeline

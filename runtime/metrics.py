@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-JOBS_SUBMITTED = Counter(
-    "tessera_jobs_submitted_total", "Jobs accepted by the API.", ["model"]
-)
+JOBS_SUBMITTED = Counter("tessera_jobs_submitted_total", "Jobs accepted by the API.", ["model"])
 JOBS_FINISHED = Counter(
     "tessera_jobs_finished_total", "Jobs that reached a final status.", ["model", "status"]
 )
-PATCHES = Counter(
-    "tessera_patches_total", "16x16-pixel patches billed.", ["model", "key_id"]
-)
+PATCHES = Counter("tessera_patches_total", "16x16-pixel patches billed.", ["model", "key_id"])
 IMAGES = Counter("tessera_images_total", "Images delivered.", ["model"])
 BILLED = Counter(
-    "tessera_billed_usd_total", "Amount billed, in US dollars (approximate; see the ledger).",
+    "tessera_billed_usd_total",
+    "Amount billed, in US dollars (approximate; see the ledger).",
     ["model", "key_id"],
 )
 JOB_SECONDS = Histogram(

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tessera.runtime.billing import format_amount
 from tessera.runtime.errors import ModelNotFound
 from tessera.runtime.params import ParameterLimits, Task, request_schema
 
@@ -49,8 +50,8 @@ class ModelSpec(BaseModel):
                 "unit": "patch",
                 "patch_size": "16x16",
                 "currency": "USD",
-                "price_per_patch": str(self.price_per_patch),
-                "price_per_million_patches": str(self.price_per_patch * 1_000_000),
+                "price_per_patch": format_amount(self.price_per_patch),
+                "price_per_million_patches": format_amount(self.price_per_patch * 1_000_000),
             },
             "parameters": request_schema(self.limits, self.task),
         }

@@ -100,7 +100,9 @@ def _check_range(name: str, narrowed: IntRange | FloatRange, bound: IntRange | F
             f"{bound.min} <= min <= max <= {bound.max}"
         )
     if not narrowed.min <= narrowed.default <= narrowed.max:
-        raise ValueError(f"{name}: default {narrowed.default} is outside [{narrowed.min}, {narrowed.max}]")
+        raise ValueError(
+            f"{name}: default {narrowed.default} is outside [{narrowed.min}, {narrowed.max}]"
+        )
 
 
 GLOBAL_NUM_IMAGES = IntRange(min=1, max=4, default=1)
@@ -210,7 +212,9 @@ def _within(field: str, value: float, limits: IntRange | FloatRange) -> None:
         )
 
 
-def resolve(request: GenerationRequest, limits: ParameterLimits, task: Task, *, edit: bool) -> JobParams:
+def resolve(
+    request: GenerationRequest, limits: ParameterLimits, task: Task, *, edit: bool
+) -> JobParams:
     """Apply the model's defaults and limits to a request, or raise ``InvalidParameter``.
 
     A missing seed is drawn here, once, so the task can report the seed that made the image

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tessera.runtime import metrics
+from tessera.runtime.billing import format_amount
 from tessera.runtime.errors import JobNotFound
 from tessera.runtime.jobs.base import Job, JobStatus, JobStore
 from tessera.runtime.keys import ApiKey
@@ -95,7 +96,7 @@ class ImageService:
                     "output_tokens": job.result.patches,
                     "total_tokens": job.result.patches,
                 },
-                "price": str(job.result.price),
+                "price": format_amount(job.result.price),
                 "seed": params.seed,
                 "parameters": params.model_dump(mode="json", exclude={"source_images"}),
             }

@@ -102,7 +102,7 @@ class UrlSigner:
         expected = self._signature(path, expires_at)
         if (
             signature is None
-            or not hmac.compare_digest(expected, signature)
+            or not hmac.compare_digest(expected.encode(), signature.encode())
             or expires_at < time.time()
         ):
             raise FileNotFound("this link is invalid or has expired")

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import make_asgi_app
 
+from tessera.runtime import playground
 from tessera.runtime.api import catalog, errors, files, images
 from tessera.runtime.config import ServerConfig, load_or_create_secret
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
@@ -41,7 +43,7 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
     pipelines = {}
     for model in config.models:
         pipelines[model.name] = await asyncio.to_thread(
-            LoadedPipeline.load, model.weights, config.device
+            LoadedPipeline.load, Path(model.weights), config.device
         )
     await service.store.release(EMBEDDED_WORKER_ID)
     worker = Worker(
@@ -108,6 +110,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     v1.include_router(files.router)
     app.include_router(v1)
     app.mount("/metrics", make_asgi_app())
+    playground.mount(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -121,6 +124,6 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse(playground.PATH)
 
     return app

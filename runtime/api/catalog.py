@@ -16,7 +16,9 @@ router = APIRouter(tags=["models"])
 async def list_models(
     _key: CurrentKey,
     service: Service,
-    inference: Annotated[bool | None, Query(description="Only models that serve inference.")] = None,
+    inference: Annotated[
+        bool | None, Query(description="Only models that serve inference.")
+    ] = None,
     modalities: Annotated[
         list[Task] | None, Query(description="Repeat to list models of any of these tasks.")
     ] = None,

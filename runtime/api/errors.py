@@ -39,12 +39,22 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     for item in error.errors():
         field = _field_name(tuple(item.get("loc", ())))
         problems.append({"field": field, "rule": item.get("type"), "message": item.get("msg")})
-    first = problems[0] if problems else {"field": "body", "rule": "invalid", "message": "invalid"}
+    # A value that fits no branch of a union fails once per branch; the deepest location
+    # (``image_size.height`` rather than ``image_size``) is the branch the client meant.
+    first = max(
+        problems,
+        key=lambda problem: str(problem["field"]).count("."),
+        default={"field": "body", "rule": "invalid", "message": "invalid"},
+    )
     message = f"{first['field']}: {first['message']}"
     if first["rule"] == "extra_forbidden":
         message = f"{first['field']}: unknown field"
     return envelope(
-        422, message, "parameter.invalid", field=first["field"], rule=first["rule"],
+        422,
+        message,
+        "parameter.invalid",
+        field=first["field"],
+        rule=first["rule"],
         errors=problems,
     )
 

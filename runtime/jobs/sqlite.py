@@ -10,6 +10,7 @@ from this process and, for writes from another process sharing the file (a separ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -178,12 +179,10 @@ class SQLiteJobStore:
         async with condition:
             if self._version != seen_version:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     condition.wait(), timeout=min(timeout, CROSS_PROCESS_POLL_SECONDS)
                 )
-            except TimeoutError:
-                pass
 
     @staticmethod
     def _fetch(connection: sqlite3.Connection, job_id: int) -> Job:

@@ -58,6 +58,18 @@ def encode(image: Image.Image, output_format: OutputFormat) -> tuple[bytes, str]
     return buffer.getvalue(), content_type
 
 
+def quiet_libraries() -> None:
+    """Silence per-file progress bars and import-time notices, which bury the server's log."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    import diffusers
+
+    diffusers.logging.set_verbosity_error()
+    diffusers.logging.disable_progress_bar()
+
+
 def pick_device(requested: str | None = None) -> str:
     import torch
 
@@ -77,13 +89,18 @@ class LoadedPipeline:
     lock: threading.Lock
 
     @classmethod
-    def load(cls, path: Path, device: str | None = None, dtype: str | None = None) -> LoadedPipeline:
+    def load(
+        cls, path: Path, device: str | None = None, dtype: str | None = None
+    ) -> LoadedPipeline:
+        quiet_libraries()
         import torch
         from diffusers import DiffusionPipeline
 
         device = pick_device(device)
-        torch_dtype = getattr(torch, dtype) if dtype else (
-            torch.bfloat16 if device.startswith("cuda") else torch.float32
+        torch_dtype = (
+            getattr(torch, dtype)
+            if dtype
+            else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         )
         pipeline = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
         pipeline.to(device)

@@ -76,7 +76,8 @@ class Worker:
             return
         except Exception as error:
             log.exception("job %s failed", job.id)
-            await self._finish(job, lambda: self.store.fail(job.id, self.worker_id, _describe(error)))
+            reason = _describe(error)
+            await self._finish(job, lambda: self.store.fail(job.id, self.worker_id, reason))
             metrics.JOBS_FINISHED.labels(job.model, "failed").inc()
             return
         finally:

@@ -1,0 +1,119 @@
+"""``tessera worker``: one model's worker process, as the operator's Deployments run it.
+
+It serves ``/healthz`` (alive), ``/readyz`` (pipeline loaded) and ``/metrics`` beside the
+job loop. On SIGTERM it stops taking jobs, finishes the one in flight and exits, which is
+why the operator gives its pods a termination grace period longer than one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+
+from tessera.runtime.jobs import open_store
+from tessera.runtime.jobs.base import StorePolicy
+from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH, ModelSpec
+from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.storage import LocalFileStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSettings:
+    model: str
+    weights: Path
+    queue: str
+    task: Task
+    storage: Path
+    port: int = 8080
+    device: str | None = None
+    dtype: str | None = None
+    lease_seconds: float = 60.0
+
+    def model_spec(self) -> ModelSpec:
+        limits = os.environ.get("TESSERA_MODEL_PARAMETERS")
+        price = os.environ.get("TESSERA_PRICE_PER_PATCH")
+        return ModelSpec(
+            name=self.model,
+            task=self.task,
+            weights=str(self.weights),
+            limits=ParameterLimits.model_validate(json.loads(limits))
+            if limits
+            else ParameterLimits(),
+            price_per_patch=Decimal(price) if price else DEFAULT_PRICE_PER_PATCH,
+        )
+
+
+def health_app(state: dict[str, Any]) -> FastAPI:
+    app = FastAPI(title="Tessera worker", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        if state.get("ready"):
+            return {"status": "ready", "busy": state["worker"].busy}
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    return app
+
+
+async def run_worker(settings: WorkerSettings) -> None:
+    from tessera.runtime.worker.pipeline import LoadedPipeline
+    from tessera.runtime.worker.runner import Worker
+
+    spec = settings.model_spec()
+    store = open_store(settings.queue, StorePolicy(lease_seconds=settings.lease_seconds))
+    state: dict[str, Any] = {"ready": False}
+    server = uvicorn.Server(
+        uvicorn.Config(health_app(state), host="0.0.0.0", port=settings.port, log_level="warning")  # noqa: S104
+    )
+    stop = asyncio.Event()
+
+    async def work() -> None:
+        pipeline = await asyncio.to_thread(
+            LoadedPipeline.load, settings.weights, settings.device, settings.dtype
+        )
+        worker = Worker(
+            store,
+            LocalFileStore(settings.storage),
+            {spec.name: spec},
+            {spec.name: pipeline},
+            f"{socket.gethostname()}-{os.getpid()}",
+            lease_seconds=settings.lease_seconds,
+        )
+        state.update(ready=True, worker=worker)
+        log.info("worker for %s ready", spec.name)
+        await worker.run(stop)
+
+    work_task = asyncio.create_task(work())
+
+    def stop_server_on_failure(task: asyncio.Task[None]) -> None:
+        # A pipeline that cannot load should crash the pod visibly, not sit unready.
+        if not task.cancelled() and task.exception() is not None:
+            server.should_exit = True
+
+    work_task.add_done_callback(stop_server_on_failure)
+    try:
+        # uvicorn owns SIGTERM/SIGINT; when it returns, the process is shutting down.
+        await server.serve()
+    finally:
+        stop.set()
+        await work_task
+        await store.close()

@@ -1,0 +1,39 @@
+"""Shared fixtures: a real demo server, built once per session."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import ServerProcess
+
+pytest_plugins = ["tests.cluster.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def demo_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo pipelines, built once; servers copy them instead of building their own."""
+    seed_dir = tmp_path_factory.mktemp("demo-seed")
+    server = ServerProcess(seed_dir).start()
+    server.stop()
+    return seed_dir / "models"
+
+
+def new_server(base: Path, models: Path, *extra: str) -> ServerProcess:
+    """A server over a fresh data directory that already holds the demo pipelines."""
+    base.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(models, base / "models", dirs_exist_ok=True)
+    return ServerProcess(base, extra_args=extra)
+
+
+@pytest.fixture(scope="session")
+def demo_server(
+    tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
+) -> Iterator[ServerProcess]:
+    """One ``tessera serve --demo`` for the whole session (keys: tests.support.server.KEYS)."""
+    server = new_server(tmp_path_factory.mktemp("demo-server"), demo_models_dir).start()
+    yield server
+    server.stop()

@@ -1,0 +1,187 @@
+"""The job store's rules (see tessera.runtime.jobs.base), run against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tessera.runtime.errors import JobNotFound
+from tessera.runtime.jobs.base import (
+    ImageFile,
+    JobResult,
+    JobStatus,
+    JobStore,
+    LeaseLost,
+    StorePolicy,
+)
+from tessera.runtime.jobs.sqlite import SQLiteJobStore
+from tessera.runtime.params import JobParams, OutputFormat
+
+PARAMS = JobParams(
+    prompt="p",
+    negative_prompt=None,
+    width=64,
+    height=48,
+    num_images=1,
+    num_inference_steps=1,
+    guidance_scale=4.5,
+    seed=1,
+    output_format=OutputFormat.PNG,
+    response_format="url",
+)
+RESULT = JobResult(
+    images=(ImageFile("results/1/0.png", 64, 48, "image/png"),), patches=12, price=Decimal("0.01")
+)
+SHORT_LEASE = StorePolicy(lease_seconds=0.3, max_attempts=2)
+
+BACKENDS = ["sqlite_store"]
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    store = SQLiteJobStore(tmp_path / "jobs.db", SHORT_LEASE)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest) -> JobStore:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+async def test_submit_then_get(store: JobStore) -> None:
+    job = await store.submit("m", "key_a", PARAMS)
+    assert job.id > 0 and job.status is JobStatus.QUEUED
+    again = await store.get(job.id)
+    assert again.params == PARAMS and again.key_id == "key_a"
+    with pytest.raises(JobNotFound):
+        await store.get(job.id + 1000)
+
+
+async def test_ids_are_increasing_integers(store: JobStore) -> None:
+    ids = [(await store.submit("m", "k", PARAMS)).id for _ in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+async def test_lease_is_fifo_per_model_and_exclusive(store: JobStore) -> None:
+    first = await store.submit("m", "k", PARAMS)
+    await store.submit("other", "k", PARAMS)
+    second = await store.submit("m", "k", PARAMS)
+    a = await store.lease(["m"], "w1")
+    b = await store.lease(["m"], "w2")
+    assert (a and a.id, b and b.id) == (first.id, second.id)
+    assert await store.lease(["m"], "w3") is None
+    assert a is not None and a.status is JobStatus.IN_PROGRESS and a.attempts == 1
+
+
+async def test_lease_waits_for_a_submission(store: JobStore) -> None:
+    async def submit_later() -> None:
+        await asyncio.sleep(0.1)
+        await store.submit("m", "k", PARAMS)
+
+    task = asyncio.create_task(submit_later())
+    started = time.monotonic()
+    job = await store.lease(["m"], "w", wait=5)
+    await task
+    assert job is not None
+    assert time.monotonic() - started < 1
+
+
+async def test_complete_is_atomic_and_bills_once(store: JobStore) -> None:
+    job = await store.submit("m", "key_a", PARAMS)
+    leased = await store.lease(["m"], "w")
+    assert leased is not None
+    await store.heartbeat(job.id, "w", 50)
+    assert (await store.get(job.id)).progress == 50
+    done = await store.complete(job.id, "w", RESULT)
+    assert done.status is JobStatus.COMPLETED and done.result == RESULT
+    with pytest.raises(LeaseLost):
+        await store.complete(job.id, "w", RESULT)
+    records = await store.usage()
+    assert [(r.job_id, r.key_id, r.patches, r.price) for r in records] == [
+        (job.id, "key_a", 12, Decimal("0.01"))
+    ]
+
+
+async def test_failed_jobs_are_not_billed(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    await store.lease(["m"], "w")
+    failed = await store.fail(job.id, "w", "boom")
+    assert failed.status is JobStatus.FAILED and failed.error == "boom"
+    assert await store.usage() == []
+
+
+async def test_expired_lease_requeues_then_fails_after_max_attempts(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    assert await store.lease(["m"], "dead-worker") is not None
+    await asyncio.sleep(0.4)
+    again = await store.lease(["m"], "w2")
+    assert again is not None and again.id == job.id and again.attempts == 2
+    # The first worker comes back: it no longer owns the job and cannot bill it.
+    with pytest.raises(LeaseLost):
+        await store.complete(job.id, "dead-worker", RESULT)
+    await asyncio.sleep(0.4)
+    assert await store.lease(["m"], "w3") is None
+    final = await store.get(job.id)
+    assert final.status is JobStatus.FAILED
+    assert final.error is not None and "2 times" in final.error
+    assert await store.usage() == []
+
+
+async def test_heartbeat_keeps_the_lease(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    await store.lease(["m"], "w")
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        await store.heartbeat(job.id, "w", 10)
+    assert await store.lease(["m"], "thief") is None
+    await store.complete(job.id, "w", RESULT)
+
+
+async def test_release_requeues_a_restarted_workers_jobs(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    await store.lease(["m"], "embedded")
+    assert await store.release("embedded") == 1
+    assert (await store.get(job.id)).status is JobStatus.QUEUED
+
+
+async def test_wait_for_change_returns_on_the_change(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+
+    async def lease_later() -> None:
+        await asyncio.sleep(0.1)
+        await store.lease(["m"], "w")
+
+    task = asyncio.create_task(lease_later())
+    started = time.monotonic()
+    changed = await store.wait_for_change(job.id, JobStatus.QUEUED, 5)
+    await task
+    assert changed.status is JobStatus.IN_PROGRESS
+    assert time.monotonic() - started < 1
+    unchanged = await store.wait_for_change(job.id, JobStatus.IN_PROGRESS, 0.2)
+    assert unchanged.status is JobStatus.IN_PROGRESS
+
+
+async def test_queue_depth_counts_queued_and_running(store: JobStore) -> None:
+    for _ in range(3):
+        await store.submit("m", "k", PARAMS)
+    await store.lease(["m"], "w")
+    depth = await store.queue_depth("m")
+    assert (depth.queued, depth.in_progress, depth.total) == (2, 1, 3)
+    assert (await store.queue_depth("other")).total == 0
+
+
+async def test_usage_export_resumes_after_a_job_id(store: JobStore) -> None:
+    ids = []
+    for _ in range(3):
+        job = await store.submit("m", "k", PARAMS)
+        await store.lease(["m"], "w")
+        await store.complete(job.id, "w", RESULT)
+        ids.append(job.id)
+    assert [r.job_id for r in await store.usage(after_job_id=ids[0])] == ids[1:]
+    assert [r.job_id for r in await store.usage(limit=1)] == ids[:1]
