@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 
 pytest_plugins = ["tests.cluster.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server with append-only fsync-always persistence."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -19,4 +19,10 @@ def open_store(url: str, policy: StorePolicy | None = None) -> JobStore:
                 f"a sqlite queue URL needs an absolute path: sqlite:///abs/path, not {url}"
             )
         return SQLiteJobStore(Path(path), policy)
-    raise ValueError(f"unsupported queue URL {url!r}: expected sqlite:///path")
+    if scheme in ("redis", "rediss", "unix"):
+        from tessera.runtime.jobs.redis import RedisJobStore
+
+        return RedisJobStore(url, policy)
+    raise ValueError(
+        f"unsupported queue URL {url!r}: expected sqlite:///path or redis://host:port/db"
+    )

@@ -15,6 +15,7 @@ backend:
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -69,6 +70,27 @@ class JobResult:
     images: tuple[ImageFile, ...]
     patches: int
     price: Decimal
+
+
+def result_to_json(result: JobResult) -> str:
+    return json.dumps(
+        {
+            "images": [vars(image) for image in result.images],
+            "patches": result.patches,
+            "price": str(result.price),
+        }
+    )
+
+
+def result_from_json(text: str | None) -> JobResult | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return JobResult(
+        images=tuple(ImageFile(**image) for image in data["images"]),
+        patches=data["patches"],
+        price=Decimal(data["price"]),
+    )
 
 
 @dataclass(frozen=True)

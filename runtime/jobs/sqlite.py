@@ -10,8 +10,6 @@ from this process and, for writes from another process sharing the file (a separ
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,7 +21,6 @@ from typing import Any, TypeVar
 
 from tessera.runtime.errors import JobNotFound, StoreUnavailable
 from tessera.runtime.jobs.base import (
-    ImageFile,
     Job,
     JobResult,
     JobStatus,
@@ -32,7 +29,10 @@ from tessera.runtime.jobs.base import (
     StorePolicy,
     UsageRecord,
     check_transition,
+    result_from_json,
+    result_to_json,
 )
+from tessera.runtime.jobs.signal import ChangeSignal
 from tessera.runtime.params import JobParams
 
 T = TypeVar("T")
@@ -74,27 +74,6 @@ def _when(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
 
-def _result_from_json(text: str | None) -> JobResult | None:
-    if text is None:
-        return None
-    data = json.loads(text)
-    return JobResult(
-        images=tuple(ImageFile(**image) for image in data["images"]),
-        patches=data["patches"],
-        price=Decimal(data["price"]),
-    )
-
-
-def _result_to_json(result: JobResult) -> str:
-    return json.dumps(
-        {
-            "images": [vars(image) for image in result.images],
-            "patches": result.patches,
-            "price": str(result.price),
-        }
-    )
-
-
 def _job_from_row(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
@@ -108,7 +87,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         started_at=_when(row["started_at"]),
         finished_at=_when(row["finished_at"]),
         error=row["error"],
-        result=_result_from_json(row["result"]),
+        result=result_from_json(row["result"]),
         worker_id=row["worker_id"],
         lease_until=_when(row["lease_until"]),
     )
@@ -122,10 +101,7 @@ class SQLiteJobStore:
         self.policy = policy or StorePolicy()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-sqlite")
         self._connection: sqlite3.Connection | None = None
-        self._changed: asyncio.Condition | None = None
-        # Bumped on every local write, so a waiter that read the store before a write never
-        # sleeps through that write's wake-up.
-        self._version = 0
+        self._changes = ChangeSignal(CROSS_PROCESS_POLL_SECONDS)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -159,30 +135,8 @@ class SQLiteJobStore:
         except sqlite3.Error as error:
             raise StoreUnavailable(f"the job store at {self.path} failed: {error}") from error
         if notify:
-            await self._notify()
+            await self._changes.notify()
         return value
-
-    def _condition(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
-
-    async def _notify(self) -> None:
-        condition = self._condition()
-        async with condition:
-            self._version += 1
-            condition.notify_all()
-
-    async def _wait(self, seen_version: int, timeout: float) -> None:
-        """Sleep until a local write newer than ``seen_version``, or a short poll interval."""
-        condition = self._condition()
-        async with condition:
-            if self._version != seen_version:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    condition.wait(), timeout=min(timeout, CROSS_PROCESS_POLL_SECONDS)
-                )
 
     @staticmethod
     def _fetch(connection: sqlite3.Connection, job_id: int) -> Job:
@@ -265,16 +219,10 @@ class SQLiteJobStore:
             )
             return self._fetch(connection, row["id"])
 
-        deadline = time.monotonic() + wait
-        while True:
-            seen = self._version
-            job = await self._run(take, notify=False)
-            remaining = deadline - time.monotonic()
-            if job is not None or remaining <= 0:
-                if job is not None:
-                    await self._notify()
-                return job
-            await self._wait(seen, remaining)
+        job = await self._changes.wait_until(lambda: self._run(take, notify=False), wait)
+        if job is not None:
+            await self._changes.notify()
+        return job
 
     async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
         def renew(connection: sqlite3.Connection) -> None:
@@ -294,7 +242,7 @@ class SQLiteJobStore:
             connection.execute(
                 "UPDATE jobs SET status = ?, progress = 100, finished_at = ?, result = ?,"
                 " lease_until = NULL WHERE id = ?",
-                (JobStatus.COMPLETED.value, now, _result_to_json(result), job_id),
+                (JobStatus.COMPLETED.value, now, result_to_json(result), job_id),
             )
             connection.execute(
                 "INSERT INTO usage (job_id, model, key_id, patches, price, images, completed_at)"
@@ -340,14 +288,11 @@ class SQLiteJobStore:
         return await self._run(requeue, notify=True)
 
     async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
-        deadline = time.monotonic() + timeout
-        while True:
-            seen = self._version
+        async def changed() -> Job | None:
             job = await self.get(job_id)
-            remaining = deadline - time.monotonic()
-            if job.status is not status or remaining <= 0:
-                return job
-            await self._wait(seen, remaining)
+            return job if job.status is not status else None
+
+        return await self._changes.wait_until(changed, timeout) or await self.get(job_id)
 
     async def queue_depth(self, model: str) -> QueueDepth:
         def count(connection: sqlite3.Connection) -> QueueDepth:

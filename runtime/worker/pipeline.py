@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 SIZE_MULTIPLE = 16
 
 _ENCODERS: dict[OutputFormat, tuple[str, dict[str, Any], str]] = {
-    OutputFormat.PNG: ("PNG", {}, "image/png"),
+    # zlib level 1: a few times faster than the default for noisy images, a little larger.
+    OutputFormat.PNG: ("PNG", {"compress_level": 1}, "image/png"),
     OutputFormat.JPEG: ("JPEG", {"quality": 95}, "image/jpeg"),
     OutputFormat.WEBP: ("WEBP", {"quality": 95}, "image/webp"),
 }
@@ -102,7 +103,7 @@ class LoadedPipeline:
             if dtype
             else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         )
-        pipeline = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
+        pipeline = DiffusionPipeline.from_pretrained(str(path), dtype=torch_dtype)
         pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
         accepted = frozenset(inspect.signature(pipeline.__call__).parameters)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,8 +20,10 @@ from tessera.runtime.jobs.base import (
     LeaseLost,
     StorePolicy,
 )
+from tessera.runtime.jobs.redis import RedisJobStore
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.params import JobParams, OutputFormat
+from tests.support.redis_server import RedisServer
 
 PARAMS = JobParams(
     prompt="p",
@@ -39,12 +42,20 @@ RESULT = JobResult(
 )
 SHORT_LEASE = StorePolicy(lease_seconds=0.3, max_attempts=2)
 
-BACKENDS = ["sqlite_store"]
+BACKENDS = ["sqlite_store", "redis_store"]
 
 
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[JobStore]:
     store = SQLiteJobStore(tmp_path / "jobs.db", SHORT_LEASE)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
+    # A key prefix per test keeps tests apart on one server.
+    store = RedisJobStore(redis_server.url, SHORT_LEASE, prefix=f"test-{uuid.uuid4().hex[:8]}")
     yield store
     await store.close()
 

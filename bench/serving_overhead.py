@@ -1,0 +1,140 @@
+"""What the API adds on top of the pipeline: prints figures, asserts nothing.
+
+1. The demo pipeline called directly in this process, 512x512, N times: median seconds.
+2. The same request through a real `tessera serve --demo` over loopback (submit, long-poll
+   until complete, download the image), N times in a row: median seconds.
+3. The added milliseconds at the median, with and without the image encoding (which the
+   direct call does not do but a served image needs).
+4. Latency of GET /v1/images/tasks/{id} while the worker is busy: p50 and p99.
+
+Usage: .venv/bin/python bench/serving_overhead.py [--jobs 50] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tessera.runtime.demo import ensure_demo_pipeline  # noqa: E402
+from tessera.runtime.params import JobParams, OutputFormat, Task  # noqa: E402
+from tessera.runtime.worker.pipeline import LoadedPipeline, encode  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def direct(models: Path, jobs: int, steps: int) -> tuple[list[float], list[float]]:
+    pipeline = LoadedPipeline.load(models / "tessera-demo", "cpu")
+    params = JobParams(
+        prompt="a lighthouse at dusk",
+        negative_prompt=None,
+        width=512,
+        height=512,
+        num_images=1,
+        num_inference_steps=steps,
+        guidance_scale=4.5,
+        seed=1,
+        output_format=OutputFormat.PNG,
+        response_format="url",
+    )
+    pipeline.generate(params)  # warm-up
+    calls, encodes = [], []
+    for index in range(jobs):
+        started = time.perf_counter()
+        [image] = pipeline.generate(params.model_copy(update={"seed": index}))
+        calls.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        encode(image, OutputFormat.PNG)
+        encodes.append(time.perf_counter() - started)
+    return calls, encodes
+
+
+def served(server: ServerProcess, jobs: int, steps: int) -> list[float]:
+    body = {"model": "tessera-demo", "prompt": "a lighthouse at dusk", "image_size": "square"}
+    body["num_inference_steps"] = steps  # type: ignore[assignment]
+    times = []
+    with server.client() as client:
+        for index in range(jobs + 1):
+            started = time.perf_counter()
+            job_id = client.post("/images/generations", json={**body, "seed": index}).json()[
+                "job_id"
+            ]
+            while True:
+                task = client.get(f"/images/tasks/{job_id}", params={"wait": 30}).json()
+                if task["status"] in ("completed", "failed"):
+                    break
+            assert task["status"] == "completed", task
+            httpx.get(task["result"]["data"][0]["url"]).raise_for_status()
+            if index:  # the first job warms the worker up
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def poll_latency(server: ServerProcess, seconds: float, steps: int) -> list[float]:
+    """Hammer the task endpoint while a backlog keeps the worker busy."""
+    body = {"model": "tessera-demo", "prompt": "busy", "image_size": "square_hd"}
+    body["num_inference_steps"] = steps  # type: ignore[assignment]
+    latencies: list[float] = []
+    with server.client() as client:
+        job_ids = [client.post("/images/generations", json=body).json()["job_id"] for _ in range(6)]
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            client.get(f"/images/tasks/{job_ids[-1]}").raise_for_status()
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--poll-seconds", type=float, default=10)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-") as scratch:
+        data = Path(scratch)
+        for name, task in (
+            ("tessera-demo", Task.TEXT_TO_IMAGE),
+            ("tessera-demo-edit", Task.IMAGE_TO_IMAGE),
+        ):
+            ensure_demo_pipeline(data / "models" / name, task)
+        calls, encodes = direct(data / "models", args.jobs, args.steps)
+        server = ServerProcess(data).start()
+        try:
+            through_api = served(server, args.jobs, args.steps)
+            busy = poll_latency(server, args.poll_seconds, 20)
+        finally:
+            server.kill()
+
+    direct_median = statistics.median(calls)
+    encode_median = statistics.median(encodes)
+    api_median = statistics.median(through_api)
+    print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline on CPU")
+    print(f"direct pipeline call, median:         {direct_median * 1000:8.1f} ms")
+    print(f"PNG encoding, median:                 {encode_median * 1000:8.1f} ms")
+    print(f"through the API (submit..download):   {api_median * 1000:8.1f} ms")
+    print(f"added by the API over the call:       {(api_median - direct_median) * 1000:8.1f} ms")
+    print(
+        "added by the API over call + encode:  "
+        f"{(api_median - direct_median - encode_median) * 1000:8.1f} ms"
+    )
+    print(
+        f"task endpoint while busy ({len(busy)} polls): p50 {percentile(busy, 0.5) * 1000:.2f} ms,"
+        f" p99 {percentile(busy, 0.99) * 1000:.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

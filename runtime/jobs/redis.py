@@ -1,0 +1,424 @@
+"""The cluster job store: Redis (or Valkey), shared by gateways and workers.
+
+Every step that must be atomic (take a job, renew or check a lease, complete and bill) is
+one Lua script over ONE model's keys, which all carry the model in a hash tag
+(``tessera:{model}:...``). Redis Cluster can then spread models over shards while each
+model's queue, leases and usage ledger stay together. Times come from the server's clock
+(``TIME``), so gateways and workers never disagree about when a lease ran out.
+
+Durability is Redis's: run it with ``appendonly yes`` and ``appendfsync always`` for "a job
+is durable before its id is returned" (the chart and the tests do).
+
+Keys, for a model M and job N:
+- ``tessera:next-job-id``             counter for numeric job ids
+- ``tessera:job:N:model``             which model N belongs to (so a task lookup finds it)
+- ``tessera:models``                  every model that ever had a job (usage export)
+- ``tessera:{M}:job:N``               the job, a hash
+- ``tessera:{M}:queue``               queued ids, oldest first (a list)
+- ``tessera:{M}:leases``              ids in progress, scored by lease expiry
+- ``tessera:{M}:usage``               usage records, scored by job id
+- channel ``tessera:{M}:events``      a job id on every status change
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from tessera.runtime.errors import JobNotFound, StoreUnavailable
+from tessera.runtime.jobs.base import (
+    Job,
+    JobResult,
+    JobStatus,
+    LeaseLost,
+    QueueDepth,
+    StorePolicy,
+    UsageRecord,
+    result_from_json,
+    result_to_json,
+)
+from tessera.runtime.jobs.signal import ChangeSignal
+from tessera.runtime.params import JobParams
+
+log = logging.getLogger(__name__)
+
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+"""
+
+# Put expired leases back in the queue (at its head: they were first), or fail them after
+# the last attempt. KEYS[1] queue, KEYS[2] leases; ARGV[1] job key prefix, ARGV[2] lease
+# seconds, ARGV[3] max attempts, ARGV[4] events channel.
+_RECLAIM = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, id in ipairs(expired) do
+  local key = ARGV[1] .. id
+  redis.call('ZREM', KEYS[2], id)
+  local attempts = tonumber(redis.call('HGET', key, 'attempts'))
+  if attempts >= tonumber(ARGV[3]) then
+    redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'worker_id', '',
+      'lease_until', '', 'error', 'the worker running this job stopped responding ' ..
+      attempts .. ' times (lease of ' .. ARGV[2] .. ' s ran out); giving up')
+  else
+    redis.call('HSET', key, 'status', 'queued', 'progress', 0, 'worker_id', '', 'lease_until', '')
+    redis.call('LPUSH', KEYS[1], id)
+  end
+  redis.call('PUBLISH', ARGV[4], id)
+end
+"""
+
+# KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id.
+_LEASE = (
+    _NOW
+    + _RECLAIM
+    + """
+local id = redis.call('LPOP', KEYS[1])
+if not id then return false end
+local key = ARGV[1] .. id
+local lease_until = now + tonumber(ARGV[2])
+redis.call('HSET', key, 'status', 'in_progress', 'started_at', now, 'worker_id', ARGV[5],
+  'lease_until', lease_until, 'progress', 0)
+redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('ZADD', KEYS[2], lease_until, id)
+redis.call('PUBLISH', ARGV[4], id)
+return id
+"""
+)
+
+# KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id. Returns how many.
+_RELEASE = (
+    _NOW
+    + """
+local count = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if redis.call('HGET', ARGV[1] .. id, 'worker_id') == ARGV[5] then
+    redis.call('ZADD', KEYS[2], 0, id)
+    count = count + 1
+  end
+end
+"""
+    + _RECLAIM
+    + "return count"
+)
+
+_CHECK_LEASE = """
+local key = ARGV[1] .. ARGV[2]
+if redis.call('HGET', key, 'status') ~= 'in_progress'
+    or redis.call('HGET', key, 'worker_id') ~= ARGV[3] then
+  return redis.error_reply('LEASE_LOST')
+end
+"""
+
+# KEYS[1] leases; ARGV[1] prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] progress, ARGV[5] lease s
+_HEARTBEAT = (
+    _NOW
+    + _CHECK_LEASE
+    + """
+local lease_until = now + tonumber(ARGV[5])
+redis.call('HSET', key, 'progress', ARGV[4], 'lease_until', lease_until)
+redis.call('ZADD', KEYS[1], lease_until, ARGV[2])
+return 1
+"""
+)
+
+# Completion and its usage record in one step. KEYS[1] leases, KEYS[2] usage;
+# ARGV[1] prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] result JSON, ARGV[5] patches,
+# ARGV[6] price, ARGV[7] images, ARGV[8] events channel.
+_COMPLETE = (
+    _NOW
+    + _CHECK_LEASE
+    + """
+redis.call('HSET', key, 'status', 'completed', 'progress', 100, 'finished_at', now,
+  'result', ARGV[4], 'lease_until', '')
+redis.call('ZREM', KEYS[1], ARGV[2])
+local job = redis.call('HMGET', key, 'model', 'key_id')
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), cjson.encode({
+  job_id = tonumber(ARGV[2]), model = job[1], key_id = job[2], patches = tonumber(ARGV[5]),
+  price = ARGV[6], images = tonumber(ARGV[7]), completed_at = now}))
+redis.call('PUBLISH', ARGV[8], ARGV[2])
+return 1
+"""
+)
+
+# KEYS[1] leases; ARGV[1] prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] error, ARGV[5] channel
+_FAIL = (
+    _NOW
+    + _CHECK_LEASE
+    + """
+redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[4],
+  'lease_until', '')
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[2])
+return 1
+"""
+)
+
+# KEYS[1] queue; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, then field/value pairs.
+_SUBMIT = (
+    _NOW
+    + """
+redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 4))
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
+"""
+)
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+class RedisJobStore:
+    """``JobStore`` over Redis; ``url`` is a ``redis://`` or ``rediss://`` URL."""
+
+    def __init__(self, url: str, policy: StorePolicy | None = None, prefix: str = "tessera"):
+        self.policy = policy or StorePolicy()
+        self.prefix = prefix
+        self._redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
+        self._changes = ChangeSignal(poll_seconds=1.0)
+        self._listener: asyncio.Task[None] | None = None
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in {
+                "lease": _LEASE,
+                "release": _RELEASE,
+                "heartbeat": _HEARTBEAT,
+                "complete": _COMPLETE,
+                "fail": _FAIL,
+                "submit": _SUBMIT,
+            }.items()
+        }
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _model_key(self, model: str, name: str) -> str:
+        return f"{self.prefix}:{{{model}}}:{name}"
+
+    def _job_prefix(self, model: str) -> str:
+        return self._model_key(model, "job:")
+
+    def _reclaim_args(self, model: str) -> tuple[list[str], list[Any]]:
+        keys = [self._model_key(model, "queue"), self._model_key(model, "leases")]
+        args = [
+            self._job_prefix(model),
+            f"{self.policy.lease_seconds:g}",
+            self.policy.max_attempts,
+            self._model_key(model, "events"),
+        ]
+        return keys, args
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, operation: Any) -> Any:
+        """Await a Redis call, translating driver errors; LEASE_LOST becomes ``LeaseLost``."""
+        await self._listen()
+        try:
+            return await operation
+        except ResponseError as error:
+            if "LEASE_LOST" in str(error):
+                raise LeaseLost("this worker no longer holds the job") from None
+            raise StoreUnavailable(f"the job store (Redis) refused a command: {error}") from error
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(f"the job store (Redis) is unavailable: {error}") from error
+
+    async def _listen(self) -> None:
+        """Start, once, the task that turns Redis notifications into local wake-ups."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._relay_events())
+
+    async def _relay_events(self) -> None:
+        pattern = f"{self.prefix}:*:events"
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(pattern)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "pmessage":
+                            await self._changes.notify()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as error:
+                log.warning("lost the Redis event subscription (%s); retrying", error)
+                await asyncio.sleep(1)
+
+    async def _model_of(self, job_id: int) -> str:
+        model = await self._call(self._redis.get(f"{self.prefix}:job:{job_id}:model"))
+        if model is None:
+            raise JobNotFound(job_id)
+        return str(model)
+
+    async def _read(self, model: str, job_id: int) -> Job:
+        fields = await self._call(self._redis.hgetall(f"{self._job_prefix(model)}{job_id}"))
+        if not fields:
+            raise JobNotFound(job_id)
+        return Job(
+            id=job_id,
+            model=fields["model"],
+            key_id=fields["key_id"],
+            params=JobParams.model_validate_json(fields["params"]),
+            status=JobStatus(fields["status"]),
+            created_at=datetime.fromtimestamp(float(fields["created_at"]), UTC),
+            progress=int(fields.get("progress") or 0),
+            attempts=int(fields.get("attempts") or 0),
+            started_at=_when(fields.get("started_at")),
+            finished_at=_when(fields.get("finished_at")),
+            error=fields.get("error") or None,
+            result=result_from_json(fields.get("result")),
+            worker_id=fields.get("worker_id") or None,
+            lease_until=_when(fields.get("lease_until")),
+        )
+
+    async def _model_for_lease(self, job_id: int) -> str:
+        try:
+            return await self._model_of(job_id)
+        except JobNotFound:
+            raise LeaseLost(f"job {job_id} does not exist") from None
+
+    # -- JobStore ---------------------------------------------------------------------------
+
+    async def submit(self, model: str, key_id: str, params: JobParams) -> Job:
+        job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
+        await self._call(self._redis.set(f"{self.prefix}:job:{job_id}:model", model))
+        await self._call(self._redis.sadd(f"{self.prefix}:models", model))
+        await self._call(
+            self._scripts["submit"](
+                keys=[self._model_key(model, "queue")],
+                args=[
+                    f"{self._job_prefix(model)}{job_id}",
+                    job_id,
+                    self._model_key(model, "events"),
+                    "model", model,
+                    "key_id", key_id,
+                    "params", params.model_dump_json(),
+                    "status", JobStatus.QUEUED.value,
+                    "progress", 0,
+                    "attempts", 0,
+                ],
+            )
+        )  # fmt: skip
+        return await self._read(model, job_id)
+
+    async def get(self, job_id: int) -> Job:
+        return await self._read(await self._model_of(job_id), job_id)
+
+    async def _take(self, models: list[str], worker_id: str) -> Job | None:
+        for model in models:
+            keys, args = self._reclaim_args(model)
+            job_id = await self._call(self._scripts["lease"](keys=keys, args=[*args, worker_id]))
+            if job_id:
+                return await self._read(model, int(job_id))
+        return None
+
+    async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
+        return await self._changes.wait_until(lambda: self._take(models, worker_id), wait)
+
+    async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
+        model = await self._model_for_lease(job_id)
+        await self._call(
+            self._scripts["heartbeat"](
+                keys=[self._model_key(model, "leases")],
+                args=[
+                    self._job_prefix(model),
+                    job_id,
+                    worker_id,
+                    max(0, min(progress, 100)),
+                    self.policy.lease_seconds,
+                ],
+            )
+        )
+
+    async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job:
+        model = await self._model_for_lease(job_id)
+        await self._call(
+            self._scripts["complete"](
+                keys=[self._model_key(model, "leases"), self._model_key(model, "usage")],
+                args=[
+                    self._job_prefix(model),
+                    job_id,
+                    worker_id,
+                    result_to_json(result),
+                    result.patches,
+                    str(result.price),
+                    len(result.images),
+                    self._model_key(model, "events"),
+                ],
+            )
+        )
+        return await self._read(model, job_id)
+
+    async def fail(self, job_id: int, worker_id: str, error: str) -> Job:
+        model = await self._model_for_lease(job_id)
+        await self._call(
+            self._scripts["fail"](
+                keys=[self._model_key(model, "leases")],
+                args=[
+                    self._job_prefix(model),
+                    job_id,
+                    worker_id,
+                    error,
+                    self._model_key(model, "events"),
+                ],
+            )
+        )
+        return await self._read(model, job_id)
+
+    async def release(self, worker_id: str) -> int:
+        released = 0
+        for model in await self._call(self._redis.smembers(f"{self.prefix}:models")):
+            keys, args = self._reclaim_args(model)
+            released += int(
+                await self._call(self._scripts["release"](keys=keys, args=[*args, worker_id]))
+            )
+        return released
+
+    async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
+        async def changed() -> Job | None:
+            job = await self.get(job_id)
+            return job if job.status is not status else None
+
+        return await self._changes.wait_until(changed, timeout) or await self.get(job_id)
+
+    async def queue_depth(self, model: str) -> QueueDepth:
+        queued = await self._call(self._redis.llen(self._model_key(model, "queue")))
+        running = await self._call(self._redis.zcard(self._model_key(model, "leases")))
+        return QueueDepth(queued=int(queued), in_progress=int(running))
+
+    async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
+        records: list[dict[str, Any]] = []
+        for model in await self._call(self._redis.smembers(f"{self.prefix}:models")):
+            members = await self._call(
+                self._redis.zrangebyscore(
+                    self._model_key(model, "usage"), f"({after_job_id}", "+inf", 0, limit
+                )
+            )
+            records.extend(json.loads(member) for member in members)
+        records.sort(key=lambda record: record["job_id"])
+        return [
+            UsageRecord(
+                job_id=int(record["job_id"]),
+                model=record["model"],
+                key_id=record["key_id"],
+                patches=int(record["patches"]),
+                price=Decimal(record["price"]),
+                images=int(record["images"]),
+                completed_at=datetime.fromtimestamp(float(record["completed_at"]), UTC),
+            )
+            for record in records[:limit]
+        ]
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()

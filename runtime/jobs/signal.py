@@ -1,0 +1,59 @@
+"""Wake-ups for code that waits on the store: a worker for a job, a client for a status.
+
+Every local write bumps a version and wakes the waiters; a waiter re-checks the store after
+a short poll too, for writes it cannot hear (another process on the same SQLite file, a
+Redis notification lost while reconnecting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ChangeSignal:
+    def __init__(self, poll_seconds: float = 0.25):
+        self.poll_seconds = poll_seconds
+        self._version = 0
+        self._condition: asyncio.Condition | None = None
+
+    def _cond(self) -> asyncio.Condition:
+        # Created on first use, inside the running loop.
+        if self._condition is None:
+            self._condition = asyncio.Condition()
+        return self._condition
+
+    async def notify(self) -> None:
+        condition = self._cond()
+        async with condition:
+            self._version += 1
+            condition.notify_all()
+
+    async def wait_until(
+        self, check: Callable[[], Awaitable[T | None]], timeout: float
+    ) -> T | None:
+        """``check()`` until it returns something, re-run on each change; None at timeout.
+
+        The version is read before each check, so a change that lands between the check and
+        the sleep still wakes this waiter at once.
+        """
+        deadline = time.monotonic() + timeout
+        condition = self._cond()
+        while True:
+            seen = self._version
+            value = await check()
+            remaining = deadline - time.monotonic()
+            if value is not None or remaining <= 0:
+                return value
+            async with condition:
+                if self._version != seen:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        condition.wait(), timeout=min(remaining, self.poll_seconds)
+                    )
