@@ -23,10 +23,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tessera.runtime.demo import ensure_demo_pipeline  # noqa: E402
-from tessera.runtime.params import JobParams, OutputFormat, Task  # noqa: E402
-from tessera.runtime.worker.pipeline import LoadedPipeline, encode  # noqa: E402
-from tests.support.server import ServerProcess  # noqa: E402
+from tessera.runtime.demo import ensure_demo_pipeline
+from tessera.runtime.params import JobParams, OutputFormat, Task
+from tessera.runtime.worker.pipeline import LoadedPipeline, encode
+from tests.support.server import ServerProcess
 
 
 def percentile(values: list[float], fraction: float) -> float:
