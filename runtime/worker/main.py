@@ -8,10 +8,13 @@ why the operator gives its pods a termination grace period longer than one job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -57,6 +60,15 @@ class WorkerSettings:
         )
 
 
+class _HealthServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the worker decides when to stop (after the
+    job in flight), and exits 0 rather than re-raising the signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def health_app(state: dict[str, Any]) -> FastAPI:
     app = FastAPI(title="Tessera worker", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/metrics", make_asgi_app())
@@ -81,10 +93,19 @@ async def run_worker(settings: WorkerSettings) -> None:
     spec = settings.model_spec()
     store = open_store(settings.queue, StorePolicy(lease_seconds=settings.lease_seconds))
     state: dict[str, Any] = {"ready": False}
-    server = uvicorn.Server(
+    server = _HealthServer(
         uvicorn.Config(health_app(state), host="0.0.0.0", port=settings.port, log_level="warning")  # noqa: S104
     )
     stop = asyncio.Event()
+
+    def shut_down() -> None:
+        log.info("stopping: finishing the job in flight, taking no new ones")
+        stop.set()
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, shut_down)
 
     async def work() -> None:
         pipeline = await asyncio.to_thread(
@@ -111,7 +132,6 @@ async def run_worker(settings: WorkerSettings) -> None:
 
     work_task.add_done_callback(stop_server_on_failure)
     try:
-        # uvicorn owns SIGTERM/SIGINT; when it returns, the process is shutting down.
         await server.serve()
     finally:
         stop.set()
