@@ -21,10 +21,13 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repository root, for tests.support; bench/ itself, for common.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from common import demo_params
 
 from tessera.runtime.demo import ensure_demo_pipeline
-from tessera.runtime.params import JobParams, OutputFormat, Task
+from tessera.runtime.params import OutputFormat, Task
 from tessera.runtime.worker.pipeline import LoadedPipeline, encode
 from tests.support.server import ServerProcess
 
@@ -36,18 +39,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def direct(models: Path, jobs: int, steps: int) -> tuple[list[float], list[float]]:
     pipeline = LoadedPipeline.load(models / "tessera-demo", "cpu")
-    params = JobParams(
-        prompt="a lighthouse at dusk",
-        negative_prompt=None,
-        width=512,
-        height=512,
-        num_images=1,
-        num_inference_steps=steps,
-        guidance_scale=4.5,
-        seed=1,
-        output_format=OutputFormat.PNG,
-        response_format="url",
-    )
+    params = demo_params(512, steps)
     pipeline.generate(params)  # warm-up
     calls, encodes = [], []
     for index in range(jobs):

@@ -382,11 +382,7 @@ class RedisJobStore:
         return released
 
     async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
-        async def changed() -> Job | None:
-            job = await self.get(job_id)
-            return job if job.status is not status else None
-
-        return await self._changes.wait_until(changed, timeout) or await self.get(job_id)
+        return await self._changes.wait_for_status(self.get, job_id, status, timeout)
 
     async def queue_depth(self, model: str) -> QueueDepth:
         queued = await self._call(self._redis.llen(self._model_key(model, "queue")))

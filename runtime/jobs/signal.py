@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from tessera.runtime.jobs.base import Job, JobStatus
+
 T = TypeVar("T")
 
 
@@ -57,3 +59,18 @@ class ChangeSignal:
                     await asyncio.wait_for(
                         condition.wait(), timeout=min(remaining, self.poll_seconds)
                     )
+
+    async def wait_for_status(
+        self,
+        get: Callable[[int], Awaitable[Job]],
+        job_id: int,
+        status: JobStatus,
+        timeout: float,
+    ) -> Job:
+        """The job once its status is no longer ``status``, or as it is at the timeout."""
+
+        async def changed() -> Job | None:
+            job = await get(job_id)
+            return job if job.status is not status else None
+
+        return await self.wait_until(changed, timeout) or await get(job_id)
