@@ -107,8 +107,12 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"models: {', '.join(m.name for m in models)}", flush=True)
     if created_key:
         print(f"API key (shown once, stored hashed in {data_dir}): {created_key}", flush=True)
-    else:
-        print("API key: the one you configured (keys are stored hashed; none is shown)", flush=True)
+    elif not args.api_keys_file and not os.environ.get("TESSERA_API_KEYS"):
+        print(
+            f"API key: the one printed when {data_dir} was first used (only its hash is kept;"
+            f" delete {data_dir / 'api-keys.json'} to make a new one)",
+            flush=True,
+        )
     uvicorn.run(
         create_app(config),
         host=args.host,

@@ -122,7 +122,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             return {"status": "ready"}
         return JSONResponse({"status": "loading"}, status_code=503)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse(playground.PATH)
 
