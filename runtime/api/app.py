@@ -78,12 +78,24 @@ def create_app(config: ServerConfig) -> FastAPI:
         )
         app.state.keys = config.keys
         app.state.ready = not config.embedded_worker
+        app.state.worker_error = None
         stop = asyncio.Event()
         worker_task = (
             asyncio.create_task(_run_embedded_worker(app, config, stop))
             if config.embedded_worker
             else None
         )
+
+        def record_failure(task: asyncio.Task[None]) -> None:
+            # The API keeps answering (jobs stay queued, nothing is lost); readiness says why
+            # no job will run.
+            if not task.cancelled() and task.exception() is not None:
+                app.state.ready = False
+                app.state.worker_error = f"the worker stopped: {task.exception()}"
+                log.error("%s", app.state.worker_error, exc_info=task.exception())
+
+        if worker_task is not None:
+            worker_task.add_done_callback(record_failure)
         try:
             yield
         finally:
@@ -93,6 +105,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                     await asyncio.wait_for(worker_task, timeout=30)
                 except TimeoutError:
                     log.warning("a job was still running at shutdown; it will run again")
+                except Exception:  # noqa: S110 - record_failure has reported it
+                    pass
             await store.close()
 
     app = FastAPI(
@@ -120,6 +134,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def readyz() -> Any:
         if app.state.ready:
             return {"status": "ready"}
+        if app.state.worker_error:
+            return JSONResponse(
+                {"status": "failed", "error": app.state.worker_error}, status_code=503
+            )
         return JSONResponse({"status": "loading"}, status_code=503)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

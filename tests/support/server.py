@@ -52,7 +52,7 @@ class ServerProcess:
             timeout=timeout,
         )
 
-    def start(self, ready_timeout: float = 180) -> ServerProcess:
+    def start(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"server-{self.port}.log"
         env = {**os.environ, "TESSERA_API_KEYS": ",".join(self.keys), "PYTHONUNBUFFERED": "1"}
@@ -77,7 +77,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tessera serve exited early:\n{self.log_path.read_text()}")
             try:
-                if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(self.base_url + probe, timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
