@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,40 +38,42 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def direct(models: Path, jobs: int, steps: int) -> tuple[list[float], list[float]]:
-    pipeline = LoadedPipeline.load(models / "tessera-demo", "cpu")
-    params = demo_params(512, steps)
-    pipeline.generate(params)  # warm-up
-    calls, encodes = [], []
-    for index in range(jobs):
-        started = time.perf_counter()
-        [image] = pipeline.generate(params.model_copy(update={"seed": index}))
-        calls.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        encode(image, OutputFormat.PNG)
-        encodes.append(time.perf_counter() - started)
-    return calls, encodes
+def one_served_job(client: httpx.Client, body: dict[str, Any]) -> float:
+    """Submit, long-poll until complete, download: the reference client's whole path."""
+    started = time.perf_counter()
+    job_id = client.post("/images/generations", json=body).json()["job_id"]
+    while True:
+        task = client.get(f"/images/tasks/{job_id}", params={"wait": 30}).json()
+        if task["status"] in ("completed", "failed"):
+            break
+    assert task["status"] == "completed", task
+    httpx.get(task["result"]["data"][0]["url"]).raise_for_status()
+    return time.perf_counter() - started
 
 
-def served(server: ServerProcess, jobs: int, steps: int) -> list[float]:
-    body = {"model": "tessera-demo", "prompt": "a lighthouse at dusk", "image_size": "square"}
-    body["num_inference_steps"] = steps  # type: ignore[assignment]
-    times = []
+def paired_runs(
+    pipeline: LoadedPipeline, server: ServerProcess, jobs: int, steps: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Direct call, encode and served job, interleaved, so both see the same machine noise."""
+    body: dict[str, Any] = {
+        "model": "tessera-demo",
+        "prompt": "a lighthouse at dusk",
+        "image_size": "square",
+        "num_inference_steps": steps,
+    }
+    calls, encodes, served = [], [], []
     with server.client() as client:
-        for index in range(jobs + 1):
+        one_served_job(client, {**body, "seed": 0})  # warm-up, both sides
+        pipeline.generate(demo_params(512, steps, 0))
+        for seed in range(1, jobs + 1):
             started = time.perf_counter()
-            job_id = client.post("/images/generations", json={**body, "seed": index}).json()[
-                "job_id"
-            ]
-            while True:
-                task = client.get(f"/images/tasks/{job_id}", params={"wait": 30}).json()
-                if task["status"] in ("completed", "failed"):
-                    break
-            assert task["status"] == "completed", task
-            httpx.get(task["result"]["data"][0]["url"]).raise_for_status()
-            if index:  # the first job warms the worker up
-                times.append(time.perf_counter() - started)
-    return times
+            [image] = pipeline.generate(demo_params(512, steps, seed))
+            calls.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            encode(image, OutputFormat.PNG)
+            encodes.append(time.perf_counter() - started)
+            served.append(one_served_job(client, {**body, "seed": seed}))
+    return calls, encodes, served
 
 
 def poll_latency(server: ServerProcess, seconds: float, steps: int) -> list[float]:
@@ -102,25 +105,24 @@ def main() -> None:
             ("tessera-demo-edit", Task.IMAGE_TO_IMAGE),
         ):
             ensure_demo_pipeline(data / "models" / name, task)
-        calls, encodes = direct(data / "models", args.jobs, args.steps)
+        pipeline = LoadedPipeline.load(data / "models" / "tessera-demo", "cpu")
         server = ServerProcess(data).start()
         try:
-            through_api = served(server, args.jobs, args.steps)
+            calls, encodes, served = paired_runs(pipeline, server, args.jobs, args.steps)
             busy = poll_latency(server, args.poll_seconds, 20)
         finally:
             server.kill()
 
-    direct_median = statistics.median(calls)
-    encode_median = statistics.median(encodes)
-    api_median = statistics.median(through_api)
-    print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline on CPU")
-    print(f"direct pipeline call, median:         {direct_median * 1000:8.1f} ms")
-    print(f"PNG encoding, median:                 {encode_median * 1000:8.1f} ms")
-    print(f"through the API (submit..download):   {api_median * 1000:8.1f} ms")
-    print(f"added by the API over the call:       {(api_median - direct_median) * 1000:8.1f} ms")
+    added = [api - call for api, call in zip(served, calls, strict=True)]
+    added_after_encode = [a - e for a, e in zip(added, encodes, strict=True)]
+    print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline on CPU, interleaved")
+    print(f"direct pipeline call, median:         {statistics.median(calls) * 1000:8.1f} ms")
+    print(f"PNG encoding, median:                 {statistics.median(encodes) * 1000:8.1f} ms")
+    print(f"through the API (submit..download):   {statistics.median(served) * 1000:8.1f} ms")
+    print(f"added by the API, median of pairs:    {statistics.median(added) * 1000:8.1f} ms")
     print(
-        "added by the API over call + encode:  "
-        f"{(api_median - direct_median - encode_median) * 1000:8.1f} ms"
+        "  of which not the PNG encoding:      "
+        f"{statistics.median(added_after_encode) * 1000:8.1f} ms"
     )
     print(
         f"task endpoint while busy ({len(busy)} polls): p50 {percentile(busy, 0.5) * 1000:.2f} ms,"

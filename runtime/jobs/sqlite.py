@@ -117,9 +117,22 @@ class SQLiteJobStore:
             self._connection = connection
         return self._connection
 
-    async def _run(self, operation: Callable[[sqlite3.Connection], T], *, notify: bool) -> T:
+    async def _run(
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        notify: bool,
+        durable: bool = True,
+    ) -> T:
+        """Run ``operation`` in one transaction on the store's thread.
+
+        ``durable=False`` skips the fsync for writes whose loss a crash makes harmless
+        (a lease taken or renewed, progress): the job simply runs again.
+        """
+
         def in_thread() -> T:
             connection = self._connect()
+            connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             connection.execute("BEGIN IMMEDIATE")
             try:
                 value = operation(connection)
@@ -219,7 +232,9 @@ class SQLiteJobStore:
             )
             return self._fetch(connection, row["id"])
 
-        job = await self._changes.wait_until(lambda: self._run(take, notify=False), wait)
+        job = await self._changes.wait_until(
+            lambda: self._run(take, notify=False, durable=False), wait
+        )
         if job is not None:
             await self._changes.notify()
         return job
@@ -232,7 +247,7 @@ class SQLiteJobStore:
                 (max(0, min(progress, 100)), time.time() + self.policy.lease_seconds, job_id),
             )
 
-        await self._run(renew, notify=False)
+        await self._run(renew, notify=False, durable=False)
 
     async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job:
         def finish(connection: sqlite3.Connection) -> Job:

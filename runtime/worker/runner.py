@@ -26,6 +26,8 @@ from tessera.runtime.worker.pipeline import LoadedPipeline, encode
 
 log = logging.getLogger(__name__)
 
+PROGRESS_INTERVAL_SECONDS = 0.25
+
 
 @dataclass
 class _Progress:
@@ -135,6 +137,9 @@ class Worker:
             except LeaseLost:
                 log.warning("job %s: lease lost", job.id)
                 return
+            # Progress is for people watching: a few updates a second are plenty, and every
+            # write is work taken from the API and the pipeline.
+            await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
 
 
 def _describe(error: Exception) -> str:
