@@ -14,6 +14,7 @@ import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -55,6 +56,9 @@ class Worker:
         self.worker_id = worker_id
         self.heartbeat_seconds = max(lease_seconds / 3, 0.05)
         self.busy = False
+        # One thread for all pipeline work: torch's OpenMP pool belongs to the thread that
+        # calls it, and hopping between threads rebuilds the pool and loses warm caches.
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-pipeline")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process jobs until ``stop`` is set; a job in flight is finished first."""
@@ -115,10 +119,14 @@ class Worker:
             progress.value = min(99, step * 100 // max(total, 1))
             loop.call_soon_threadsafe(progress.changed.set)
 
-        images = await asyncio.to_thread(pipeline.generate, params, sources, on_step)
+        images = await loop.run_in_executor(
+            self._compute, pipeline.generate, params, sources, on_step
+        )
         stored = []
         for index, image in enumerate(images):
-            data, content_type = await asyncio.to_thread(encode, image, params.output_format)
+            data, content_type = await loop.run_in_executor(
+                self._compute, encode, image, params.output_format
+            )
             key = f"results/{job.id}/{index}.{params.output_format.value}"
             await self.files.put(key, data)
             stored.append(ImageFile(key, image.width, image.height, content_type))
