@@ -1,0 +1,200 @@
+"""``tessera operator`` as a real subprocess, and the credentials it runs with.
+
+Used by the cluster tests and by ``bench/operator_scale.py``. A test that needs the operator
+gets one that runs the console script with a kubeconfig, exactly as a user would, so a
+failure to start is a failure with the operator's own output, never a skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.cluster.harness import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "crds"
+TESSERA = Path(sys.executable).with_name("tessera")
+OPERATOR_NAMESPACE = "tessera-system"
+OPERATOR_ACCOUNT = "tessera-operator"
+
+T = TypeVar("T")
+
+
+class OperatorError(AssertionError):
+    """The operator did not start, died, or never did what was waited for."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def install_crds(cluster: Cluster) -> None:
+    """The ImageModel CRD and the operator's RBAC, applied server-side and established."""
+    for name in ("imagemodel.yaml", "operator-rbac.yaml"):
+        cluster.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-f", str(CRDS / name), timeout=120
+        )
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/imagemodels.tessera.dev", "--timeout=60s"
+    )
+    # Discovery can lag the Established condition by a moment.
+    wait_until(
+        "the imagemodels resource in discovery",
+        lambda: cluster.kubectl("get", "imagemodels", "-A", check=False).returncode == 0,
+        timeout=30,
+    )
+
+
+def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token),
+    so the operator has exactly the ClusterRole's permissions."""
+    token = cluster.kubectl(
+        "create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
+    ).stdout.strip()
+    admin = json.loads(cluster.kubectl("config", "view", "--raw", "-o", "json").stdout)
+    server = admin["clusters"][0]["cluster"]
+    ca = (
+        server.get("certificate-authority-data")
+        or base64.b64encode(Path(server["certificate-authority"]).read_bytes()).decode()
+    )
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "c", "cluster": {"server": server["server"], "certificate-authority-data": ca}}
+        ],
+        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "c", "user": OPERATOR_ACCOUNT}}],
+        "current-context": "operator",
+    }
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+def wait_until(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float = 60,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll until ``probe`` returns something truthy; raise naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = f"\n{explain()}" if explain else ""
+            raise OperatorError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+        time.sleep(0.25)
+
+
+class OperatorProcess:
+    """One ``tessera operator`` subprocess with its output in a file."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        namespaces: list[str] | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.namespaces = namespaces or []
+        self.extra_args = extra_args or ["--standalone"]
+        self.env = env or {}
+        # e.g. [python, -m, cProfile, -o, FILE]: what runs the console script.
+        self.prefix = prefix or []
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60) -> OperatorProcess:
+        if not TESSERA.exists():
+            raise OperatorError(f"{TESSERA} is missing: run scripts/bootstrap --test")
+        args = [*self.prefix, str(TESSERA), "operator", *self.extra_args]
+        args += [f"--namespace={ns}" for ns in self.namespaces]
+        args += ["--liveness", f"http://127.0.0.1:{self.port}/healthz"]
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1", **self.env)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(
+            f"the operator's liveness endpoint on port {self.port}", self._live, timeout, self.tail
+        )
+        return self
+
+    def _live(self) -> bool:
+        self.check_alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise OperatorError(f"the operator exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def output(self, since_start: bool = True) -> str:
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_offset if since_start else 0)
+            return log.read().decode(errors="replace")
+
+    def tail(self, lines: int = 60) -> str:
+        text = "\n".join(self.output().splitlines()[-lines:])
+        return f"--- operator output ({self.log_path}) ---\n{text}"
+
+    def wait_for_log(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def probe() -> re.Match[str] | None:
+            self.check_alive()
+            return regex.search(self.output())
+
+        return wait_until(f"operator output matching {pattern!r}", probe, timeout, self.tail)
+
+    def usage(self) -> dict[str, Any]:
+        """CPU seconds (user + system) and peak resident memory (MiB) so far, from /proc."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(stat[11]) + int(stat[12])) / ticks
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        peak = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")
+        )
+        return {"cpu_seconds": cpu, "peak_rss_mib": peak / 1024}
