@@ -24,6 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.worker.options import PipelineOptions
 
 GROUP = "tessera.dev"
 VERSION = "v1alpha1"
@@ -112,14 +113,8 @@ class Weights(_Spec):
         return "demo"
 
 
-class Pipeline(_Spec):
-    class_name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attention: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
-    cpu_offload: Literal["none", "model", "sequential"] = "none"
-    vae_tiling: bool = False
-    vae_slicing: bool = False
-    compile: bool = False
+# Shared with the worker, which reads it back from TESSERA_PIPELINE.
+Pipeline = PipelineOptions
 
 
 class Toleration(_Spec):

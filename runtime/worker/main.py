@@ -30,6 +30,7 @@ from tessera.runtime.jobs.base import StorePolicy
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH, ModelSpec
 from tessera.runtime.params import ParameterLimits, Task
 from tessera.runtime.storage import LocalFileStore
+from tessera.runtime.worker.options import PipelineOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ class WorkerSettings:
     device: str | None = None
     dtype: str | None = None
     lease_seconds: float = 60.0
+
+    def pipeline_options(self) -> PipelineOptions:
+        """From ``TESSERA_PIPELINE``, JSON the operator renders from ``spec.pipeline``."""
+        raw = os.environ.get("TESSERA_PIPELINE")
+        return PipelineOptions.model_validate_json(raw) if raw else PipelineOptions()
 
     def model_spec(self) -> ModelSpec:
         limits = os.environ.get("TESSERA_MODEL_PARAMETERS")
@@ -109,7 +115,11 @@ async def run_worker(settings: WorkerSettings) -> None:
 
     async def work() -> None:
         pipeline = await asyncio.to_thread(
-            LoadedPipeline.load, settings.weights, settings.device, settings.dtype
+            LoadedPipeline.load,
+            settings.weights,
+            settings.device,
+            settings.dtype,
+            settings.pipeline_options(),
         )
         worker = Worker(
             store,

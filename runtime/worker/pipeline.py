@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from tessera.runtime.params import JobParams, OutputFormat
+from tessera.runtime.worker.options import PipelineOptions
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +92,58 @@ class LoadedPipeline:
 
     @classmethod
     def load(
-        cls, path: Path, device: str | None = None, dtype: str | None = None
+        cls,
+        path: Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        options: PipelineOptions | None = None,
     ) -> LoadedPipeline:
-        quiet_libraries()
-        import torch
-        from diffusers import DiffusionPipeline
+        """Load with ``from_pretrained`` and apply the model's loading options.
 
+        ``dtype`` (the worker's flag) wins over ``options.dtype``; an option the pipeline
+        cannot honour is an error here, at start-up, not a silently slower worker.
+        """
+        quiet_libraries()
+        import diffusers
+        import torch
+
+        options = options or PipelineOptions()
         device = pick_device(device)
+        dtype = dtype or (None if options.dtype == "auto" else options.dtype)
         torch_dtype = (
             getattr(torch, dtype)
             if dtype
             else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         )
-        pipeline = DiffusionPipeline.from_pretrained(str(path), dtype=torch_dtype)
-        pipeline.to(device)
+        loader = diffusers.DiffusionPipeline
+        if options.class_name:
+            loader = getattr(diffusers, options.class_name, None)
+            if loader is None:
+                raise ValueError(f"diffusers has no pipeline class {options.class_name!r}")
+        pipeline = loader.from_pretrained(str(path), dtype=torch_dtype)
+        if options.cpu_offload == "none":
+            pipeline.to(device)
+        elif not device.startswith("cuda"):
+            raise ValueError(f"cpuOffload {options.cpu_offload!r} needs a CUDA device")
+        elif options.cpu_offload == "model":
+            pipeline.enable_model_cpu_offload()
+        else:
+            pipeline.enable_sequential_cpu_offload()
+        denoiser = getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
+        if options.attention:
+            if denoiser is None or not hasattr(denoiser, "set_attention_backend"):
+                raise ValueError(f"{type(pipeline).__name__} cannot change its attention backend")
+            denoiser.set_attention_backend(options.attention)
+        if options.vae_tiling:
+            pipeline.vae.enable_tiling()
+        if options.vae_slicing:
+            pipeline.vae.enable_slicing()
+        if options.compile and denoiser is not None:
+            # Compiling the repeated blocks once is far quicker than the whole model.
+            if hasattr(denoiser, "compile_repeated_blocks"):
+                denoiser.compile_repeated_blocks(fullgraph=True)
+            else:
+                denoiser.compile()
         pipeline.set_progress_bar_config(disable=True)
         accepted = frozenset(inspect.signature(pipeline.__call__).parameters)
         log.info("loaded %s from %s on %s", type(pipeline).__name__, path, device)

@@ -1,0 +1,64 @@
+"""Loading options from an ImageModel's spec.pipeline reach the diffusers pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tessera.runtime.params import JobParams, OutputFormat
+from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime.worker.pipeline import LoadedPipeline
+
+PARAMS = JobParams(
+    prompt="a kite",
+    negative_prompt=None,
+    width=96,
+    height=64,
+    num_images=1,
+    num_inference_steps=1,
+    guidance_scale=4.5,
+    seed=9,
+    output_format=OutputFormat.PNG,
+    response_format="url",
+)
+
+
+def test_options_are_applied(demo_models_dir: Path) -> None:
+    options = PipelineOptions.model_validate(
+        {
+            "className": "FluxPipeline",
+            "dtype": "float32",
+            "attention": "native",
+            "vaeTiling": True,
+            "vaeSlicing": True,
+        }
+    )
+    loaded = LoadedPipeline.load(demo_models_dir / "tessera-demo", "cpu", options=options)
+    assert type(loaded.pipeline).__name__ == "FluxPipeline"
+    assert loaded.pipeline.vae.use_tiling
+    assert loaded.pipeline.vae.use_slicing
+    [image] = loaded.generate(PARAMS)
+    assert image.size == (96, 64)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"className": "NoSuchPipeline"}, "no pipeline class"),
+        ({"cpuOffload": "model"}, "needs a CUDA device"),
+    ],
+)
+def test_options_the_pipeline_cannot_honour_fail_at_load(
+    demo_models_dir: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        LoadedPipeline.load(
+            demo_models_dir / "tessera-demo", "cpu", options=PipelineOptions.model_validate(options)
+        )
+
+
+def test_unknown_options_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        PipelineOptions.model_validate({"turbo": True})
