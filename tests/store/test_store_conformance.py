@@ -22,21 +22,10 @@ from tessera.runtime.jobs.base import (
 )
 from tessera.runtime.jobs.redis import RedisJobStore
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
-from tessera.runtime.params import JobParams, OutputFormat
+from tests.support.params import job_params
 from tests.support.redis_server import RedisServer
 
-PARAMS = JobParams(
-    prompt="p",
-    negative_prompt=None,
-    width=64,
-    height=48,
-    num_images=1,
-    num_inference_steps=1,
-    guidance_scale=4.5,
-    seed=1,
-    output_format=OutputFormat.PNG,
-    response_format="url",
-)
+PARAMS = job_params(prompt="p")
 RESULT = JobResult(
     images=(ImageFile("results/1/0.png", 64, 48, "image/png"),), patches=12, price=Decimal("0.01")
 )

@@ -7,22 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tessera.runtime.params import JobParams, OutputFormat
 from tessera.runtime.worker.options import PipelineOptions
 from tessera.runtime.worker.pipeline import LoadedPipeline
+from tests.support.params import job_params
 
-PARAMS = JobParams(
-    prompt="a kite",
-    negative_prompt=None,
-    width=96,
-    height=64,
-    num_images=1,
-    num_inference_steps=1,
-    guidance_scale=4.5,
-    seed=9,
-    output_format=OutputFormat.PNG,
-    response_format="url",
-)
+PARAMS = job_params(prompt="a kite", width=96, height=64, seed=9)
 
 
 def test_options_are_applied(demo_models_dir: Path) -> None:

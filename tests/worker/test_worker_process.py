@@ -18,21 +18,19 @@ from PIL import Image
 
 from tessera.runtime.jobs import open_store
 from tessera.runtime.jobs.base import JobStatus, StorePolicy
-from tessera.runtime.params import JobParams, OutputFormat
+from tessera.runtime.params import OutputFormat
+from tests.support.params import job_params
 from tests.support.redis_server import RedisServer
 from tests.support.server import free_port
 
-PARAMS = JobParams(
+PARAMS = job_params(
     prompt="a harbour",
-    negative_prompt=None,
     width=200,
     height=120,
     num_images=2,
     num_inference_steps=2,
-    guidance_scale=4.5,
     seed=3,
     output_format=OutputFormat.WEBP,
-    response_format="url",
 )
 
 
