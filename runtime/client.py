@@ -357,7 +357,7 @@ class TesseraClient:
             if timeout is not None and time.monotonic() - started >= timeout:
                 raise WaitTimeout(job_id, timeout, info.status)
             early = hold - (time.monotonic() - asked)
-            if info.status == previous and early > 0.05:
+            if info.status == previous and early > 0:
                 time.sleep(early)  # an unchanged answer that came early: `wait` was ignored
             previous = info.status
 

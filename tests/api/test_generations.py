@@ -138,7 +138,9 @@ def test_usage_reaches_prometheus_under_the_public_key_id(demo_server: ServerPro
     line = next(
         row
         for row in metrics.splitlines()
-        if row.startswith("tessera_patches_total") and f'key_id="{key_id}"' in row
+        if row.startswith("tessera_patches_total")
+        and f'key_id="{key_id}"' in row
+        and 'model="tessera-demo"' in row
     )
     assert float(line.rsplit(" ", 1)[1]) >= 1024
     assert demo_server.api_key not in metrics
