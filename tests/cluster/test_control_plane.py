@@ -12,12 +12,13 @@ import os
 import re
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from tests.support.waiting import wait_until
 
 from .harness import (
     GPU_TOLERATION,
@@ -31,18 +32,6 @@ from .harness import (
 
 T = TypeVar("T")
 TOOLS = Path(__file__).resolve().parent / "tools"
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.25)
 
 
 def get_json(cluster: Cluster, *args: str) -> Any:
@@ -152,7 +141,7 @@ def test_more_gpus_than_a_node_has_stays_pending(
         items: list[dict[str, Any]] = events["items"]
         return items
 
-    events = wait_for("a FailedScheduling event", failed_scheduling)
+    events = wait_until("a FailedScheduling event", failed_scheduling)
     assert any("nvidia.com/gpu" in e["message"] for e in events), [e["message"] for e in events]
     pods = get_json(kube_cluster, "-n", ns, "pods", "-l", "app=big")["items"]
     assert [p["status"]["phase"] for p in pods] == ["Pending"]
@@ -250,7 +239,7 @@ def test_owned_objects_are_garbage_collected(kube_cluster: Cluster, kube_namespa
     }
     kube_cluster.apply(owned)
     kube_cluster.kubectl("-n", ns, "delete", "configmap", "owner")
-    wait_for(
+    wait_until(
         "the garbage collector to delete the owned ConfigMap",
         lambda: (
             kube_cluster.kubectl("-n", ns, "get", "configmap", "owned", check=False).returncode != 0
@@ -262,7 +251,7 @@ def test_admission_plugins_run(kube_cluster: Cluster, kube_namespace: str) -> No
     # ResourceQuota admission caps GPUs per namespace, as a multi-tenant GPU cluster would.
     ns = kube_namespace
     kube_cluster.kubectl("-n", ns, "create", "quota", "gpus", "--hard=requests.nvidia.com/gpu=1")
-    wait_for(
+    wait_until(
         "the quota controller to fill in the quota's status",
         lambda: (
             get_json(kube_cluster, "-n", ns, "resourcequota", "gpus").get("status", {}).get("hard")
@@ -339,7 +328,7 @@ def test_rbac_forbids_a_service_account_without_rights(
         "--role=pod-reader",
         f"--serviceaccount={ns}:nobody",
     )
-    wait_for(
+    wait_until(
         "the RoleBinding to take effect",
         lambda: as_nobody("get", "pods").returncode == 0,
         timeout=30,

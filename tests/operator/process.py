@@ -11,16 +11,16 @@ import base64
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.cluster.harness import Cluster
+from tests.support import waiting
+from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -33,12 +33,6 @@ T = TypeVar("T")
 
 class OperatorError(AssertionError):
     """The operator did not start, died, or never did what was waited for."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def install_crds(cluster: Cluster) -> None:
@@ -91,16 +85,8 @@ def wait_until(
     timeout: float = 60,
     explain: Callable[[], str] | None = None,
 ) -> T:
-    """Poll until ``probe`` returns something truthy; raise naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = f"\n{explain()}" if explain else ""
-            raise OperatorError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
-        time.sleep(0.25)
+    """``tests.support.waiting.wait_until``, failing with ``OperatorError``."""
+    return waiting.wait_until(what, probe, timeout, explain, failure=OperatorError)
 
 
 class OperatorProcess:
