@@ -405,12 +405,7 @@ def deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": model.name,
-            "namespace": model.namespace,
-            "labels": labels(model, COMPONENT_WORKER),
-            "annotations": {ANNOTATION_MODEL_NAME: model.model_name},
-        },
+        "metadata": _worker_metadata(model),
         "spec": {
             "replicas": model.desired_replicas if weights_ready else 0,
             "selector": {"matchLabels": selector_labels(model)},
@@ -434,6 +429,16 @@ def deployment(
     }
 
 
+def _worker_metadata(model: ImageModel) -> dict[str, Any]:
+    """The Deployment's and the Service's: both are named after the model and carry it."""
+    return {
+        "name": model.name,
+        "namespace": model.namespace,
+        "labels": labels(model, COMPONENT_WORKER),
+        "annotations": {ANNOTATION_MODEL_NAME: model.model_name},
+    }
+
+
 def service(model: ImageModel) -> dict[str, Any]:
     """The workers' health and metrics endpoint (clients go through the gateway).
 
@@ -444,12 +449,7 @@ def service(model: ImageModel) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": model.name,
-            "namespace": model.namespace,
-            "labels": labels(model, COMPONENT_WORKER),
-            "annotations": {ANNOTATION_MODEL_NAME: model.model_name},
-        },
+        "metadata": _worker_metadata(model),
         "spec": {
             "type": "ClusterIP",
             "clusterIP": "None",
