@@ -256,6 +256,21 @@ def test_the_cpu_demo_example_runs_on_the_cpu_node(
     init = pods[0]["spec"]["initContainers"][0]
     assert init["command"][:2] == ["tessera", "demo-model"]
     cluster.kubectl("-n", namespace, "delete", "-f", str(path))
+    # The garbage collector removes the children after the model: wait, so that later tests
+    # in this namespace never see them vanish.
+    wait_until(
+        "the demo's Deployment and Service to be garbage-collected",
+        lambda: (
+            not get(
+                cluster,
+                namespace,
+                "deployments,services",
+                "-l",
+                "tessera.dev/imagemodel=tessera-demo",
+            )["items"]
+        ),
+        90,
+    )
 
 
 def test_a_model_reaches_ready_on_h100_nodes(
