@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from tessera.runtime.api.deps import CurrentKey, Service
-from tessera.runtime.jobs.base import JobStatus
+from tessera.runtime.jobs.base import MAX_JOB_ID, JobStatus
 from tessera.runtime.params import GenerationRequest
 from tessera.runtime.service import MAX_WAIT_SECONDS
 from tessera.runtime.sources import new_upload_name
@@ -45,7 +45,9 @@ async def create_edit(body: GenerationRequest, key: CurrentKey, service: Service
 
 @router.get("/tasks/{job_id}", summary="A job's status, progress and result")
 async def get_task(
-    job_id: int,
+    job_id: Annotated[
+        int, Path(ge=1, le=MAX_JOB_ID, description="The job_id that the submission returned.")
+    ],
     key: CurrentKey,
     service: Service,
     wait: Annotated[

@@ -24,6 +24,10 @@ from typing import Protocol
 from tessera.runtime.errors import TesseraError
 from tessera.runtime.params import JobParams
 
+# Job ids are positive signed 64-bit integers in every backend (SQLite's INTEGER PRIMARY KEY,
+# Redis's INCR); a number outside that range names no job.
+MAX_JOB_ID = 2**63 - 1
+
 
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from tessera.runtime.errors import JobNotFound, StoreUnavailable
 from tessera.runtime.jobs.base import (
+    MAX_JOB_ID,
     Job,
     JobResult,
     JobStatus,
@@ -153,6 +154,8 @@ class SQLiteJobStore:
 
     @staticmethod
     def _fetch(connection: sqlite3.Connection, job_id: int) -> Job:
+        if not 1 <= job_id <= MAX_JOB_ID:
+            raise JobNotFound(job_id)
         row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(job_id)

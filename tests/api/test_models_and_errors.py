@@ -85,7 +85,8 @@ def test_unknown_model_is_404_listing_what_exists(demo_server: ServerProcess) ->
 def test_unknown_job_is_404(demo_server: ServerProcess) -> None:
     with demo_server.client() as client:
         assert_error(client.get("/images/tasks/987654321"), 404)
-        assert_error(client.get("/images/tasks/not-a-number"), 422, "job_id")
+        for not_an_id in ("not-a-number", "0", "51056102258093187072"):
+            assert_error(client.get(f"/images/tasks/{not_an_id}"), 422, "job_id")
 
 
 def test_a_task_is_visible_only_to_the_key_that_made_it(demo_server: ServerProcess) -> None:

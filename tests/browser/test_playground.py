@@ -57,9 +57,11 @@ def page(browser: Browser, demo_server: ServerProcess) -> Iterator[Page]:
     page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
     page.on(
         "console",
-        lambda message: problems.append(message.text)
-        if message.type == "error" and ("Refused" in message.text or "Uncaught" in message.text)
-        else None,
+        lambda message: (
+            problems.append(message.text)
+            if message.type == "error" and ("Refused" in message.text or "Uncaught" in message.text)
+            else None
+        ),
     )
     page.set_default_timeout(20_000)
     yield page
@@ -230,7 +232,12 @@ def test_advanced_settings_follow_the_model_schema(page: Page, demo_server: Serv
     expect(size).to_have_value("landscape_4_3")
     presets = size.locator("option").evaluate_all("options => options.map(o => o.value)")
     assert presets == [
-        "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9",
+        "square_hd",
+        "square",
+        "portrait_4_3",
+        "portrait_16_9",
+        "landscape_4_3",
+        "landscape_16_9",
         "custom",
     ]
     expect(settings.get_by_label("Seed")).to_have_value("")
@@ -298,8 +305,13 @@ def test_ui_api_shows_requests_that_make_the_same_image(
     shot(page, "09-api-python")
     assert demo_server.api_key not in script
     run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
-        timeout=120, check=True,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=True,
     )
     saved = re.search(r"saved (\S+)", run.stdout)
     assert saved, run.stdout

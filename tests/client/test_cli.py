@@ -26,7 +26,12 @@ def tessera(
     }
     return subprocess.run(
         [sys.executable, "-m", "tessera.runtime.cli", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+        check=False,
     )
 
 
@@ -67,10 +72,24 @@ def test_models_lists_every_model_with_its_task(demo_server: ServerProcess) -> N
 def test_generate_saves_the_image_and_prints_the_patches(
     demo_server: ServerProcess, tmp_path: Path
 ) -> None:
-    out = ok(tessera(
-        demo_server, "generate", "a lighthouse at dusk", "--model", "tessera-demo",
-        "--size", "64x48", "--steps", "2", "--seed", "11", "-o", "first.png", cwd=tmp_path,
-    ))
+    out = ok(
+        tessera(
+            demo_server,
+            "generate",
+            "a lighthouse at dusk",
+            "--model",
+            "tessera-demo",
+            "--size",
+            "64x48",
+            "--steps",
+            "2",
+            "--seed",
+            "11",
+            "-o",
+            "first.png",
+            cwd=tmp_path,
+        )
+    )
     assert out.splitlines()[0] == "first.png"
     assert patches_billed(out) == 4 * 3
     assert "seed 11" in out
@@ -79,18 +98,46 @@ def test_generate_saves_the_image_and_prints_the_patches(
         assert (image.format, image.size) == ("PNG", (64, 48))
 
     # The same seed and settings make the same image.
-    ok(tessera(
-        demo_server, "generate", "a lighthouse at dusk", "--model", "tessera-demo",
-        "--size", "64x48", "--steps", "2", "--seed", "11", "-o", str(tmp_path / "again.png"),
-    ))
+    ok(
+        tessera(
+            demo_server,
+            "generate",
+            "a lighthouse at dusk",
+            "--model",
+            "tessera-demo",
+            "--size",
+            "64x48",
+            "--steps",
+            "2",
+            "--seed",
+            "11",
+            "-o",
+            str(tmp_path / "again.png"),
+        )
+    )
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "first.png").read_bytes()
 
 
 def test_generate_several_images_into_a_folder(demo_server: ServerProcess, tmp_path: Path) -> None:
-    out = ok(tessera(
-        demo_server, "generate", "tiles", "--size", "square", "--steps", "1", "-n", "2",
-        "--format", "webp", "--guidance", "7.5", "-o", str(tmp_path / "shots") + "/",
-    ))
+    out = ok(
+        tessera(
+            demo_server,
+            "generate",
+            "tiles",
+            "--size",
+            "square",
+            "--steps",
+            "1",
+            "-n",
+            "2",
+            "--format",
+            "webp",
+            "--guidance",
+            "7.5",
+            "-o",
+            str(tmp_path / "shots") + "/",
+        )
+    )
     saved = [Path(line) for line in out.splitlines() if line.endswith(".webp")]
     assert len(saved) == 2, out
     assert all(p.parent == tmp_path / "shots" for p in saved), out
@@ -102,10 +149,23 @@ def test_generate_several_images_into_a_folder(demo_server: ServerProcess, tmp_p
 
 def test_edit_uploads_a_local_image(demo_server: ServerProcess, tmp_path: Path) -> None:
     source = write_png(tmp_path / "source.png")
-    out = ok(tessera(
-        demo_server, "edit", "make it teal", "--image", str(source), "--model",
-        "tessera-demo-edit", "--size", "64x64", "--steps", "1", "-o", str(tmp_path / "edited"),
-    ))
+    out = ok(
+        tessera(
+            demo_server,
+            "edit",
+            "make it teal",
+            "--image",
+            str(source),
+            "--model",
+            "tessera-demo-edit",
+            "--size",
+            "64x64",
+            "--steps",
+            "1",
+            "-o",
+            str(tmp_path / "edited"),
+        )
+    )
     saved = Path(out.splitlines()[0])
     assert saved.parent == tmp_path / "edited"
     with Image.open(saved) as image:
@@ -116,18 +176,34 @@ def test_edit_uploads_a_local_image(demo_server: ServerProcess, tmp_path: Path) 
 def test_edit_takes_a_url(demo_server: ServerProcess, tmp_path: Path) -> None:
     """An image URL is passed through (here one of the server's own signed result URLs)."""
     with demo_server.client() as client:
-        job = client.post("/images/generations", json={
-            "model": "tessera-demo", "prompt": "a source", "image_size": "64x64",
-            "num_inference_steps": 1,
-        }).json()["job_id"]
+        job = client.post(
+            "/images/generations",
+            json={
+                "model": "tessera-demo",
+                "prompt": "a source",
+                "image_size": "64x64",
+                "num_inference_steps": 1,
+            },
+        ).json()["job_id"]
         task = client.get(f"/images/tasks/{job}", params={"wait": 30}).json()
         while task["status"] not in ("completed", "failed"):
             task = client.get(f"/images/tasks/{job}", params={"wait": 30}).json()
     url = task["result"]["data"][0]["url"]
-    out = ok(tessera(
-        demo_server, "edit", "now in blue", "-i", url, "--size", "32x32", "--steps", "1",
-        "-o", str(tmp_path / "from-url.png"),
-    ))
+    out = ok(
+        tessera(
+            demo_server,
+            "edit",
+            "now in blue",
+            "-i",
+            url,
+            "--size",
+            "32x32",
+            "--steps",
+            "1",
+            "-o",
+            str(tmp_path / "from-url.png"),
+        )
+    )
     with Image.open(io.BytesIO((tmp_path / "from-url.png").read_bytes())) as image:
         assert image.size == (32, 32)
     assert patches_billed(out) == 4
@@ -136,21 +212,41 @@ def test_edit_takes_a_url(demo_server: ServerProcess, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "key", "expected"),
     [
-        pytest.param(["models"], "not-a-key", r"invalid API key \(HTTP 401 auth\.invalid_key\)",
-                     id="bad-key"),
-        pytest.param(["generate", "x", "--model", "no-such-model"], None,
-                     r"model 'no-such-model' does not exist; available models: tessera-demo, "
-                     r"tessera-demo-edit \(HTTP 404 model\.not_found\)", id="unknown-model"),
-        pytest.param(["generate", "x", "--model", "tessera-demo", "--size", "5000x64"], None,
-                     r"image_size\.width must be between 16 and 2048 .* \(HTTP 422 "
-                     r"parameter\.invalid\)", id="size-too-large"),
-        pytest.param(["generate", "x", "--model", "tessera-demo", "--size", "huge"], None,
-                     r"image_size must be one of .*not 'huge' \(HTTP 422", id="unknown-size"),
-        pytest.param(["generate", "x", "--model", "tessera-demo", "--steps", "99"], None,
-                     r"num_inference_steps must be between 1 and 50", id="too-many-steps"),
-        pytest.param(["edit", "x", "--model", "tessera-demo", "-i", "https://example.com/a.png"],
-                     None, r"cannot edit images.*\(HTTP 400 modality\.incompatible\)",
-                     id="edit-with-text-model"),
+        pytest.param(
+            ["models"], "not-a-key", r"invalid API key \(HTTP 401 auth\.invalid_key\)", id="bad-key"
+        ),
+        pytest.param(
+            ["generate", "x", "--model", "no-such-model"],
+            None,
+            r"model 'no-such-model' does not exist; available models: tessera-demo, "
+            r"tessera-demo-edit \(HTTP 404 model\.not_found\)",
+            id="unknown-model",
+        ),
+        pytest.param(
+            ["generate", "x", "--model", "tessera-demo", "--size", "5000x64"],
+            None,
+            r"image_size\.width must be between 16 and 2048 .* \(HTTP 422 "
+            r"parameter\.invalid\)",
+            id="size-too-large",
+        ),
+        pytest.param(
+            ["generate", "x", "--model", "tessera-demo", "--size", "huge"],
+            None,
+            r"image_size must be one of .*not 'huge' \(HTTP 422",
+            id="unknown-size",
+        ),
+        pytest.param(
+            ["generate", "x", "--model", "tessera-demo", "--steps", "99"],
+            None,
+            r"num_inference_steps must be between 1 and 50",
+            id="too-many-steps",
+        ),
+        pytest.param(
+            ["edit", "x", "--model", "tessera-demo", "-i", "https://example.com/a.png"],
+            None,
+            r"cannot edit images.*\(HTTP 400 modality\.incompatible\)",
+            id="edit-with-text-model",
+        ),
     ],
 )
 def test_api_errors_are_one_clear_line(

@@ -60,29 +60,48 @@ def test_wait_falls_back_to_polling_when_wait_is_ignored(tmp_path: Path) -> None
 
 def test_a_failed_job_raises_with_the_servers_reason() -> None:
     transport = httpx.MockTransport(scripted(["in_progress", "failed"], []))
-    with TesseraClient("http://x/v1", "k", transport=transport) as client, \
-            pytest.raises(JobFailed, match="job 7 failed: out of memory"):
+    with (
+        TesseraClient("http://x/v1", "k", transport=transport) as client,
+        pytest.raises(JobFailed, match="job 7 failed: out of memory"),
+    ):
         client.wait(7, poll_wait=0.01)
 
 
 def test_waiting_gives_up_after_the_timeout() -> None:
     transport = httpx.MockTransport(scripted(["queued"] * 100, []))
-    with TesseraClient("http://x/v1", "k", transport=transport) as client, \
-            pytest.raises(WaitTimeout, match="still queued"):
+    with (
+        TesseraClient("http://x/v1", "k", transport=transport) as client,
+        pytest.raises(WaitTimeout, match="still queued"),
+    ):
         client.wait(7, timeout=0.1, poll_wait=0.02)
 
 
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (422, {"code": 422, "message": "seed: too big", "status": "error",
-               "error": "parameter.invalid", "field": "seed", "rule": "range"},
-         ("seed: too big", "parameter.invalid", "seed")),
+        (
+            422,
+            {
+                "code": 422,
+                "message": "seed: too big",
+                "status": "error",
+                "error": "parameter.invalid",
+                "field": "seed",
+                "rule": "range",
+            },
+            ("seed: too big", "parameter.invalid", "seed"),
+        ),
         (401, {"detail": "Not authenticated"}, ("Not authenticated", None, None)),
-        (400, {"error": {"message": "bad prompt", "code": "prompt.bad", "field": "prompt"}},
-         ("bad prompt", "prompt.bad", "prompt")),
-        (422, {"detail": [{"loc": ["body", "num_images"], "msg": "too many"}]},
-         ("num_images: too many", None, None)),
+        (
+            400,
+            {"error": {"message": "bad prompt", "code": "prompt.bad", "field": "prompt"}},
+            ("bad prompt", "prompt.bad", "prompt"),
+        ),
+        (
+            422,
+            {"detail": [{"loc": ["body", "num_images"], "msg": "too many"}]},
+            ("num_images: too many", None, None),
+        ),
         (502, "<html>Bad gateway</html>", ("<html>Bad gateway</html>", None, None)),
     ],
 )
@@ -94,8 +113,10 @@ def test_error_answers_become_api_errors(
             return httpx.Response(status, text=body)
         return httpx.Response(status, content=json.dumps(body).encode())
 
-    with TesseraClient("http://x/v1", "k", transport=httpx.MockTransport(handle)) as client, \
-            pytest.raises(ApiError) as caught:
+    with (
+        TesseraClient("http://x/v1", "k", transport=httpx.MockTransport(handle)) as client,
+        pytest.raises(ApiError) as caught,
+    ):
         client.models()
     error = caught.value
     assert (error.status, (error.message, error.code, error.field)) == (status, expected)
@@ -109,8 +130,9 @@ def test_upload_never_sends_the_key_to_the_signed_url(tmp_path: Path) -> None:
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.method == "GET":
-            return httpx.Response(201, json={"signed_url": "http://storage.test/u?sig=1",
-                                             "filename": "upload-abc"})
+            return httpx.Response(
+                201, json={"signed_url": "http://storage.test/u?sig=1", "filename": "upload-abc"}
+            )
         return httpx.Response(204)
 
     source = tmp_path / "in.png"

@@ -59,8 +59,10 @@ async def test_submit_then_get(store: JobStore) -> None:
     assert job.id > 0 and job.status is JobStatus.QUEUED
     again = await store.get(job.id)
     assert again.params == PARAMS and again.key_id == "key_a"
-    with pytest.raises(JobNotFound):
-        await store.get(job.id + 1000)
+    # Ids past any backend's 64-bit range, zero and negatives name no job; none may crash.
+    for missing in (job.id + 1000, 0, -1, 2**64):
+        with pytest.raises(JobNotFound):
+            await store.get(missing)
 
 
 async def test_ids_are_increasing_integers(store: JobStore) -> None:
