@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("TESSERA_CACHE_DIR", Path.home() / ".cache" / "tessera"))
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,44 @@ def test_editable_install_maps_both_folders() -> None:
 
     assert Path(tessera.runtime.__file__).parent == ROOT / "runtime"
     assert Path(tessera.operator.__file__).parent == ROOT / "operator"
+
+
+def test_the_image_install_line_provides_every_command_the_operator_runs(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """No container engine here, so install what the Dockerfile installs (this wheel with its
+    extras) into an empty environment, and run each command that rendered objects start."""
+    line = re.search(r"tessera-\*\.whl\)\[([\w,]+)\]", (ROOT / "Dockerfile").read_text())
+    assert line is not None, "the Dockerfile installs the wheel with its extras"
+    uv = CACHE / "tools" / "bin" / "uv"
+    assert uv.exists(), f"{uv} missing: run scripts/bootstrap first"
+    env = {
+        **os.environ,
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(CACHE / "uv")),
+        # Hard links from the cache keep torch's gigabytes from being copied again.
+        "UV_LINK_MODE": "hardlink",
+    }
+    venv = tmp_path / "image"
+    subprocess.run(
+        [str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, env=env
+    )
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [str(uv), "pip", "install", "--quiet", "--python", python, f"{wheel}[{line.group(1)}]"],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    for command in (
+        ["tessera", "worker", "--help"],
+        ["tessera", "operator", "--help"],
+        ["tessera", "serve", "--help"],
+        ["hf", "download", "--help"],
+    ):
+        result = subprocess.run(
+            [str(venv / "bin" / command[0]), *command[1:]],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, (command, result.stderr[-2000:])
