@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tessera.runtime import client_cli
 from tessera.runtime.params import IntRange, ParameterLimits, Task
@@ -37,6 +38,20 @@ def _model_argument(value: str) -> tuple[str, Path, Task]:
     if colon and suffix in {t.value for t in Task}:
         location, task = path, Task(suffix)
     return name, Path(location).expanduser(), task
+
+
+def _origin_argument(value: str) -> str:
+    """``*`` or ``scheme://host[:port]``, as browsers send it in ``Origin``: a path or a
+    trailing slash would never match, and CORS would fail without saying why."""
+    origin = value.rstrip("/")
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise argparse.ArgumentTypeError(
+            f"expected an origin such as https://app.example.com (or '*'), not {value!r}"
+        )
+    return origin
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -102,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
         public_url=public_url,
         sources=SourceLimits(allow_private_addresses=args.allow_private_image_urls),
         device=args.device,
+        cors_origins=tuple(args.cors_origin),
     )
     print(f"Tessera image API: {public_url}/v1  (docs: {public_url}/docs)", flush=True)
     print(f"models: {', '.join(m.name for m in models)}", flush=True)
@@ -186,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-private-image-urls",
         action="store_true",
         help="let image_url reach private and loopback addresses (off: SSRF protection)",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        type=_origin_argument,
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example.com) call the API from a "
+        "browser; repeatable, '*' for any",
     )
     serve.set_defaults(handler=_serve)
 

@@ -25,6 +25,9 @@ class ServerConfig:
     # Run a worker inside the API process (``tessera serve``); the gateway sets this False.
     embedded_worker: bool = True
     device: str | None = None
+    # Origins whose pages may call the API from a browser (CORS); "*" for any. Empty: only
+    # pages this server serves (the Playground) can, as browsers enforce by default.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def database(self) -> Path:

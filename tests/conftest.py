@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.redis_server import RedisServer
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port
 
 pytest_plugins = ["tests.cluster.fixtures"]
 
@@ -31,11 +31,11 @@ def demo_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return seed_dir / "models"
 
 
-def new_server(base: Path, models: Path, *extra: str) -> ServerProcess:
+def new_server(base: Path, models: Path, *extra: str, port: int | None = None) -> ServerProcess:
     """A server over a fresh data directory that already holds the demo pipelines."""
     base.mkdir(parents=True, exist_ok=True)
     shutil.copytree(models, base / "models", dirs_exist_ok=True)
-    return ServerProcess(base, extra_args=extra)
+    return ServerProcess(base, port=port or free_port(), extra_args=extra)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import make_asgi_app
 
@@ -118,6 +119,16 @@ def create_app(config: ServerConfig) -> FastAPI:
         openapi_url="/openapi.json",
     )
     errors.install(app)
+    if config.cors_origins:
+        # The key travels in the `api_key` header, so a cross-origin call is always preflighted;
+        # result and upload URLs carry their own signatures and need no header.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["api_key", "content-type"],
+            max_age=600,
+        )
     v1 = APIRouter(prefix="/v1")
     v1.include_router(images.router)
     v1.include_router(catalog.router)

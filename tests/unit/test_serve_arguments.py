@@ -1,0 +1,30 @@
+"""``tessera serve`` refuses arguments that would fail later without saying why."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.runtime.cli import build_parser
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("https://app.example.com", "https://app.example.com"),
+        ("http://localhost:3000/", "http://localhost:3000"),
+        ("*", "*"),
+    ],
+)
+def test_cors_origins_are_kept_as_browsers_send_them(given: str, kept: str) -> None:
+    args = build_parser().parse_args(["serve", "--demo", "--cors-origin", given])
+    assert args.cors_origin == [kept]
+
+
+@pytest.mark.parametrize("given", ["app.example.com", "https://app.example.com/path", "ftp://x"])
+def test_a_cors_origin_that_could_never_match_is_refused(
+    given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", "--cors-origin", given])
+    assert exit_.value.code == 2
+    assert "expected an origin such as https://app.example.com" in capsys.readouterr().err
