@@ -6,6 +6,9 @@
 3. The added milliseconds at the median, with and without the image encoding (which the
    direct call does not do but a served image needs).
 4. Latency of GET /v1/images/tasks/{id} while the worker is busy: p50 and p99.
+5. The same request with the worker idle, back to back and after 50 ms of quiet: a request
+   that finds the machine idle pays for waking the server's threads, which is most of what
+   the API adds to a job on a small CPU machine.
 
 Usage: .venv/bin/python bench/serving_overhead.py [--jobs 50] [--steps 4]
 """
@@ -95,6 +98,18 @@ def poll_latency(server: ServerProcess, seconds: float, steps: int) -> list[floa
     return latencies
 
 
+def idle_latency(server: ServerProcess, job_id: int, gap: float, requests: int = 60) -> float:
+    """Median milliseconds of one task request, ``gap`` seconds after the previous one."""
+    latencies = []
+    with server.client() as client:
+        for _ in range(requests):
+            started = time.perf_counter()
+            client.get(f"/images/tasks/{job_id}").raise_for_status()
+            latencies.append(time.perf_counter() - started)
+            time.sleep(gap)
+    return statistics.median(latencies[5:]) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50)
@@ -114,6 +129,11 @@ def main() -> None:
         try:
             calls, encodes, served = paired_runs(pipeline, server, args.jobs, args.steps)
             busy = poll_latency(server, args.poll_seconds, 20)
+            with server.client() as client:  # the backlog must drain first
+                one_served_job(
+                    client, {"model": "tessera-demo", "prompt": "last", "image_size": "square"}
+                )
+            quiet = {gap: idle_latency(server, 1, gap) for gap in (0.0, 0.05)}
         finally:
             server.kill()
 
@@ -131,6 +151,10 @@ def main() -> None:
     print(
         f"task endpoint while busy ({len(busy)} polls): p50 {percentile(busy, 0.5) * 1000:.2f} ms,"
         f" p99 {percentile(busy, 0.99) * 1000:.2f} ms"
+    )
+    print(
+        f"task endpoint, worker idle: back to back {quiet[0.0]:.2f} ms,"
+        f" after 50 ms quiet {quiet[0.05]:.2f} ms"
     )
 
 
