@@ -68,7 +68,27 @@ def signed_in(page: Page, server: ServerProcess) -> None:
 
 
 def panel(page: Page, letter: str = "A") -> Locator:
-    return page.get_by_role("region", name=f"Settings {letter}")
+    """Model A's or B's settings: a region, or with Compare on, the tab panel of tab "Model A"."""
+    return page.get_by_role("region", name=f"Settings {letter}").or_(
+        page.get_by_role("tabpanel", name=f"Model {letter}", exact=True)
+    )
+
+
+def tab(page: Page, letter: str) -> Locator:
+    return page.get_by_role("tab", name=f"Model {letter}", exact=True)
+
+
+def showing(page: Page, letter: str) -> None:
+    """Tab `letter` is the selected one, and its panel the only one shown."""
+    other = "B" if letter == "A" else "A"
+    expect(tab(page, letter)).to_have_attribute("aria-selected", "true")
+    expect(tab(page, other)).to_have_attribute("aria-selected", "false")
+    # The tab points at its panel, and the panel is named by its tab.
+    controlled = page.locator(f"#{tab(page, letter).get_attribute('aria-controls')}")
+    expect(controlled).to_have_accessible_name(f"Model {letter}")
+    expect(panel(page, letter)).to_be_visible()
+    expect(panel(page, other)).to_be_hidden()
+    expect(page.get_by_role("tabpanel")).to_have_count(1)
 
 
 def choose_model(page: Page, name: str, letter: str = "A") -> None:
@@ -340,16 +360,46 @@ def test_compare_runs_one_prompt_through_two_models(
     page: Page, demo_server: ServerProcess, tmp_path: Path
 ) -> None:
     signed_in(page, demo_server)
+    tabs = page.get_by_role("tablist", name="Compared models")
+    expect(tabs).to_be_hidden()
     expect(panel(page, "B")).to_be_hidden()
     page.get_by_role("switch", name="Compare").check(force=True)
-    expect(panel(page, "B")).to_be_visible()
+    # Compare opens on tab B: the panel that just appeared is the one to set up next.
+    expect(tabs).to_be_visible()
+    showing(page, "B")
 
-    choose_model(page, "tessera-demo", "A")
-    custom_size(page, 64, 64, "A")
     choose_model(page, "tessera-demo-edit", "B")
+    expect(tab(page, "B")).to_contain_text("tessera-demo-edit")
+    expect(tab(page, "B")).to_have_accessible_description("tessera-demo-edit")
     upload_source(page, write_png(tmp_path / "b.png"), "B")
     custom_size(page, 96, 48, "B")
     advanced(page, "B").get_by_label("Num Inference Steps").fill("2")
+
+    tab(page, "A").click()
+    showing(page, "A")
+    choose_model(page, "tessera-demo", "A")
+    expect(tab(page, "A")).to_contain_text("tessera-demo")
+    custom_size(page, 64, 64, "A")
+
+    # The keyboard, as WAI-ARIA tabs: one tab stop, and the arrows move between the two tabs.
+    tab(page, "A").focus()
+    expect(tab(page, "A")).to_have_attribute("tabindex", "0")
+    expect(tab(page, "B")).to_have_attribute("tabindex", "-1")
+    page.keyboard.press("ArrowRight")
+    expect(tab(page, "B")).to_be_focused()
+    showing(page, "B")
+    # B's settings are all still there behind its tab.
+    expect(panel(page, "B").get_by_text("Uploaded")).to_be_visible()
+    expect(panel(page, "B").get_by_label("Num Inference Steps")).to_have_value("2")
+    page.keyboard.press("ArrowLeft")
+    expect(tab(page, "A")).to_be_focused()
+    showing(page, "A")
+    page.keyboard.press("ArrowLeft")
+    expect(tab(page, "B")).to_be_focused()
+    showing(page, "B")
+    page.keyboard.press("ArrowRight")
+    showing(page, "A")
+
     expect(page.locator("#estimate")).to_have_text("≈ 34 patches")
     generate(page, "a harbour at night")
 
@@ -369,10 +419,23 @@ def test_compare_runs_one_prompt_through_two_models(
     assert abs(box_a["y"] - box_b["y"]) < 2
     expect(page.locator(".run").first.get_by_role("switch", name="UI / API")).to_have_count(2)
     shot(page, "12-compare")
+    tab(page, "B").click()
+    showing(page, "B")
     b.get_by_role("switch", name="UI / API").check(force=True)
     expect(b.locator("code[data-snippet=curl]")).to_contain_text("/images/edits")
     expect(a.get_by_role("img")).to_be_visible()
     shot(page, "13-compare-api")
+
+    # Compare off: no tabs, panel A alone with its settings kept; on again opens tab B.
+    page.get_by_role("switch", name="Compare").uncheck(force=True)
+    expect(tabs).to_be_hidden()
+    expect(page.get_by_role("tabpanel")).to_have_count(0)
+    expect(panel(page, "A")).to_be_visible()
+    expect(panel(page, "A").get_by_label("Width")).to_have_value("64")
+    expect(panel(page, "B")).to_be_hidden()
+    expect(page.locator("#estimate")).to_have_text("≈ 16 patches")
+    page.get_by_role("switch", name="Compare").check(force=True)
+    showing(page, "B")
 
     page.get_by_role("button", name="Clear").click()
     expect(page.locator(".run")).to_have_count(0)

@@ -6,6 +6,7 @@ import { createPanel } from "./panel.js";
 import { createRun } from "./results.js";
 import { patchesFor } from "./schema.js";
 import { forgetKey, loadKey, saveKey } from "./session.js";
+import { createPanelTabs } from "./tabs.js";
 
 // Long-poll length: the server answers at once on a status change, otherwise after this many
 // seconds with fresh progress, which is how often the progress bar moves while running.
@@ -13,7 +14,7 @@ const WAIT_SECONDS = 2;
 
 const $ = (id) => document.getElementById(id);
 const base = apiBase();
-const state = { api: null, models: [], panels: [], compare: false, jobs: new Set() };
+const state = { api: null, models: [], panels: [], tabs: null, compare: false, jobs: new Set() };
 
 // ---------------------------------------------------------------- sign-in
 
@@ -89,16 +90,23 @@ function updateEstimate() {
   $("estimate").textContent = `≈ ${formatInt(total)} patches`;
 }
 
+// A panel's model or settings changed: the estimate and the model name on its tab follow.
+function panelChanged() {
+  updateEstimate();
+  state.tabs?.refresh();
+}
+
 function startApp() {
   $("signin").hidden = true;
   $("app").hidden = false;
   const textFirst = state.models.find((m) => m.task === "text-to-image") ?? state.models[0];
   const other = state.models.find((m) => m !== textFirst) ?? textFirst;
   state.panels = [
-    createPanel({ letter: "A", models: state.models, selected: textFirst?.model_name, api: state.api, onChange: () => updateEstimate() }),
-    createPanel({ letter: "B", models: state.models, selected: other?.model_name, api: state.api, onChange: () => updateEstimate() }),
+    createPanel({ letter: "A", models: state.models, selected: textFirst?.model_name, api: state.api, onChange: panelChanged }),
+    createPanel({ letter: "B", models: state.models, selected: other?.model_name, api: state.api, onChange: panelChanged }),
   ];
-  replace($("sidebar"), state.panels.map((p) => p.el));
+  state.tabs = createPanelTabs(state.panels);
+  replace($("sidebar"), state.tabs.el, state.panels.map((p) => p.el));
   $("compare").checked = false;
   setCompare(false);
   clearCanvas();
@@ -107,8 +115,10 @@ function startApp() {
 
 function setCompare(on) {
   state.compare = on;
-  document.body.classList.toggle("comparing", on);
-  state.panels[1].el.hidden = !on;
+  state.tabs.enable(on);
+  // Turning Compare on opens tab B: the panel that just appeared is the one to set up next.
+  // Off, panel A is the only one, as before Compare.
+  state.tabs.select(on ? 1 : 0);
   updateEstimate();
 }
 
@@ -195,6 +205,8 @@ async function runOne(panel, prompt, view, controller) {
     submitted();
     if (error.name === "AbortError") return;
     view.fail(error);
+    // A control to point at in the panel behind the other tab: show that panel first.
+    if (state.compare && error.field && error.field !== "prompt") state.tabs.select(state.panels.indexOf(panel));
     panel.markError(error.field);
     if (error.field === "prompt") $("prompt").classList.add("invalid");
   }

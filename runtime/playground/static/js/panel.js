@@ -1,5 +1,6 @@
 // One column of settings: model, source image (for image-to-image models) and advanced
-// settings. Compare shows two of them, "A" and "B", each making its own request.
+// settings. Compare shows two of them, "A" and "B", each making its own request; the tab bar
+// in tabs.js shows one at a time and carries the letter badge.
 
 import { InputError } from "./api.js";
 import { h, replace, uid } from "./dom.js";
@@ -25,10 +26,7 @@ export function createPanel({ letter, models, selected, api, onChange }) {
   let advanced = null;
 
   const picker = createModelPicker({ models, selected, onChange: (model) => useModel(model, true) });
-  const el = h("section", { class: "panel", "aria-label": `Settings ${letter}`, "data-letter": letter },
-    h("div", { class: "panel-head" },
-      h("span", { class: `badge badge-${letter.toLowerCase()}`, "aria-hidden": "true" }, letter),
-      h("span", { class: "panel-title" }, `Model ${letter}`)),
+  const el = h("section", { class: "panel", id: uid("settings"), "aria-label": `Settings ${letter}`, "data-letter": letter },
     h("div", { class: "field" }, picker.label, picker.el, info),
     sourceSlot,
     h("label", { class: "switch switch-row", for: toggleId },
