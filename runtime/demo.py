@@ -26,8 +26,11 @@ _VOCAB_SIZE = 1000
 MARKER_FILE = "tessera-demo.json"
 
 
-def _clip_tokenizer() -> Any:
-    """A byte-level CLIP BPE tokenizer with no merges: every byte is one token."""
+def clip_tokenizer() -> Any:
+    """A byte-level CLIP BPE tokenizer with no merges: every byte is one token.
+
+    Built offline (no Hub), so tests can make tiny pipelines of other families with it too.
+    """
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
@@ -124,7 +127,7 @@ def _components(task: Task) -> dict[str, Any]:
         "vae": vae,
         "transformer": transformer,
         "text_encoder": text_encoder,
-        "tokenizer": _clip_tokenizer(),
+        "tokenizer": clip_tokenizer(),
         "text_encoder_2": text_encoder_2,
         "tokenizer_2": _t5_tokenizer(),
     }

@@ -10,13 +10,14 @@ from __future__ import annotations
 import inspect
 import io
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tessera.runtime.params import JobParams, OutputFormat
 from tessera.runtime.worker.options import PipelineOptions
@@ -162,8 +163,6 @@ class LoadedPipeline:
         generator_device = "cpu" if self.device == "mps" else self.device
         kwargs: dict[str, Any] = {
             "prompt": params.prompt,
-            "height": height,
-            "width": width,
             "num_inference_steps": params.num_inference_steps,
             "num_images_per_prompt": params.num_images,
             # One generator per image: image i is the same whether it is made alone or in a
@@ -174,6 +173,19 @@ class LoadedPipeline:
             ],
             "output_type": "pil",
         }
+        takes_size = {"width", "height"} <= self.accepted
+        if takes_size:
+            kwargs["width"], kwargs["height"] = width, height
+        elif not sources:
+            raise UnsupportedParameter(f"{type(self.pipeline).__name__} takes no image size")
+        else:
+            # Image-to-image pipelines without a size (StableDiffusionImg2ImgPipeline and its
+            # kin) make images the size of their source: hand them the source at the size
+            # asked for, scaled to cover it and centre-cropped, so nothing is stretched.
+            sources = [
+                ImageOps.fit(source, (width, height), Image.Resampling.LANCZOS)
+                for source in sources
+            ]
         if "guidance_scale" in self.accepted:
             kwargs["guidance_scale"] = params.guidance_scale
         if params.negative_prompt:
@@ -192,6 +204,7 @@ class LoadedPipeline:
                     f"{type(self.pipeline).__name__} does not take a source image"
                 )
             kwargs["image"] = sources[0] if len(sources) == 1 else sources
+            self._check_strength(params.num_inference_steps)
             # Pipelines that resize their input to a target area would change the output
             # size; ask for exactly the requested area instead.
             if "max_area" in self.accepted:
@@ -212,6 +225,17 @@ class LoadedPipeline:
                 f"{type(self.pipeline).__name__} does not accept {', '.join(sorted(unknown))}"
             )
         return kwargs
+
+    def _check_strength(self, steps: int) -> None:
+        """Pipelines with a ``strength`` denoise only ``steps * strength`` of the steps; with
+        none left they fail deep inside torch, so say what to ask for instead."""
+        parameter = inspect.signature(self.pipeline.__call__).parameters.get("strength")
+        strength = getattr(parameter, "default", None)
+        if isinstance(strength, float) and strength > 0 and int(steps * strength) < 1:
+            raise UnsupportedParameter(
+                f"{type(self.pipeline).__name__} denoises num_inference_steps x {strength} steps:"
+                f" ask for at least {math.ceil(1 / strength)} steps"
+            )
 
     def generate(
         self,
