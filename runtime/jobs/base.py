@@ -180,7 +180,12 @@ class JobStore(Protocol):
     async def queue_depth(self, model: str) -> QueueDepth: ...
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
-        """Usage records in job-id order, for a billing export that resumes where it left."""
+        """Usage records in job-id order, for a billing export that resumes where it left.
+
+        Jobs complete out of id order (models run at different speeds), so resuming after the
+        last id seen can skip a job that completed later. A billing export needs a cursor in
+        completion order (a ledger sequence); none is built on this yet.
+        """
         ...
 
     async def close(self) -> None: ...
