@@ -416,16 +416,33 @@ def test_stopping_leaves_no_processes_or_ports(second_cluster: Cluster) -> None:
     assert not alive
     assert not second_cluster.workdir.exists()
     for port in ports:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                continue
-        # A freed port may be taken at once by another process (a server of another test);
-        # only a listener left by this cluster would be a leak.
-        owners = _port_owners(port)
-        leaked = [p for p in owners if p in pids or second_cluster.name in _cmdline(p)]
-        assert owners and not leaked, (
-            f"port {port} still accepts connections: {[(p, _cmdline(p)) for p in owners]}"
+        wait_until(
+            f"port {port} of the stopped cluster to be released",
+            lambda port=port: _released(port, pids, second_cluster.name),
+            timeout=10,
+            explain=lambda port=port: _socket_table(port),
         )
+
+
+def _released(port: int, pids: list[int], cluster_name: str) -> bool | None:
+    """True once nothing of the cluster answers on ``port``. A listener can outlive its
+    process by a moment while the kernel closes it, and a freed port may be taken at once by
+    another process (a server of another test), which is not a leak."""
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) != 0:
+            return True
+    owners = _port_owners(port)
+    leaked = [p for p in owners if p in pids or cluster_name in _cmdline(p)]
+    return (bool(owners) and not leaked) or None
+
+
+def _socket_table(port: int) -> str:
+    """The port's lines of ``ss``, to name what still answers."""
+    try:
+        table = subprocess.run(["ss", "-tanp"], capture_output=True, text=True).stdout
+    except OSError as error:
+        return f"(ss: {error})"
+    return "\n".join(line for line in table.splitlines() if f":{port} " in line)
 
 
 def _port_owners(port: int) -> list[int]:
