@@ -72,24 +72,9 @@ def test_models_lists_every_model_with_its_task(demo_server: ServerProcess) -> N
 def test_generate_saves_the_image_and_prints_the_patches(
     demo_server: ServerProcess, tmp_path: Path
 ) -> None:
-    out = ok(
-        tessera(
-            demo_server,
-            "generate",
-            "a lighthouse at dusk",
-            "--model",
-            "tessera-demo",
-            "--size",
-            "64x48",
-            "--steps",
-            "2",
-            "--seed",
-            "11",
-            "-o",
-            "first.png",
-            cwd=tmp_path,
-        )
-    )
+    command = ("generate", "a lighthouse at dusk", "--model", "tessera-demo")
+    command += ("--size", "64x48", "--steps", "2", "--seed", "11")
+    out = ok(tessera(demo_server, *command, "-o", "first.png", cwd=tmp_path))
     assert out.splitlines()[0] == "first.png"
     assert patches_billed(out) == 4 * 3
     assert "seed 11" in out
@@ -98,23 +83,7 @@ def test_generate_saves_the_image_and_prints_the_patches(
         assert (image.format, image.size) == ("PNG", (64, 48))
 
     # The same seed and settings make the same image.
-    ok(
-        tessera(
-            demo_server,
-            "generate",
-            "a lighthouse at dusk",
-            "--model",
-            "tessera-demo",
-            "--size",
-            "64x48",
-            "--steps",
-            "2",
-            "--seed",
-            "11",
-            "-o",
-            str(tmp_path / "again.png"),
-        )
-    )
+    ok(tessera(demo_server, *command, "-o", str(tmp_path / "again.png")))
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "first.png").read_bytes()
 
 
