@@ -88,6 +88,9 @@ class LoadedPipeline:
     pipeline: Any
     device: str
     accepted: frozenset[str]
+    # The default ``strength`` of image-to-image pipelines that have one: they denoise only
+    # ``steps * strength`` of the steps.
+    strength: float | None
     # One pipeline call at a time: diffusers pipelines keep per-call state on themselves.
     lock: threading.Lock
 
@@ -146,9 +149,16 @@ class LoadedPipeline:
             else:
                 denoiser.compile()
         pipeline.set_progress_bar_config(disable=True)
-        accepted = frozenset(inspect.signature(pipeline.__call__).parameters)
+        parameters = inspect.signature(pipeline.__call__).parameters
+        strength = getattr(parameters.get("strength"), "default", None)
         log.info("loaded %s from %s on %s", type(pipeline).__name__, path, device)
-        return cls(pipeline=pipeline, device=device, accepted=accepted, lock=threading.Lock())
+        return cls(
+            pipeline=pipeline,
+            device=device,
+            accepted=frozenset(parameters),
+            strength=strength if isinstance(strength, float) and strength > 0 else None,
+            lock=threading.Lock(),
+        )
 
     def arguments(
         self,
@@ -227,14 +237,12 @@ class LoadedPipeline:
         return kwargs
 
     def _check_strength(self, steps: int) -> None:
-        """Pipelines with a ``strength`` denoise only ``steps * strength`` of the steps; with
-        none left they fail deep inside torch, so say what to ask for instead."""
-        parameter = inspect.signature(self.pipeline.__call__).parameters.get("strength")
-        strength = getattr(parameter, "default", None)
-        if isinstance(strength, float) and strength > 0 and int(steps * strength) < 1:
+        """With no step left to denoise, such pipelines fail deep inside torch; say what to
+        ask for instead."""
+        if self.strength is not None and int(steps * self.strength) < 1:
             raise UnsupportedParameter(
-                f"{type(self.pipeline).__name__} denoises num_inference_steps x {strength} steps:"
-                f" ask for at least {math.ceil(1 / strength)} steps"
+                f"{type(self.pipeline).__name__} denoises num_inference_steps x {self.strength}"
+                f" steps: ask for at least {math.ceil(1 / self.strength)} steps"
             )
 
     def generate(
