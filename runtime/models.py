@@ -33,6 +33,10 @@ class ModelSpec(BaseModel):
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     provider: str = "Tessera"
     description: str = ""
+    # Gateway queueing (None: unbounded, as in `tessera serve`, whose worker is built in): a
+    # job still queued after the timeout fails unbilled; a full queue answers 429.
+    queue_timeout_seconds: float | None = None
+    max_queued: int | None = None
 
     def public_record(self) -> dict[str, Any]:
         """The ``/base_models`` record, Hyperstack's fields first."""
