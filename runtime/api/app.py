@@ -16,12 +16,12 @@ from prometheus_client import make_asgi_app
 
 from tessera.runtime import playground
 from tessera.runtime.api import catalog, errors, files, images
-from tessera.runtime.config import ServerConfig, load_or_create_secret
-from tessera.runtime.jobs.sqlite import SQLiteJobStore
+from tessera.runtime.config import ServerConfig, open_storage
+from tessera.runtime.jobs import open_store
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.service import ImageService
 from tessera.runtime.sources import SourceResolver
-from tessera.runtime.storage import LocalFileStore, UrlSigner
+from tessera.runtime.storage import UrlSigner
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,9 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
 def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteJobStore(config.database, config.store)
-        file_store = LocalFileStore(config.files_dir)
-        signer = UrlSigner(
-            load_or_create_secret(config.data_dir / "url-signing.key"),
-            config.public_url,
-            config.url_ttl_seconds,
-        )
+        store = open_store(config.queue, config.store)
+        file_store = open_storage(config.storage)
+        signer = UrlSigner(config.signing_secret, config.public_url, config.url_ttl_seconds)
         app.state.service = ImageService(
             catalog=ModelCatalog(config.models),
             store=store,
