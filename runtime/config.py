@@ -29,6 +29,9 @@ DEMO_LIMITS = ParameterLimits(
     max_side=2048,
     num_inference_steps=IntRange(min=1, max=50, default=4),
 )
+DEMO_DESCRIPTION = (
+    "A tiny random-weight Flux pipeline for trying the API on a CPU; its images are coloured noise."
+)
 
 
 class ConfigError(ValueError):
@@ -129,8 +132,7 @@ def demo_models(data_dir: Path) -> list[ModelSpec]:
                 task=task,
                 weights=str(path),
                 limits=DEMO_LIMITS,
-                description="A tiny random-weight Flux pipeline for trying the API on a CPU; "
-                "its images are coloured noise.",
+                description=DEMO_DESCRIPTION,
             )
         )
     return models

@@ -17,6 +17,7 @@ from prometheus_client import make_asgi_app
 from tessera.runtime import playground
 from tessera.runtime.api import catalog, errors, files, images
 from tessera.runtime.config import ServerConfig, open_storage
+from tessera.runtime.errors import StoreUnavailable
 from tessera.runtime.jobs import open_store
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.service import ImageService
@@ -60,6 +61,24 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
     await worker.run(stop)
 
 
+# How often a gateway looks for jobs past their queue timeout (and for lapsed leases).
+EXPIRY_INTERVAL_SECONDS = 1.0
+
+
+async def _expire_waiting_jobs(service: ImageService, stop: asyncio.Event) -> None:
+    """Every replica sweeps; the store's sweep is atomic, so they never fail a job twice."""
+    while not stop.is_set():
+        try:
+            failed = await service.expire_waiting()
+        except StoreUnavailable as error:
+            log.warning("could not expire waiting jobs: %s", error)
+        else:
+            if failed:
+                log.info("%d job(s) failed: no worker took them within the queue timeout", failed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL_SECONDS)
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +101,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             if config.embedded_worker
             else None
         )
+        expiry_task = asyncio.create_task(_expire_waiting_jobs(app.state.service, stop))
 
         def record_failure(task: asyncio.Task[None]) -> None:
             # The API keeps answering (jobs stay queued, nothing is lost); readiness says why
@@ -97,6 +117,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield
         finally:
             stop.set()
+            await expiry_task
             if worker_task is not None:
                 try:
                     await asyncio.wait_for(worker_task, timeout=30)

@@ -1,4 +1,5 @@
-"""A real ``tessera serve`` process on a free loopback port, for tests and benchmarks."""
+"""A real ``tessera serve`` (or ``gateway``) process on a free loopback port, for tests and
+benchmarks."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    """``tessera serve --demo`` with known keys; ``start`` waits until jobs can run."""
+    """``tessera serve --demo`` with known keys; ``start`` waits until jobs can run.
+
+    ``command`` runs another API command instead (``gateway ...``); ``data_dir`` then only
+    holds the log.
+    """
 
     data_dir: Path
     port: int = field(default_factory=free_port)
@@ -32,6 +37,8 @@ class ServerProcess:
     keys: tuple[str, ...] = KEYS
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    command: tuple[str, ...] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -52,30 +59,46 @@ class ServerProcess:
             timeout=timeout,
         )
 
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every Prometheus endpoint of this deployment: one process here."""
+        return [self.base_url + "/metrics/"]
+
     def start(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
+        self.spawn()
+        return self.wait_ready(ready_timeout, probe)
+
+    def spawn(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"server-{self.port}.log"
-        env = {**os.environ, "TESSERA_API_KEYS": ",".join(self.keys), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "TESSERA_API_KEYS": ",".join(self.keys),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        arguments = self.command or ("serve", "--demo", "--data-dir", str(self.data_dir))
         command = [
             sys.executable,
             "-m",
             "tessera.runtime.cli",
-            "serve",
-            "--demo",
+            *arguments,
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--data-dir",
-            str(self.data_dir),
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
+        assert self.process is not None and self.log_path is not None
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tessera serve exited early:\n{self.log_path.read_text()}")
+                raise RuntimeError(f"tessera exited early:\n{self.log_path.read_text()}")
             try:
                 if httpx.get(self.base_url + probe, timeout=2).status_code == 200:
                     return self
@@ -83,9 +106,7 @@ class ServerProcess:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(
-            f"tessera serve not ready in {ready_timeout} s:\n{self.log_path.read_text()}"
-        )
+        raise RuntimeError(f"tessera not ready in {ready_timeout} s:\n{self.log_path.read_text()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> None:
         if self.process is None or self.process.poll() is not None:
