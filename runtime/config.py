@@ -51,6 +51,8 @@ class ServerConfig:
     store: StorePolicy = field(default_factory=StorePolicy)
     # Run a worker inside the API process (``tessera serve``); the gateway has none.
     embedded_worker: bool = True
+    # Serve the ImageModel resources of the cluster this process runs in, kept current.
+    watch_cluster: bool = False
     device: str | None = None
     # Origins whose pages may call the API from a browser (CORS); "*" for any. Empty: only
     # pages this server serves (the Playground) can, as browsers enforce by default.
@@ -103,6 +105,7 @@ def _server_config(
     keys: KeyRing,
     embedded_worker: bool,
     device: str | None = None,
+    watch_cluster: bool = False,
 ) -> ServerConfig:
     return ServerConfig(
         queue=queue,
@@ -116,6 +119,7 @@ def _server_config(
         embedded_worker=embedded_worker,
         device=device,
         cors_origins=settings.cors_origin,
+        watch_cluster=watch_cluster,
     )
 
 
@@ -189,12 +193,12 @@ def gateway_config(settings: GatewaySettings) -> Assembled:
     keys = _given_keys(settings)
     if keys is None or not len(keys):
         raise ConfigError("no API keys configured: set TESSERA_API_KEYS or --api-keys-file")
-    if settings.models is None:
-        raise ConfigError("pass --models PATH (a file or folder of ImageModel documents)")
-    try:
-        models = [resource.model_spec() for resource in load_documents(settings.models)]
-    except (InvalidImageModel, OSError) as error:
-        raise ConfigError(str(error)) from None
+    models = []
+    if settings.models is not None:
+        try:
+            models = [resource.model_spec() for resource in load_documents(settings.models)]
+        except (InvalidImageModel, OSError, ValueError) as error:
+            raise ConfigError(str(error)) from None
     open_storage(settings.storage)  # refuse a bad URL now, not at the first request
     config = _server_config(
         settings,
@@ -204,5 +208,17 @@ def gateway_config(settings: GatewaySettings) -> Assembled:
         models=models,
         keys=keys,
         embedded_worker=False,
+        watch_cluster=settings.models is None,
     )
+    if config.watch_cluster:
+        from kubernetes.config import ConfigException
+
+        from tessera.runtime.cluster import load_kube_configuration
+
+        try:
+            load_kube_configuration()
+        except ConfigException as error:
+            raise ConfigError(
+                f"no --models given and no cluster to learn them from: {error}"
+            ) from None
     return Assembled(config)

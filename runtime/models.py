@@ -66,10 +66,16 @@ class ModelCatalog:
 
     def __init__(self, models: Iterable[ModelSpec] = ()):
         self._models: dict[str, ModelSpec] = {}
+        self.replace(models)
+
+    def replace(self, models: Iterable[ModelSpec]) -> None:
+        """Serve exactly ``models`` from now on (a gateway following its cluster)."""
+        replacement: dict[str, ModelSpec] = {}
         for model in models:
-            if model.name in self._models:
+            if model.name in replacement:
                 raise ValueError(f"model {model.name!r} is declared twice")
-            self._models[model.name] = model
+            replacement[model.name] = model
+        self._models = replacement
 
     def get(self, name: str) -> ModelSpec:
         try:

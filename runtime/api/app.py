@@ -79,6 +79,24 @@ async def _expire_waiting_jobs(service: ImageService, stop: asyncio.Event) -> No
             await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL_SECONDS)
 
 
+async def _follow_cluster(app: FastAPI, stop: asyncio.Event) -> None:
+    """Serve the cluster's ImageModels; ready once the first list has been applied."""
+    from tessera.runtime.cluster import ClusterModels
+
+    service: ImageService = app.state.service
+    models = ClusterModels(service.catalog, service.store)
+
+    async def mark_ready() -> None:
+        await models.synced.wait()
+        app.state.ready = True
+
+    ready = asyncio.create_task(mark_ready())
+    try:
+        await models.run(stop)
+    finally:
+        ready.cancel()
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,9 +111,12 @@ def create_app(config: ServerConfig) -> FastAPI:
             sources=SourceResolver(file_store, signer, config.sources),
         )
         app.state.keys = config.keys
-        app.state.ready = not config.embedded_worker
+        app.state.ready = not config.embedded_worker and not config.watch_cluster
         app.state.worker_error = None
         stop = asyncio.Event()
+        watch_task = (
+            asyncio.create_task(_follow_cluster(app, stop)) if config.watch_cluster else None
+        )
         worker_task = (
             asyncio.create_task(_run_embedded_worker(app, config, stop))
             if config.embedded_worker
@@ -118,6 +139,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         finally:
             stop.set()
             await expiry_task
+            if watch_task is not None:
+                await watch_task
             if worker_task is not None:
                 try:
                     await asyncio.wait_for(worker_task, timeout=30)

@@ -164,7 +164,8 @@ return 1
 )
 
 # KEYS[1] queue; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
-# (0: no limit), then field/value pairs. Returns 0, queueing nothing, when the queue is full.
+# (0: no limit), then field/value pairs. Returns the creation time, or 0, queueing nothing,
+# when the queue is full.
 _SUBMIT = (
     _NOW
     + """
@@ -173,7 +174,7 @@ if limit > 0 and redis.call('LLEN', KEYS[1]) >= limit then return 0 end
 redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
-return 1
+return tostring(now)
 """
 )
 
@@ -325,7 +326,7 @@ class RedisJobStore:
         pointer = f"{self.prefix}:job:{job_id}:model"
         await self._call(self._redis.set(pointer, model))
         await self._call(self._redis.sadd(f"{self.prefix}:models", model))
-        queued = await self._call(
+        created = await self._call(
             self._scripts["submit"](
                 keys=[self._model_key(model, "queue")],
                 args=[
@@ -342,10 +343,19 @@ class RedisJobStore:
                 ],
             )
         )  # fmt: skip
-        if not queued:
+        if not created:
             await self._call(self._redis.delete(pointer))
             raise QueueFull(model, max_queued or 0, QUEUE_FULL_RETRY_AFTER_SECONDS)
-        return await self._read(model, job_id)
+        # The job as submitted, not as re-read: a worker may have leased it already, and the
+        # submission answers "queued" whatever happens next.
+        return Job(
+            id=job_id,
+            model=model,
+            key_id=key_id,
+            params=params,
+            status=JobStatus.QUEUED,
+            created_at=datetime.fromtimestamp(float(created), UTC),
+        )
 
     async def get(self, job_id: int) -> Job:
         return await self._read(await self._model_of(job_id), job_id)

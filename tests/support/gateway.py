@@ -66,20 +66,23 @@ class GatewayDeployment:
     def storage(self) -> str:
         return f"file://{self.directory / 'storage'}"
 
+    def gateway(self, models: Path, *extra: str) -> ServerProcess:
+        """A gateway replica (not started) over this deployment's queue, storage and secret."""
+        command = ("gateway", "--queue", self.redis.url, "--storage", self.storage)
+        return ServerProcess(
+            self.directory / f"gateway-{len(self.gateways)}-{secrets.token_hex(3)}",
+            keys=self.keys,
+            command=(*command, "--models", str(models)),
+            extra_args=extra,
+            env={"TESSERA_SIGNING_SECRET": self.signing_secret},
+        )
+
     def start(self) -> GatewayDeployment:
         models = self.models_file or write_models(
             self.directory / "models.yaml", demo_image_models()
         )
-        command = ("gateway", "--queue", self.redis.url, "--storage", self.storage)
-        self.gateways = [
-            ServerProcess(
-                self.directory / f"gateway-{index}",
-                keys=self.keys,
-                command=(*command, "--models", str(models)),
-                env={"TESSERA_SIGNING_SECRET": self.signing_secret},
-            )
-            for index in range(self.replicas)
-        ]
+        self.models_file = models
+        self.gateways = [self.gateway(models) for _ in range(self.replicas)]
         if self.with_workers:
             self.workers = [
                 WorkerProcess(

@@ -39,6 +39,8 @@ class ServerProcess:
     log_path: Path | None = None
     command: tuple[str, ...] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # The ``tessera`` of another environment (a clean install) instead of this one's.
+    executable: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -78,10 +80,11 @@ class ServerProcess:
             **self.env,
         }
         arguments = self.command or ("serve", "--demo", "--data-dir", str(self.data_dir))
+        launcher = (
+            [self.executable] if self.executable else [sys.executable, "-m", "tessera.runtime.cli"]
+        )
         command = [
-            sys.executable,
-            "-m",
-            "tessera.runtime.cli",
+            *launcher,
             *arguments,
             "--host",
             "127.0.0.1",
