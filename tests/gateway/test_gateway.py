@@ -84,7 +84,7 @@ def workerless_gateway(
     lonely["metadata"]["name"] = lonely["spec"]["modelName"] = "lonely"
     lonely["spec"]["queue"] = {"timeoutSeconds": 1}
     full["metadata"]["name"] = full["spec"]["modelName"] = "full"
-    full["spec"]["queue"] = {"maxQueued": 2}
+    full["spec"].update(task="text-to-image", queue={"maxQueued": 2})
     models = write_models(tmp_path_factory.mktemp("workerless") / "models.yaml", [lonely, full])
     server = gateway_deployment.gateway(models).start()
     yield server
