@@ -60,7 +60,7 @@ def open_storage(
     if parts.query or parts.fragment:
         raise InvalidStorageUrl(shown, "no_query", "settings go in the environment, not a query")
     if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise InvalidStorageUrl(
                 shown, "absolute_path", "a file URL takes an absolute path: three slashes"
             )

@@ -31,7 +31,7 @@ def content_type_for(key: str) -> str:
 
 def is_safe_key(key: str) -> bool:
     """Whether ``key`` stays inside the store (or prefix): no ``..``, no absolute path."""
-    return bool(_SAFE_KEY.match(key)) and ".." not in key
+    return bool(_SAFE_KEY.fullmatch(key)) and ".." not in key
 
 
 def check_key(key: str) -> str:

@@ -76,6 +76,8 @@ class S3FileStore:
         self._store = S3Store(
             bucket, prefix=prefix or None, config=config, client_options=client, retry_config=retry
         )
+        self.bucket = bucket
+        self.prefix = prefix
         self.presigned = public_downloads == "presigned"
 
     async def put(self, key: str, data: bytes) -> None:
