@@ -215,8 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", help="job store URL, e.g. redis://HOST:PORT/DB or sqlite:///")
     worker.add_argument("--task", choices=[t.value for t in Task], help="default text-to-image")
     worker.add_argument(
-        "--storage", help="results and edit sources: file:///path (default: beside a sqlite queue)"
+        "--storage",
+        help="results and edit sources: file:///path, s3://bucket/prefix or a mounted folder "
+        "(default: beside a sqlite queue)",
     )
+    worker.add_argument("--host", help="address of the health and metrics port (default all)")
     worker.add_argument("--port", type=int, help="health and metrics port (default 8080)")
     worker.add_argument("--device", help="torch device (default: cuda if any, else cpu)")
     worker.add_argument("--dtype", help="torch dtype, e.g. bfloat16 (default per device)")

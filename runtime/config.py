@@ -12,7 +12,6 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from tessera.runtime.jobs.base import StorePolicy
 from tessera.runtime.keys import KeyRing, new_key, write_key_file
@@ -20,7 +19,7 @@ from tessera.runtime.models import ModelSpec
 from tessera.runtime.params import IntRange, ParameterLimits, Task
 from tessera.runtime.settings import ApiSettings, GatewaySettings, ServeSettings
 from tessera.runtime.sources import SourceLimits
-from tessera.runtime.storage import LocalFileStore
+from tessera.runtime.storage import InvalidStorageUrl, open_storage
 
 DEMO_MODELS = {"tessera-demo": Task.TEXT_TO_IMAGE, "tessera-demo-edit": Task.IMAGE_TO_IMAGE}
 # The demo pipelines make a 1024x1024 image in well under a second on one CPU core at four
@@ -64,15 +63,6 @@ class Assembled:
     config: ServerConfig
     # A key made for this data directory on first use, to show once.
     created_key: str | None = None
-
-
-def open_storage(url: str) -> LocalFileStore:
-    """Shared storage by URL: ``file:///path`` (or a plain path), a folder every process of
-    the server mounts (a ReadWriteMany volume on a cluster)."""
-    parts = urlsplit(url)
-    if parts.scheme in ("", "file") and not parts.netloc:
-        return LocalFileStore(Path(unquote(parts.path)))
-    raise ConfigError(f"unsupported storage URL {url!r}: expected file:///path")
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -199,7 +189,10 @@ def gateway_config(settings: GatewaySettings) -> Assembled:
             models = [resource.model_spec() for resource in load_documents(settings.models)]
         except (InvalidImageModel, OSError, ValueError) as error:
             raise ConfigError(str(error)) from None
-    open_storage(settings.storage)  # refuse a bad URL now, not at the first request
+    try:
+        open_storage(settings.storage)  # refuse a bad URL now, not at the first request
+    except InvalidStorageUrl as error:
+        raise ConfigError(str(error)) from None
     config = _server_config(
         settings,
         queue=settings.queue,

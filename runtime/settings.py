@@ -52,6 +52,11 @@ def parse_model_argument(value: str) -> tuple[str, Path, Task]:
     return name, Path(location).expanduser(), task
 
 
+def storage_url(value: str) -> str:
+    """A storage URL; an absolute path is the folder's ``file://`` URL (a mounted volume)."""
+    return f"file://{value}" if value.startswith("/") else value
+
+
 def _comma_separated(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -144,6 +149,11 @@ class GatewaySettings(ApiSettings):
     storage: str
     models: Path | None = None
 
+    @field_validator("storage", mode="after")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        return storage_url(value)
+
     @field_validator("queue", mode="after")
     @classmethod
     def _redis(cls, value: str) -> str:
@@ -169,6 +179,9 @@ class WorkerSettings(_Settings):
     # Results and edit sources; by default the folder beside a sqlite queue.
     storage: str | None = None
     task: Task = Task.TEXT_TO_IMAGE
+    # All interfaces by default; in a pod, its own address ($(POD_IP)), so that workers
+    # sharing one network (local test nodes) can each take the same port.
+    host: str = "0.0.0.0"  # noqa: S104 - a worker's probes come from outside its pod
     port: int = Field(default=8080, ge=0, le=65535)
     device: str | None = None
     dtype: str | None = None
@@ -177,3 +190,8 @@ class WorkerSettings(_Settings):
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     pipeline: PipelineOptions = PipelineOptions()
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+
+    @field_validator("storage", mode="after")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        return None if value is None else storage_url(value)

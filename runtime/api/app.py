@@ -16,13 +16,13 @@ from prometheus_client import make_asgi_app
 
 from tessera.runtime import playground
 from tessera.runtime.api import catalog, errors, files, images
-from tessera.runtime.config import ServerConfig, open_storage
+from tessera.runtime.config import ServerConfig
 from tessera.runtime.errors import StoreUnavailable
 from tessera.runtime.jobs import open_store
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.service import ImageService
 from tessera.runtime.sources import SourceResolver
-from tessera.runtime.storage import UrlSigner
+from tessera.runtime.storage import UrlSigner, open_storage
 
 log = logging.getLogger(__name__)
 

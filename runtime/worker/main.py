@@ -20,11 +20,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 
-from tessera.runtime.config import ConfigError, open_storage
+from tessera.runtime.config import ConfigError
 from tessera.runtime.jobs import open_store
 from tessera.runtime.jobs.base import StorePolicy
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.settings import WorkerSettings
+from tessera.runtime.storage import InvalidStorageUrl, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,16 @@ async def run_worker(settings: WorkerSettings) -> None:
     from tessera.runtime.worker.runner import Worker
 
     spec = _model_spec(settings)
-    files = open_storage(_storage_url(settings))
+    try:
+        files = open_storage(_storage_url(settings))
+    except InvalidStorageUrl as error:
+        raise ConfigError(str(error)) from None
     store = open_store(settings.queue, StorePolicy(lease_seconds=settings.lease_seconds))
     state: dict[str, Any] = {"ready": False}
     server = _HealthServer(
-        uvicorn.Config(health_app(state), host="0.0.0.0", port=settings.port, log_level="warning")  # noqa: S104
+        uvicorn.Config(
+            health_app(state), host=settings.host, port=settings.port, log_level="warning"
+        )
     )
     stop = asyncio.Event()
 
