@@ -14,6 +14,7 @@ gateway, which writes the ``Served`` condition).
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,19 +53,8 @@ FAILING_WAIT_REASONS = frozenset(
 )
 
 
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]] | None,
-    type: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime.datetime,
-) -> list[dict[str, Any]]:
-    """The conditions with ``type`` set, in the operator's order of condition types."""
-    return conditions_.set_condition(
-        conditions, type, status, reason, message, generation, now, order=Condition.ALL
-    )
+# The operator's conditions, in its order of condition types.
+set_condition = functools.partial(conditions_.set_condition, order=Condition.ALL)
 
 
 def is_current(condition: Mapping[str, Any] | None, generation: int, status: str = "True") -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
@@ -63,6 +63,13 @@ def _comma_separated(value: Any) -> Any:
     return value
 
 
+# Lists: a repeated flag, or one comma-separated variable.
+_SPLIT = BeforeValidator(_comma_separated)
+Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
+Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
+StorageUrl = Annotated[str, AfterValidator(storage_url)]
+
+
 class _Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TESSERA_", extra="forbid", frozen=True)
 
@@ -79,17 +86,12 @@ class ApiSettings(_Settings):
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
     api_keys_file: Path | None = None
-    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    api_keys: Secrets = ()
     signing_secret_file: Path | None = None
     signing_secret: SecretStr | None = None
     url_ttl_seconds: int = Field(default=3600, ge=1)
     allow_private_image_urls: bool = False
-    cors_origin: Annotated[tuple[str, ...], NoDecode] = ()
-
-    @field_validator("api_keys", "cors_origin", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return _comma_separated(value)
+    cors_origin: Strings = ()
 
     @field_validator("cors_origin", mode="after")
     @classmethod
@@ -117,14 +119,9 @@ class ServeSettings(ApiSettings):
     """``tessera serve``: the API, a worker and an embedded store in one process."""
 
     demo: bool = False
-    model: Annotated[tuple[str, ...], NoDecode] = ()
+    model: Strings = ()
     data_dir: Path = DEFAULT_DATA_DIR
     device: str | None = None
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _split_models(cls, value: Any) -> Any:
-        return _comma_separated(value)
 
     @field_validator("model", mode="after")
     @classmethod
@@ -146,13 +143,8 @@ class GatewaySettings(ApiSettings):
     """``tessera gateway``: the API alone, over a Redis queue and shared storage."""
 
     queue: str
-    storage: str
+    storage: StorageUrl
     models: Path | None = None
-
-    @field_validator("storage", mode="after")
-    @classmethod
-    def _storage(cls, value: str) -> str:
-        return storage_url(value)
 
     @field_validator("queue", mode="after")
     @classmethod
@@ -177,7 +169,7 @@ class WorkerSettings(_Settings):
     weights: Path
     queue: str
     # Results and edit sources; by default the folder beside a sqlite queue.
-    storage: str | None = None
+    storage: StorageUrl | None = None
     task: Task = Task.TEXT_TO_IMAGE
     # All interfaces by default; in a pod, its own address ($(POD_IP)), so that workers
     # sharing one network (local test nodes) can each take the same port.
@@ -190,8 +182,3 @@ class WorkerSettings(_Settings):
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     pipeline: PipelineOptions = PipelineOptions()
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
-
-    @field_validator("storage", mode="after")
-    @classmethod
-    def _storage(cls, value: str | None) -> str | None:
-        return None if value is None else storage_url(value)

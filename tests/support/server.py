@@ -9,12 +9,44 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 KEYS = ("test-key-alpha", "test-key-bravo")
+
+
+def wait_for_http(
+    url: str, process: subprocess.Popen[bytes], what: str, log: Callable[[], str], timeout: float
+) -> None:
+    """Until ``url`` answers 200; fail with the process's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready in {timeout} s:\n{log()}")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 40
+) -> None:
+    """Send ``sig`` and wait; kill it if it has not exited within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -97,29 +129,16 @@ class ServerProcess:
         return self
 
     def wait_ready(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
-        assert self.process is not None and self.log_path is not None
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tessera exited early:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(self.base_url + probe, timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"tessera not ready in {ready_timeout} s:\n{self.log_path.read_text()}")
+        assert self.process is not None
+        try:
+            wait_for_http(self.base_url + probe, self.process, "tessera", self.log, ready_timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, sig, timeout)
 
     def kill(self) -> None:
         """Die at once, as on a crash or OOM kill: nothing gets to clean up."""

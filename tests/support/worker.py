@@ -6,13 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from tests.support.server import free_port
+from tests.support.server import free_port, stop_process, wait_for_http
 
 
 @dataclass
@@ -54,30 +51,19 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 180) -> WorkerProcess:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tessera worker exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"tessera worker not ready in {timeout} s:\n{self.log()}")
+        try:
+            wait_for_http(
+                self.base_url + "/readyz", self.process, "tessera worker", self.log, timeout
+            )
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        """Stop it (SIGTERM: after the job in flight); its exit status."""
+        stop_process(self.process, sig, timeout)
+        return None if self.process is None else self.process.returncode
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
