@@ -54,17 +54,18 @@ class GatewayDeployment:
     directory: Path
     pipelines: Path  # the demo pipelines, one folder per model
     redis: RedisServer
-    replicas: int = 1
+    # Shared storage: a folder by default; an s3:// URL with the AWS_* variables it needs.
+    storage_url: str | None = None
+    storage_env: dict[str, str] = field(default_factory=dict)
     keys: tuple[str, ...] = KEYS
     models_file: Path | None = None
-    with_workers: bool = True
     signing_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     gateways: list[ServerProcess] = field(default_factory=list)
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
     def storage(self) -> str:
-        return f"file://{self.directory / 'storage'}"
+        return self.storage_url or f"file://{self.directory / 'storage'}"
 
     def gateway(self, models: Path, *extra: str) -> ServerProcess:
         """A gateway replica (not started) over this deployment's queue, storage and secret."""
@@ -74,7 +75,7 @@ class GatewayDeployment:
             keys=self.keys,
             command=(*command, "--models", str(models)),
             extra_args=extra,
-            env={"TESSERA_SIGNING_SECRET": self.signing_secret},
+            env={"TESSERA_SIGNING_SECRET": self.signing_secret, **self.storage_env},
         )
 
     def start(self) -> GatewayDeployment:
@@ -82,19 +83,19 @@ class GatewayDeployment:
             self.directory / "models.yaml", demo_image_models()
         )
         self.models_file = models
-        self.gateways = [self.gateway(models) for _ in range(self.replicas)]
-        if self.with_workers:
-            self.workers = [
-                WorkerProcess(
-                    name,
-                    self.pipelines / name,
-                    self.redis.url,
-                    self.storage,
-                    self.directory / f"worker-{name}.log",
-                    task=task.value,
-                )
-                for name, task in DEMO_MODELS.items()
-            ]
+        self.gateways = [self.gateway(models)]
+        self.workers = [
+            WorkerProcess(
+                name,
+                self.pipelines / name,
+                self.redis.url,
+                self.storage,
+                self.directory / f"worker-{name}.log",
+                task=task.value,
+                env=self.storage_env,
+            )
+            for name, task in DEMO_MODELS.items()
+        ]
         processes: list[ServerProcess | WorkerProcess] = [*self.gateways, *self.workers]
         # Started together, waited for together: the workers' torch import is the long part.
         for process in processes:
