@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -51,6 +52,6 @@ async def put_upload(
             raise PayloadTooLarge(
                 f"uploads are limited to {limits.max_bytes} bytes", field="body", rule="max_bytes"
             )
-    check_image(bytes(body), limits, "body")
+    await asyncio.to_thread(check_image, bytes(body), limits, "body")
     await service.files.put(upload_key(ApiKey(key_id), name), bytes(body))
     return Response(status_code=204)
