@@ -82,7 +82,7 @@ class Worker:
             return
         except Exception as error:
             log.exception("job %s failed", job.id)
-            reason = describe_failure(job, error)
+            reason = describe_failure(job.id, error)
             await self._finish(job, lambda: self.store.fail(job.id, self.worker_id, reason))
             metrics.JOBS_FINISHED.labels(job.model, "failed").inc()
             return
@@ -153,10 +153,10 @@ def _decode(sources: list[bytes]) -> list[Image.Image]:
     return [Image.open(io.BytesIO(data), formats=["PNG"]).convert("RGB") for data in sources]
 
 
-def describe_failure(job: Job, error: Exception) -> str:
+def describe_failure(job_id: int, error: Exception) -> str:
     """What a failed task tells its client. Only our own errors about the request say
     more than that it failed: the text of anything else (torch, diffusers, the store) is
     internal, and goes to the log with the job's id."""
     if isinstance(error, UnsupportedParameter):
         return f"the pipeline cannot run this request: {error}"
-    return f"the pipeline failed with an internal error (logged with job id {job.id})"
+    return f"the pipeline failed with an internal error (logged with job id {job_id})"
