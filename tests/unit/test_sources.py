@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import trustme
 from PIL import Image
 
 from tessera.runtime.errors import InvalidParameter
@@ -133,6 +135,7 @@ class Host:
     address: str
     port: int = 0
     redirect_to: str | None = None
+    tls: ssl.SSLContext | None = None
     hosts_seen: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -158,6 +161,8 @@ class Host:
 
         self.server = ThreadingHTTPServer((self.address, self.port), Handler)
         self.port = self.server.server_address[1]
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -195,12 +200,14 @@ class Rebinding:
         return [ipaddress.ip_address("127.0.0.2" if len(self.lookups) == 1 else "127.0.0.1")]
 
 
-def _resolver(tmp_path: Path, resolve: Rebinding) -> SourceResolver:
+def _resolver(
+    tmp_path: Path, resolve: Rebinding, tls: ssl.SSLContext | None = None
+) -> SourceResolver:
     limits = SourceLimits(
         allowed_networks=(ipaddress.ip_network("127.0.0.2/32"),), fetch_timeout_seconds=5
     )
     signer = UrlSigner(b"s" * 32, "http://127.0.0.1:1")
-    return SourceResolver(LocalFileStore(tmp_path), signer, limits, resolve=resolve)
+    return SourceResolver(LocalFileStore(tmp_path), signer, limits, resolve=resolve, tls=tls)
 
 
 async def test_a_fetch_connects_to_the_address_it_checked(
@@ -246,6 +253,34 @@ async def test_a_literal_address_is_checked_without_a_lookup(
     assert data == _png()
     assert resolve.lookups == []
     assert refused.hosts_seen == []
+
+
+@pytest.mark.parametrize(("certified", "works"), [("images.test", True), ("other.test", False)])
+async def test_tls_is_verified_against_the_host_name_not_the_address(
+    tmp_path: Path, certified: str, works: bool
+) -> None:
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(certified).configure_cert(server_tls)
+    server_names: list[str | None] = []
+    server_tls.sni_callback = lambda _socket, name, _context: server_names.append(name)
+    client_tls = ssl.create_default_context()
+    authority.configure_trust(client_tls)
+    host = Host("127.0.0.2", tls=server_tls)
+    try:
+        read = _resolver(tmp_path, Rebinding(), client_tls).read(
+            ApiKey("k"), f"https://images.test:{host.port}/photo.png", "image_url"
+        )
+        if works:
+            assert await read == _png()
+            assert host.hosts_seen == [f"images.test:{host.port}"]
+        else:
+            with pytest.raises(InvalidParameter, match="CERTIFICATE_VERIFY_FAILED"):
+                await read
+            assert host.hosts_seen == []
+    finally:
+        host.close()
+    assert server_names == ["images.test"]
 
 
 def test_localhost_is_loopback_to_the_system() -> None:
