@@ -3,19 +3,14 @@ address it checked, over real loopback sockets with a resolver the test controls
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import trustme
-from PIL import Image
 
 from tessera.runtime.errors import InvalidParameter
 from tessera.runtime.keys import ApiKey
@@ -28,6 +23,7 @@ from tessera.runtime.sources import (
     parse_url,
 )
 from tessera.runtime.storage import LocalFileStore, UrlSigner
+from tests.support.image_host import ImageHost, served_png
 
 
 @pytest.mark.parametrize(
@@ -122,62 +118,14 @@ def test_a_source_is_scaled_to_just_cover_the_output(
     assert covering_size(*size, target) == expected
 
 
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), "teal").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@dataclass
-class Host:
-    """A real HTTP server on one loopback address that counts what reaches it."""
-
-    address: str
-    port: int = 0
-    redirect_to: str | None = None
-    tls: ssl.SSLContext | None = None
-    hosts_seen: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        host = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                host.hosts_seen.append(self.headers["Host"])
-                if host.redirect_to:
-                    self.send_response(302)
-                    self.send_header("Location", host.redirect_to)
-                    self.end_headers()
-                    return
-                body = _png()
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((self.address, self.port), Handler)
-        self.port = self.server.server_address[1]
-        if self.tls is not None:
-            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def hosts() -> Iterator[tuple[Host, Host]]:
+def hosts() -> Iterator[tuple[ImageHost, ImageHost]]:
     """One port on two loopback addresses: 127.0.0.2, which the tests allow, and 127.0.0.1,
     where the system resolves ``localhost`` and which stays refused."""
     for _ in range(20):
-        allowed = Host("127.0.0.2")
+        allowed = ImageHost("127.0.0.2")
         try:
-            refused = Host("127.0.0.1", allowed.port)
+            refused = ImageHost("127.0.0.1", allowed.port)
         except OSError:  # that port is taken on 127.0.0.1; try another
             allowed.close()
             continue
@@ -211,21 +159,21 @@ def _resolver(
 
 
 async def test_a_fetch_connects_to_the_address_it_checked(
-    tmp_path: Path, hosts: tuple[Host, Host]
+    tmp_path: Path, hosts: tuple[ImageHost, ImageHost]
 ) -> None:
     allowed, refused = hosts
     resolve = Rebinding()
     # `localhost` is 127.0.0.1 to the system too: a second lookup of any kind would land there.
     url = f"http://localhost:{allowed.port}/photo.png"
     data = await _resolver(tmp_path, resolve).read(ApiKey("k"), url, "image_url")
-    assert data == _png()
+    assert data == served_png()
     assert resolve.lookups == ["localhost"]
     assert allowed.hosts_seen == [f"localhost:{allowed.port}"]  # the URL's Host, kept
     assert refused.hosts_seen == []
 
 
 async def test_every_redirect_hop_is_resolved_and_checked(
-    tmp_path: Path, hosts: tuple[Host, Host]
+    tmp_path: Path, hosts: tuple[ImageHost, ImageHost]
 ) -> None:
     allowed, refused = hosts
     allowed.redirect_to = f"http://images.test:{allowed.port}/photo.png"
@@ -241,7 +189,7 @@ async def test_every_redirect_hop_is_resolved_and_checked(
 
 
 async def test_a_literal_address_is_checked_without_a_lookup(
-    tmp_path: Path, hosts: tuple[Host, Host]
+    tmp_path: Path, hosts: tuple[ImageHost, ImageHost]
 ) -> None:
     allowed, refused = hosts
     resolve = Rebinding()
@@ -250,7 +198,7 @@ async def test_a_literal_address_is_checked_without_a_lookup(
         await resolver.read(ApiKey("k"), f"http://127.0.0.1:{refused.port}/a.png", "image_url")
     assert caught.value.rule == "public_address"
     data = await resolver.read(ApiKey("k"), f"http://127.0.0.2:{allowed.port}/a.png", "image_url")
-    assert data == _png()
+    assert data == served_png()
     assert resolve.lookups == []
     assert refused.hosts_seen == []
 
@@ -266,13 +214,13 @@ async def test_tls_is_verified_against_the_host_name_not_the_address(
     server_tls.sni_callback = lambda _socket, name, _context: server_names.append(name)
     client_tls = ssl.create_default_context()
     authority.configure_trust(client_tls)
-    host = Host("127.0.0.2", tls=server_tls)
+    host = ImageHost("127.0.0.2", tls=server_tls)
     try:
         read = _resolver(tmp_path, Rebinding(), client_tls).read(
             ApiKey("k"), f"https://images.test:{host.port}/photo.png", "image_url"
         )
         if works:
-            assert await read == _png()
+            assert await read == served_png()
             assert host.hosts_seen == [f"images.test:{host.port}"]
         else:
             with pytest.raises(InvalidParameter, match="CERTIFICATE_VERIFY_FAILED"):
