@@ -29,7 +29,9 @@ import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -44,6 +46,11 @@ UPLOAD_NAME = re.compile(r"^upload-[A-Za-z0-9_-]{16,64}$")
 _MAX_REDIRECTS = 3
 # What the API documents; Pillow would otherwise try every decoder it has (PPM, TGA, ICO...).
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+
+# Decoding the largest source takes about 100 MB and most of a core for a moment: two at a
+# time bound the memory and leave the event loop a core, however many clients upload at once.
+_DECODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tessera-decode")
+T = TypeVar("T")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -194,6 +201,11 @@ def check_image(
     return rgb
 
 
+async def off_the_loop(function: Callable[..., T], *args: Any) -> T:
+    """Run a blocking decode in the decoder threads."""
+    return await asyncio.get_running_loop().run_in_executor(_DECODERS, function, *args)
+
+
 def prepare_source(data: bytes, limits: SourceLimits, field: str, target: tuple[int, int]) -> bytes:
     """The checked source as the PNG a worker reads; blocking, for a worker thread."""
     buffer = io.BytesIO()
@@ -227,7 +239,7 @@ class SourceResolver:
         for index, reference in enumerate(references):
             field = "image_url" if index == 0 else f"image_urls[{index - 1}]"
             data = await self.read(key, reference, field)
-            png = await asyncio.to_thread(prepare_source, data, self.limits, field, target)
+            png = await off_the_loop(prepare_source, data, self.limits, field, target)
             name = f"inputs/{secrets.token_urlsafe(12)}.png"
             await self.files.put(name, png)
             stored.append(name)
