@@ -370,7 +370,7 @@ class SourceResolver:
                             await response.aclose()
             except (httpx.HTTPError, httpx.InvalidURL, TimeoutError) as error:
                 raise InvalidParameter(
-                    f"{field}: could not fetch the image: {error or type(error).__name__}",
+                    f"{field}: could not fetch the image: {str(error) or type(error).__name__}",
                     field=field,
                     rule="fetch",
                 ) from None
