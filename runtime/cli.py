@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ from tessera.runtime.settings import (
     ServeSettings,
     WorkerSettings,
     parse_model_argument,
+    parse_network,
     parse_origin,
 )
 
@@ -33,6 +35,13 @@ from tessera.runtime.settings import (
 def _origin_argument(value: str) -> str:
     try:
         return parse_origin(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _network_argument(value: str) -> IPv4Network | IPv6Network:
+    try:
+        return parse_network(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -153,6 +162,14 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-private-image-urls",
         action="store_true",
         help="let image_url reach private and loopback addresses (off: SSRF protection)",
+    )
+    parser.add_argument(
+        "--allow-image-network",
+        action="append",
+        type=_network_argument,
+        metavar="CIDR",
+        help="let image_url reach this network though it is not public (an internal image "
+        "host, e.g. 10.20.0.0/16); repeatable",
     )
     parser.add_argument(
         "--cors-origin",

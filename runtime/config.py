@@ -105,7 +105,10 @@ def _server_config(
         keys=keys,
         public_url=settings.base_url,
         url_ttl_seconds=settings.url_ttl_seconds,
-        sources=SourceLimits(allow_private_addresses=settings.allow_private_image_urls),
+        sources=SourceLimits(
+            allow_private_addresses=settings.allow_private_image_urls,
+            allowed_networks=settings.allow_image_network,
+        ),
         embedded_worker=embedded_worker,
         device=device,
         cors_origins=settings.cors_origin,

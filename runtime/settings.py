@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
@@ -57,6 +58,19 @@ def storage_url(value: str) -> str:
     return f"file://{value}" if value.startswith("/") else value
 
 
+def parse_network(value: str) -> IPv4Network | IPv6Network:
+    try:
+        return ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"expected a network such as 10.20.0.0/16, not {value!r}") from None
+
+
+def _networks(value: Any) -> Any:
+    return tuple(
+        parse_network(item) if isinstance(item, str) else item for item in _comma_separated(value)
+    )
+
+
 def _comma_separated(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -67,6 +81,7 @@ def _comma_separated(value: Any) -> Any:
 _SPLIT = BeforeValidator(_comma_separated)
 Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
 Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
+Networks = Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode, BeforeValidator(_networks)]
 StorageUrl = Annotated[str, AfterValidator(storage_url)]
 
 
@@ -91,6 +106,7 @@ class ApiSettings(_Settings):
     signing_secret: SecretStr | None = None
     url_ttl_seconds: int = Field(default=3600, ge=1)
     allow_private_image_urls: bool = False
+    allow_image_network: Networks = ()
     cors_origin: Strings = ()
 
     @field_validator("cors_origin", mode="after")

@@ -64,8 +64,13 @@ class GatewayDeployment:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
+    def files_dir(self) -> Path:
+        """The shared folder, when storage is one (the default)."""
+        return self.directory / "storage"
+
+    @property
     def storage(self) -> str:
-        return self.storage_url or f"file://{self.directory / 'storage'}"
+        return self.storage_url or f"file://{self.files_dir}"
 
     def gateway(self, models: Path, *extra: str) -> ServerProcess:
         """A gateway replica (not started) over this deployment's queue, storage and secret."""

@@ -94,6 +94,11 @@ class ServerProcess:
         )
 
     @property
+    def files_dir(self) -> Path:
+        """Where ``serve`` keeps images (its storage, ``file://`` in the data directory)."""
+        return self.data_dir / "files"
+
+    @property
     def metrics_urls(self) -> list[str]:
         """Every Prometheus endpoint of this deployment: one process here."""
         return [self.base_url + "/metrics/"]
