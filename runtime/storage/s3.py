@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 import obstore
-from obstore.exceptions import BaseError, NotFoundError
+from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
 from tessera.runtime.errors import FileNotFound, StorageUnavailable
@@ -46,11 +46,13 @@ _AWS_ENVIRONMENT: tuple[tuple[str, _Setting], ...] = (
 )
 
 RETRY: RetryConfig = {
-    "max_retries": 15,
+    # Bounded by time, not by count: the backoff is jittered, so a count says little
+    # about how long an S3 restart the retries would outlast.
+    "max_retries": 10_000,
     "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5)},
     "retry_timeout": timedelta(minutes=2),
 }
-"""About a minute of backoff in all: an S3 server that restarts within it goes unnoticed."""
+"""Two minutes of retries: an S3 server that restarts within them goes unnoticed."""
 
 
 class S3FileStore:
@@ -118,7 +120,7 @@ def _translated(key: str) -> Iterator[None]:
     """Turns obstore's errors into Tessera's where they enter, keeping the cause chained."""
     try:
         yield
-    except NotFoundError as error:
+    except FileNotFoundError as error:  # what obstore raises for a missing object
         raise FileNotFound(f"no file named {key!r}") from error
     except BaseError as error:
         raise StorageUnavailable(

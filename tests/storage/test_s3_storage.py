@@ -130,7 +130,9 @@ async def test_a_put_during_a_restart_waits_for_the_server(tmp_path: Path) -> No
         # With nothing listening, the put neither fails nor finishes: it retries.
         done, _ = await asyncio.wait({put}, timeout=1.5)
         assert not done
-        server.launch()  # same ports, same data folder
+        # Same ports, same data folder. SeaweedFS then refuses connections, and after that
+        # answers writes with 5xx for its 15 s topology warm-up: both are retried.
+        server.launch()
         await asyncio.wait_for(put, timeout=90)
         assert await store.get("results/1/0.png") == b"before"
         assert await store.get("results/2/0.png") == b"during"

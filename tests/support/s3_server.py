@@ -113,7 +113,10 @@ class S3Server:
                 "-s3.autoCreateBucket=false",  # as on real S3: a missing bucket is an error
                 "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.telemetry=false",
+                # One master: after a restart it need not wait 10 s for peers to elect it.
+                "-master.electionTimeout=1s",
                 "-master.volumeSizeLimitMB=100", "-volume.max=32",
+                "-volume.preStopSeconds=0",  # a test server need not drain before stopping
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -121,10 +124,12 @@ class S3Server:
         log.close()
 
     def stop(self) -> None:
+        """Stop the process; its data stays. (weed server shuts its parts down on SIGTERM
+        within a second, then may linger; a kill after that loses nothing.)"""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(15)
+                self.process.wait(3)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
