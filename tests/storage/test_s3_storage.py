@@ -15,7 +15,8 @@ import pytest
 from tessera.runtime.errors import FileNotFound, StorageUnavailable
 from tessera.runtime.storage import LocalFileStore, open_storage
 from tessera.runtime.storage.s3 import S3FileStore
-from tests.support.s3_server import S3Server
+from tests.support.build import run_build_script
+from tests.support.s3_server import BUILD_SCRIPT, S3Server
 from tests.support.server import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -130,7 +131,9 @@ async def test_a_put_during_a_restart_waits_for_the_server(tmp_path: Path) -> No
         # With nothing listening, the put neither fails nor finishes: it retries.
         done, _ = await asyncio.wait({put}, timeout=1.5)
         assert not done
-        server.launch()  # same ports, same data folder
+        # Same ports, same data folder. SeaweedFS then refuses connections, and after that
+        # answers writes with 5xx for its 15 s topology warm-up: both are retried.
+        server.launch()
         await asyncio.wait_for(put, timeout=90)
         assert await store.get("results/1/0.png") == b"before"
         assert await store.get("results/2/0.png") == b"during"
@@ -138,3 +141,11 @@ async def test_a_put_during_a_restart_waits_for_the_server(tmp_path: Path) -> No
             await store.get("results/3/0.png")
     finally:
         server.stop()
+
+
+def test_without_go_the_s3_server_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TESSERA_WEED", raising=False)
+    monkeypatch.setenv("TESSERA_GO", "/nonexistent/go")
+    with pytest.raises(RuntimeError, match="no Go toolchain found") as caught:
+        run_build_script(BUILD_SCRIPT)
+    assert "scripts/bootstrap --test" in str(caught.value)

@@ -7,12 +7,10 @@ failed build is an error with the build's own words, never a skip.
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import secrets
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import obstore
 from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
+from tests.support.build import run_build_script
 from tests.support.server import free_port
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "build-seaweedfs"
@@ -29,22 +28,8 @@ _SERVICES = ("master", "volume", "filer", "s3")
 
 @functools.cache
 def weed_binary() -> Path:
-    """Run the build script (a second of work once built) and return the binary's path."""
-    tail: collections.deque[str] = collections.deque(maxlen=40)
-    proc = subprocess.Popen(
-        [str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    for line in proc.stderr:
-        sys.stderr.write(line)
-        tail.append(line)
-    out = proc.stdout.read().strip().splitlines()
-    if proc.wait() != 0 or not out or not Path(out[-1]).is_file():
-        raise RuntimeError(
-            f"{BUILD_SCRIPT} failed (exit {proc.returncode}); run scripts/bootstrap --test:\n"
-            + "".join(tail)
-        )
-    return Path(out[-1])
+    """The built binary (a second of work once built; a cold build takes minutes)."""
+    return run_build_script(BUILD_SCRIPT)
 
 
 @dataclass
@@ -113,7 +98,10 @@ class S3Server:
                 "-s3.autoCreateBucket=false",  # as on real S3: a missing bucket is an error
                 "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.telemetry=false",
+                # One master: after a restart it need not wait 10 s for peers to elect it.
+                "-master.electionTimeout=1s",
                 "-master.volumeSizeLimitMB=100", "-volume.max=32",
+                "-volume.preStopSeconds=0",  # a test server need not drain before stopping
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -121,10 +109,12 @@ class S3Server:
         log.close()
 
     def stop(self) -> None:
+        """Stop the process; its data stays. (weed server shuts its parts down on SIGTERM
+        within a second, then may linger; a kill after that loses nothing.)"""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(15)
+                self.process.wait(3)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
