@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gateway import GatewayDeployment
 from tests.support.redis_server import RedisServer
 from tests.support.s3_server import S3Server
 from tests.support.server import ServerProcess, free_port
@@ -48,10 +49,46 @@ def new_server(base: Path, models: Path, *extra: str, port: int | None = None) -
 
 
 @pytest.fixture(scope="session")
-def demo_server(
+def serve_server(
     tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
 ) -> Iterator[ServerProcess]:
     """One ``tessera serve --demo`` for the whole session (keys: tests.support.server.KEYS)."""
     server = new_server(tmp_path_factory.mktemp("demo-server"), demo_models_dir).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(serve_server: ServerProcess) -> ServerProcess:
+    """The server most tests talk to; tests/api runs against the gateway as well."""
+    return serve_server
+
+
+def _deployment(
+    directory: Path, pipelines: Path, s3: S3Server | None = None
+) -> Iterator[GatewayDeployment]:
+    redis = RedisServer(directory / "redis").start()
+    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3)
+    try:
+        yield deployment.start()
+    finally:
+        deployment.stop()
+        redis.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_deployment(
+    tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
+) -> Iterator[GatewayDeployment]:
+    """``tessera gateway`` + one ``tessera worker`` per demo model over their own redis-server
+    and a shared folder (``file://``): the cluster's shape, for the whole session."""
+    yield from _deployment(tmp_path_factory.mktemp("gateway-deployment"), demo_models_dir)
+
+
+@pytest.fixture(scope="session")
+def gateway_s3_deployment(
+    tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path, s3_server: S3Server
+) -> Iterator[GatewayDeployment]:
+    """The same, with results and uploads in a bucket of a real S3 server (SeaweedFS)."""
+    directory = tmp_path_factory.mktemp("gateway-s3-deployment")
+    yield from _deployment(directory, demo_models_dir, s3_server)
