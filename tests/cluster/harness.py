@@ -296,6 +296,27 @@ class Cluster:
             )
         return proc, log
 
+    def service_addresses(self, namespace: str, service: str) -> list[str]:
+        """``address:port`` of every ready endpoint of a Service, from its EndpointSlices.
+
+        The one step from a Service name to where its pods answer: this machine has no
+        cluster DNS and no kube-proxy, but pods on local nodes listen on addresses of their
+        own, which the real EndpointSlice controller publishes.
+        """
+        slices = json.loads(
+            self.kubectl(
+                "-n", namespace, "get", "endpointslices",
+                "-l", f"kubernetes.io/service-name={service}", "-o", "json",
+            ).stdout
+        )["items"]  # fmt: skip
+        found = []
+        for piece in slices:
+            ports = [p["port"] for p in piece.get("ports") or [] if p.get("port")]
+            for endpoint in piece.get("endpoints") or []:
+                if endpoint.get("conditions", {}).get("ready"):
+                    found += [f"{a}:{port}" for a in endpoint["addresses"] for port in ports]
+        return sorted(found)
+
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> Path:
         """The output file of a container of a pod on a local node (the newest such pod).
 

@@ -9,7 +9,7 @@ expand against the finished environment.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .errors import CannotRunHere, ConfigNotReady
@@ -95,8 +95,13 @@ def container_env(
     container: Mapping[str, Any],
     source: ConfigSource,
     base: Mapping[str, str],
+    localize: Callable[[str], str] = str,
 ) -> dict[str, str]:
-    """``base`` (PATH, service host...), then ``envFrom``, then ``env``, expanded in order."""
+    """``base`` (PATH, service host...), then ``envFrom``, then ``env``, expanded in order.
+
+    ``localize`` maps each value the pod declares (not ``base``'s, which are this
+    machine's own) onto local folders (``volumes.localize``).
+    """
     namespace = pod["metadata"]["namespace"]
     env = dict(base)
     for item in container.get("envFrom") or []:
@@ -109,11 +114,11 @@ def container_env(
             kind = "ConfigMap" if "configMapRef" in item else "Secret"
             raise ConfigNotReady(f"{kind} {namespace}/{ref['name']} not found")
         prefix = item.get("prefix", "")
-        env |= {prefix + k: v.decode() for k, v in values.items()}
+        env |= {prefix + k: localize(v.decode()) for k, v in values.items()}
     for item in container.get("env") or []:
         name = item["name"]
         if "valueFrom" not in item:
-            env[name] = expand(item.get("value", ""), env)
+            env[name] = localize(expand(item.get("value", ""), env))
             continue
         value_from = item["valueFrom"]
         if "fieldRef" in value_from:
@@ -122,7 +127,7 @@ def container_env(
             kind = "configMapKeyRef" if "configMapKeyRef" in value_from else "secretKeyRef"
             value = _key_value(source, namespace, kind, value_from[kind])
             if value is not None:
-                env[name] = value
+                env[name] = localize(value)
         else:
             raise CannotRunHere(
                 "UnsupportedEnv",

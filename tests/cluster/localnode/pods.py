@@ -10,7 +10,6 @@ volume or probe) fails at once, with the reason and message in its status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
@@ -74,6 +73,7 @@ class PodRunner:
         self._written: dict[str, Any] | None = None
         self._transitions: dict[str, tuple[str, str]] = {}
         self._terminating = False
+        self._closed = False
         self.finished = asyncio.Event()
 
     @property
@@ -111,12 +111,11 @@ class PodRunner:
             self.failure = failure
             await asyncio.gather(*(c.stop(0) for c in self.init + self.main))
         finally:
+            # The writer writes the final status itself: cancelling it mid-write could let
+            # an older status land after the final one.
+            self._closed = True
             self._dirty.set()
-            await asyncio.sleep(0)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            await self._write_status()
+            await writer
             self.finished.set()
 
     async def _run(self) -> None:
@@ -168,12 +167,14 @@ class PodRunner:
     async def _launch(self, spec: Mapping[str, Any]) -> Launch:
         """Env, paths and executable for one start of a container (may raise)."""
         pod = self._pod_with_addresses()
-        env = await asyncio.to_thread(container_env, pod, spec, self.node.api, self.node.base_env)
         mounts = self.volumes.mounts(spec)
+        base = self.node.base_env | {"HOSTNAME": pod["metadata"]["name"]}
         for mount_path, local in mounts:
-            if mount_path == "/tmp" and "TMPDIR" not in env:
-                env["TMPDIR"] = str(local)
-        env = {name: localize(value, mounts) for name, value in env.items()}
+            if mount_path == "/tmp":  # where Python's tempfile and friends look first
+                base["TMPDIR"] = str(local)
+        env = await asyncio.to_thread(
+            container_env, pod, spec, self.node.api, base, lambda v: localize(v, mounts)
+        )
         argv = [
             localize(expand(arg, env), mounts) for arg in spec["command"] + (spec.get("args") or [])
         ]
@@ -323,8 +324,11 @@ class PodRunner:
             log.info("%s: status not written: %s", self.key, error)
 
     async def _write_status_loop(self) -> None:
+        """One write at a time, in order; ends after the write that follows ``_closed``."""
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             await self._write_status()
+            if self._closed and not self._dirty.is_set():
+                return
             await asyncio.sleep(0.05)  # coalesce a burst of changes into one write

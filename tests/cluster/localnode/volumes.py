@@ -1,11 +1,12 @@
 """A pod's volumes as local folders, and paths inside the container mapped onto them.
 
 A process here shares this machine's filesystem, so a volume cannot appear at its
-``mountPath``. Each volume is a folder instead, and every ``command``/``args`` item, env
-value, ``workingDir`` and exec probe argument that is a path under a ``mountPath`` (whole,
-or after ``--flag=``) is rewritten to the folder. A path the program builds itself from a
-mount path it was not given (such as a library's hard-coded default) is not rewritten:
-that is the one way local pods see a different filesystem than real ones.
+``mountPath``. Each volume is a folder instead, and every mount path that appears in a
+``command``/``args`` item, an env value the pod declares, ``workingDir`` or an exec probe's
+command (shell scripts included, see ``localize``) is rewritten to the folder. A path the
+program builds itself, from a mount path it was not given (such as a library's hard-coded
+default), is not rewritten: that is the one way local pods see a different filesystem
+than real ones.
 
 Kinds: ``emptyDir`` (a fresh folder; ``medium: Memory`` is a plain folder too),
 ``persistentVolumeClaim`` (the bound PersistentVolume's ``hostPath``/``local`` path, or a
@@ -18,6 +19,7 @@ the pod starts; tokens are refreshed before they expire, other files are not re-
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -205,12 +207,17 @@ class PodVolumes:
 
 
 def localize(value: str, mounts: Sequence[tuple[str, Path]]) -> str:
-    """``value`` with a leading mount path (or one after ``--flag=``) mapped to its folder."""
-    head, tail = "", value
-    if not value.startswith("/") and "=" in value:
-        name, _, tail = value.partition("=")
-        head = name + "="
-    for mount_path, local in mounts:
-        if mount_path != "/" and (tail == mount_path or tail.startswith(mount_path + "/")):
-            return head + str(local) + tail[len(mount_path) :]
-    return value
+    """``value`` with every mount path in it mapped to its folder.
+
+    A mount path counts where it stands as a whole path: at the start, or after a space,
+    quote, ``=``, ``:``, ``>``, ``<``, ``(`` or ``;``, and followed by ``/``, the end or
+    such a separator. So ``--out=/data/x``, ``PATH=/a:/data/bin`` and ``sh -c "echo > /data/f"``
+    are mapped, while ``http://host/data`` and ``/database`` are not.
+    """
+    folders = {mount_path: str(local) for mount_path, local in mounts if mount_path != "/"}
+    if not folders:
+        return value
+    # One pass over all of them, longest first: a folder put in must not be mapped again.
+    paths = "|".join(re.escape(p) for p in sorted(folders, key=len, reverse=True))
+    pattern = rf"(?:(?<=^)|(?<=[\s\"'=:<>(;]))({paths})(?=/|$|[\s\"':;)|&])"
+    return re.sub(pattern, lambda match: folders[match.group(1)], value)
