@@ -146,6 +146,13 @@ class PodRunner:
             refresher.cancel()
 
     def _check_supported(self) -> None:
+        for container in self.init:
+            if container.spec.get("restartPolicy"):
+                raise CannotRunHere(
+                    "UnsupportedSidecar",
+                    f"init container {container.name!r} is a sidecar (restartPolicy "
+                    f"{container.spec['restartPolicy']}); local nodes do not run sidecars",
+                )
         for container in self.init + self.main:
             for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
                 if kind in container.spec:
