@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,19 @@ def _reap_orphans() -> None:
             pass  # alive, another user's
 
 
+def _session_cluster(name: str, **nodes: Any) -> Iterator[Cluster]:
+    """Start a cluster for the session (reaping orphans first) and stop it afterwards."""
+    _reap_orphans()
+    try:
+        cluster = start_cluster(name, **nodes)
+    except ClusterError as exc:
+        pytest.fail(f"cannot start the test control plane {name}: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
+
+
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[Cluster]:
     """A control plane with 2 simulated H100 nodes and 1 CPU node, shared by the session.
@@ -55,15 +69,7 @@ def kube_cluster() -> Iterator[Cluster]:
     The name carries the process id so that parallel sessions get clusters of their own,
     and so that a later session can tell an orphan from a live one.
     """
-    _reap_orphans()
-    try:
-        cluster = start_cluster(f"pytest-{os.getpid()}", gpu_nodes=2, cpu_nodes=1)
-    except ClusterError as exc:
-        pytest.fail(f"cannot start the test control plane: {exc}", pytrace=False)
-    try:
-        yield cluster
-    finally:
-        stop_cluster(cluster)
+    yield from _session_cluster(f"pytest-{os.getpid()}", gpu_nodes=2, cpu_nodes=1)
 
 
 @pytest.fixture(scope="session")
@@ -73,22 +79,14 @@ def local_cluster() -> Iterator[Cluster]:
     No KWOK nodes, so every pod lands on a local node. The crash-loop backoff starts at
     1 s instead of the kubelet's 10 s, so restart tests take seconds.
     """
-    _reap_orphans()
-    try:
-        cluster = start_cluster(
-            f"pytest-local-{os.getpid()}",
-            gpu_nodes=0,
-            cpu_nodes=0,
-            local_nodes=1,
-            local_h100_nodes=1,
-            backoff_seconds=1.0,
-        )
-    except ClusterError as exc:
-        pytest.fail(f"cannot start the local-node control plane: {exc}", pytrace=False)
-    try:
-        yield cluster
-    finally:
-        stop_cluster(cluster)
+    yield from _session_cluster(
+        f"pytest-local-{os.getpid()}",
+        gpu_nodes=0,
+        cpu_nodes=0,
+        local_nodes=1,
+        local_h100_nodes=1,
+        backoff_seconds=1.0,
+    )
 
 
 @contextlib.contextmanager

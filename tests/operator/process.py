@@ -53,41 +53,46 @@ def install_crds(cluster: Cluster) -> None:
     )
 
 
+def host_path_volume(cluster: Cluster, name: str, claim: tuple[str, str], folder: Path) -> None:
+    """A PersistentVolume on ``folder``, reserved for ``claim`` (namespace, name): there is
+    no storage provisioner on the test control plane."""
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": "200Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "claimRef": {"namespace": claim[0], "name": claim[1]},
+                "hostPath": {"path": str(folder)},
+            },
+        }
+    )
+
+
 def create_results_claim(cluster: Cluster, namespace: str, folder: Path) -> Path:
     """The claim workers write results to (``tessera-results``), bound to a hostPath
-    volume on ``folder``: what the chart provides, with no storage provisioner here.
+    volume on ``folder``: what the chart provides.
 
     On local nodes the workers write into ``folder`` itself, so a test reads the images
     there. Returns ``folder``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    volume = f"{namespace}-results"
     claim = render.DEFAULT_RESULTS_CLAIM
+    host_path_volume(cluster, f"{namespace}-results", (namespace, claim), folder)
     cluster.apply(
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": volume},
-                "spec": {
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadWriteMany"],
-                    "claimRef": {"namespace": namespace, "name": claim},
-                    "hostPath": {"path": str(folder)},
-                },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "10Gi"}},
+                "storageClassName": "",
+                "volumeName": f"{namespace}-results",
             },
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim, "namespace": namespace},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "resources": {"requests": {"storage": "10Gi"}},
-                    "storageClassName": "",
-                    "volumeName": volume,
-                },
-            },
-        ]
+        }
     )
     return folder
 

@@ -26,6 +26,7 @@ from .process import (
     OperatorError,
     OperatorProcess,
     create_results_claim,
+    host_path_volume,
     install_crds,
     service_account_kubeconfig,
     wait_until,
@@ -425,19 +426,7 @@ def test_hub_weights_are_downloaded_once_before_replicas_start(
 ) -> None:
     # No storage provisioner here: a PersistentVolume for the cache claim to bind.
     volume = f"{namespace}-hub-cache"
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "200Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "claimRef": {"namespace": namespace, "name": "hub-weights"},
-                "hostPath": {"path": f"/tmp/{volume}"},
-            },
-        }
-    )
+    host_path_volume(cluster, volume, (namespace, "hub-weights"), Path(f"/tmp/{volume}"))
     try:
         cluster.apply(
             image_model(

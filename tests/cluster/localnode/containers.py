@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,55 +238,33 @@ class Container:
     async def _probe(self, target: probes.Target) -> None:
         """Startup first; once it passes, liveness and readiness side by side."""
         if "startupProbe" in self.spec:
-            if not await self._until(self.spec["startupProbe"], target, passing=True):
-                await self._unhealthy("startup")
-                return
+            async for passed in self._verdicts("startupProbe", target):
+                if not passed:
+                    await self._unhealthy("startup")
+                    return
+                break
             self._set(started=True)
         if "readinessProbe" not in self.spec:
             self._set(ready=True)
         async with asyncio.TaskGroup() as group:
             if "readinessProbe" in self.spec:
-                group.create_task(self._readiness(self.spec["readinessProbe"], target))
+                group.create_task(self._readiness(target))
             if "livenessProbe" in self.spec:
-                group.create_task(self._liveness(self.spec["livenessProbe"], target))
+                group.create_task(self._liveness(target))
 
-    async def _until(self, probe: Mapping[str, Any], target: probes.Target, passing: bool) -> bool:
-        """Probe on schedule until the thresholds say pass (True) or fail (False)."""
-        timing = probes.Timing.of(probe)
-        await asyncio.sleep(timing.initial_delay)
-        successes = failures = 0
-        while True:
-            failure = await probes.check(probe, target, self._http)
-            if failure is None:
-                successes, failures = successes + 1, 0
-                if successes >= timing.success_threshold and passing:
-                    return True
-            else:
-                successes, failures = 0, failures + 1
-                if failures >= timing.failure_threshold:
-                    log.info("%s probe failing: %s", self.name, failure)
-                    return False
-            await asyncio.sleep(timing.period)
+    def _verdicts(self, kind: str, target: probes.Target) -> AsyncIterator[bool]:
+        return probes.verdicts(self.spec[kind], target, self._http, f"{self.name} {kind}")
 
-    async def _readiness(self, probe: Mapping[str, Any], target: probes.Target) -> None:
-        timing = probes.Timing.of(probe)
-        await asyncio.sleep(timing.initial_delay)
-        successes = failures = 0
-        while True:
-            failure = await probes.check(probe, target, self._http)
-            if failure is None:
-                successes, failures = successes + 1, 0
-                if successes >= timing.success_threshold and not self.ready:
-                    self._set(ready=True)
-            else:
-                successes, failures = 0, failures + 1
-                if failures >= timing.failure_threshold and self.ready:
-                    self._set(ready=False)
-            await asyncio.sleep(timing.period)
+    async def _readiness(self, target: probes.Target) -> None:
+        async for passed in self._verdicts("readinessProbe", target):
+            if passed != self.ready:
+                self._set(ready=passed)
 
-    async def _liveness(self, probe: Mapping[str, Any], target: probes.Target) -> None:
-        await self._until(probe, target, passing=False)
-        await self._unhealthy("liveness")
+    async def _liveness(self, target: probes.Target) -> None:
+        async for passed in self._verdicts("livenessProbe", target):
+            if not passed:
+                await self._unhealthy("liveness")
+                return
 
     async def _unhealthy(self, which: str) -> None:
         log.info("%s failed its %s probe: restarting it", self.name, which)

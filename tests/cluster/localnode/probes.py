@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import httpx
 
 from .errors import CannotRunHere
+
+log = logging.getLogger(__name__)
 
 _MAX_OUTPUT = 1024
 
@@ -126,3 +129,25 @@ async def _exec(command: list[str], target: Target, timeout: float) -> str | Non
         return None
     text = output[-_MAX_OUTPUT:].decode(errors="replace").strip()
     return f"command exited with {process.returncode}: {text}"
+
+
+async def verdicts(
+    probe: Mapping[str, Any], target: Target, client: httpx.AsyncClient, name: str
+) -> AsyncIterator[bool]:
+    """Probe on the probe's schedule, forever: yield True whenever ``successThreshold``
+    attempts in a row passed, False whenever ``failureThreshold`` in a row failed."""
+    timing = Timing.of(probe)
+    await asyncio.sleep(timing.initial_delay)
+    successes = failures = 0
+    while True:
+        failure = await check(probe, target, client)
+        if failure is None:
+            successes, failures = successes + 1, 0
+            if successes >= timing.success_threshold:
+                yield True
+        else:
+            successes, failures = 0, failures + 1
+            if failures >= timing.failure_threshold:
+                log.info("%s probe failed: %s", name, failure)
+                yield False
+        await asyncio.sleep(timing.period)
