@@ -3,7 +3,8 @@
 Why a real one: only a real kube-apiserver enforces CRD structural schemas, CEL rules,
 RBAC, admission, subresources, resourceVersion conflicts and watches, and only a real
 controller manager and scheduler garbage-collect owned objects and place pods. The nodes
-are simulated by KWOK, so a laptop can hold a fleet of 8-GPU H100 nodes.
+are simulated by KWOK, so a laptop can hold a fleet of 8-GPU H100 nodes; local nodes
+(``tests/cluster/localnode``) have an agent as their kubelet, and their pods really run.
 
 How: ``tests/cluster/build`` builds etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, kubectl, kwok, kwokctl and helm from pinned Go modules into a cache
@@ -702,7 +703,7 @@ def _stop_local_nodes(workdir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
     for pid_file in workdir.glob(f"{LOCAL_NODES_DIR}/*/pids/*.pid"):
         pid, _, started = pid_file.read_text().partition(" ")
-        if _start_time(int(pid)) in (None, started.strip()):  # not a reused pid
+        if process_start_time(int(pid)) in (None, started.strip()):  # not a reused pid
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pid), signal.SIGKILL)
     if (workdir / LOCAL_NODES_DIR).exists():
@@ -737,12 +738,14 @@ def local_node_processes(workdir: Path) -> list[int]:
     found = []
     for pid_file in workdir.glob(f"{LOCAL_NODES_DIR}/*/pids/*.pid"):
         pid, _, started = pid_file.read_text().partition(" ")
-        if _start_time(int(pid)) == started.strip():
+        if process_start_time(int(pid)) == started.strip():
             found.append(int(pid))
     return found
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat), to tell a
+    process from a later one that reuses its pid."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):

@@ -556,3 +556,41 @@ def test_a_deleted_pods_process_group_is_gone(local_cluster: Cluster, local_name
         "-n", ns, "delete", "pod", "family", "--wait=true", "--timeout=30s", timeout=40
     )
     wait_until("the child to be gone", lambda: not _alive(child), timeout=10)
+
+
+def test_a_pod_waits_for_a_missing_config_map_and_runs_once_it_exists(
+    local_cluster: Cluster, local_namespace: str
+) -> None:
+    ns = local_namespace
+    manifest = pod_manifest(
+        "patient",
+        [
+            {
+                "name": "patient",
+                "command": ["cat", "/config/word"],
+                "volumeMounts": [{"name": "config", "mountPath": "/config"}],
+            }
+        ],
+        restartPolicy="Never",
+        volumes=[{"name": "config", "configMap": {"name": "later"}}],
+    )
+    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
+    pod = wait_pod(
+        local_cluster,
+        ns,
+        "patient",
+        "to wait for its ConfigMap",
+        lambda p: (
+            "not found" in container_state(p).get("state", {}).get("waiting", {}).get("message", "")
+        ),
+    )
+    assert pod["status"]["phase"] == "Pending"
+    local_cluster.kubectl("-n", ns, "create", "configmap", "later", "--from-literal=word=now")
+    wait_pod(
+        local_cluster,
+        ns,
+        "patient",
+        "to succeed",
+        lambda p: p["status"].get("phase") == "Succeeded",
+    )
+    assert local_cluster.pod_log(ns, "patient").read_text() == "now"

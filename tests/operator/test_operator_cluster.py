@@ -608,6 +608,7 @@ def test_two_replicas_elect_one_active_leader(cluster: Cluster, tmp_path: Path) 
     )
     namespace = f"peer-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
+    create_results_claim(cluster, namespace, tmp_path / "results")
     wait_until(
         "the KopfPeering resource",
         lambda: cluster.kubectl("get", "kopfpeerings", "-A", check=False).returncode == 0,

@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from tests.cluster.harness import process_start_time
+
 from . import probes
 from .errors import ConfigNotReady
 from .kube import now
@@ -42,15 +44,6 @@ class Launch:
     env: dict[str, str]
     cwd: Path
     target: probes.Target
-
-
-def proc_start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (field 22 of /proc/PID/stat), to tell a
-    process from a later one that reuses its pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 class Container:
@@ -176,7 +169,7 @@ class Container:
         started_monotonic = time.monotonic()
         self._process = process
         self._pid_path.parent.mkdir(parents=True, exist_ok=True)
-        self._pid_path.write_text(f"{process.pid} {proc_start_time(process.pid)}\n")
+        self._pid_path.write_text(f"{process.pid} {process_start_time(process.pid)}\n")
         log.info("started %s (pid %d): %s", self.name, process.pid, launch.argv)
         self._set(
             pid=process.pid,

@@ -120,7 +120,7 @@ class PodRunner:
 
     async def _run(self) -> None:
         self._check_supported()
-        while True:
+        while not self._terminating:
             try:
                 await asyncio.to_thread(self.volumes.prepare)
                 break
@@ -131,6 +131,8 @@ class PodRunner:
                     }
                 self._dirty.set()
                 await asyncio.sleep(2)
+        if self._terminating:  # deleted while waiting for its volumes
+            return
         self.sandbox_ready = True
         self._dirty.set()
         refresher = asyncio.create_task(self._refresh_tokens())
