@@ -94,6 +94,7 @@ _AGENT_MODULE = b"tests.cluster.localnode"
 # route on lo (see tests/cluster/localnode/addresses.py for why not 127.x).
 LOCAL_POD_RANGE = "198.18.0.0/15"
 _POD_ROUTE = ("local", LOCAL_POD_RANGE, "dev", "lo")
+_SERVICE_ACCOUNT_MOUNT_POINT = "/run/secrets/kubernetes.io/serviceaccount"
 # The agent's own shutdown gives containers at most 10 s of grace; then it is killed.
 _AGENT_STOP_TIMEOUT = 20.0
 _METADATA = "tessera-cluster.json"
@@ -727,6 +728,10 @@ def _remove_pod_route_if_unused() -> None:
     if any(_AGENT_MODULE in _cmdline_bytes(pid) for pid in _all_pids()):
         return
     subprocess.run(["ip", "route", "del", *_POD_ROUTE], capture_output=True, check=False)
+    # The empty mount point agents make for pods' service-account folders (and its
+    # parents, as long as they are empty).
+    with contextlib.suppress(OSError):
+        os.removedirs(_SERVICE_ACCOUNT_MOUNT_POINT)
 
 
 def _all_pids() -> list[int]:

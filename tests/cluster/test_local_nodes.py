@@ -449,12 +449,14 @@ def test_env_volumes_init_containers_and_working_directory(
 
 WHO_AM_I = """
 import sys
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.config.incluster_config import InClusterConfigLoader
-folder = sys.argv[1]
-loader = InClusterConfigLoader(folder + "/token", folder + "/ca.crt")
-loader.load_and_set()
-namespace = open(folder + "/namespace").read()
+if sys.argv[1:]:  # the folder, by the path the agent rewrites
+    folder = sys.argv[1]
+    InClusterConfigLoader(folder + "/token", folder + "/ca.crt").load_and_set()
+else:  # where every in-cluster client looks
+    config.load_incluster_config()
+namespace = open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read()
 try:
     client.CoreV1Api().list_namespaced_pod(namespace)
     print("listed pods")
@@ -469,18 +471,10 @@ def test_a_pod_calls_the_api_server_with_its_own_service_account(
     ns = local_namespace
     local_cluster.kubectl("-n", ns, "create", "serviceaccount", "reader")
 
-    def run(name: str) -> str:
+    def run(name: str, *args: str) -> str:
         manifest = pod_manifest(
             name,
-            [
-                {
-                    "name": "who",
-                    "command": ["python", "-c", WHO_AM_I],
-                    # The admission plugin's kube-api-access volume is mounted here; the
-                    # argument is rewritten to its local folder like any mount path.
-                    "args": ["/var/run/secrets/kubernetes.io/serviceaccount"],
-                }
-            ],
+            [{"name": "who", "command": ["python", "-c", WHO_AM_I], "args": list(args)}],
             restartPolicy="Never",
             serviceAccountName="reader",
         )
@@ -490,9 +484,13 @@ def test_a_pod_calls_the_api_server_with_its_own_service_account(
         )
         return local_cluster.pod_log(ns, name).read_text()
 
+    # The admission plugin's kube-api-access volume is mounted at the usual path: the
+    # agent binds the pod's folder there (this machine runs the tests as root), and maps
+    # the path, when given as an argument, to the folder itself.
     denied = run("before")
     assert denied.startswith("403"), denied
     assert f"system:serviceaccount:{ns}:reader" in denied
+    assert run("by-path", "/var/run/secrets/kubernetes.io/serviceaccount") == denied
     local_cluster.kubectl("-n", ns, "create", "role", "pods", "--verb=list", "--resource=pods")
     local_cluster.kubectl(
         "-n",

@@ -27,6 +27,7 @@ from tests.cluster.harness import node_object
 from .addresses import AddressBlock
 from .kube import NodeApi, now
 from .pods import NodeContext, PodRunner
+from .volumes import mount_namespaces_work
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,10 @@ class NodeAgent:
                 base_env=self.base_env(),
                 backoff_seconds=self.backoff_seconds,
                 http=http,
+                mount_namespaces=mount_namespaces_work(),
             )
+            if not self.context.mount_namespaces:
+                log.warning("no mount namespaces: service-account folders only by rewritten path")
             heartbeat = asyncio.create_task(self._heartbeat(uid))
             watcher = threading.Thread(
                 target=self.api.watch_pods,

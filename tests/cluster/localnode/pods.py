@@ -25,7 +25,12 @@ from .containers import Container, Launch
 from .env import container_env, expand
 from .errors import CannotRunHere, ConfigNotReady
 from .kube import NodeApi, now
-from .volumes import PodVolumes, localize
+from .volumes import (
+    SERVICE_ACCOUNT_PATH,
+    PodVolumes,
+    localize,
+    with_service_account_at_its_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ class NodeContext:
     base_env: dict[str, str]
     backoff_seconds: float
     http: httpx.AsyncClient
+    # Whether the service-account folder can also appear at its real path.
+    mount_namespaces: bool
 
 
 def pod_dir(state_dir: Path, pod: Mapping[str, Any]) -> Path:
@@ -203,7 +210,11 @@ class PodRunner:
             cwd=cwd,
             localize=lambda value: localize(value, mounts),
         )
-        return Launch(argv=[executable, *argv[1:]], env=env, cwd=cwd, target=target)
+        argv = [executable, *argv[1:]]
+        service_account = dict(mounts).get(SERVICE_ACCOUNT_PATH)
+        if service_account is not None and self.node.mount_namespaces:
+            argv = with_service_account_at_its_path(argv, service_account)
+        return Launch(argv=argv, env=env, cwd=cwd, target=target)
 
     def _pod_with_addresses(self) -> dict[str, Any]:
         status = dict(self.pod.get("status") or {})

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +33,47 @@ from .errors import CannotRunHere, ConfigNotReady
 
 # Where the ServiceAccount admission plugin mounts ``kube-api-access-*`` in every pod.
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Puts the pod's folder at that very path, for this process only: a mount namespace of its
+# own (private propagation, so the host never sees the mount), a read-only bind, then exec.
+_BIND_SERVICE_ACCOUNT = " && ".join(
+    [
+        f'mount --bind "$0" {SERVICE_ACCOUNT_PATH}',
+        f"mount -o remount,bind,ro {SERVICE_ACCOUNT_PATH}",
+        'exec "$@"',
+    ]
+)
+
+
+def mount_namespaces_work() -> bool:
+    """Whether this agent may give a process its own mount namespace (root, in practice).
+
+    Then the service-account folder also appears at its real path, where client libraries
+    look for it without being told; the mount point itself is created once on this machine
+    (an empty folder under /run, a tmpfs).
+    """
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
+    )
+    if probe.returncode != 0:
+        return False
+    try:
+        Path(SERVICE_ACCOUNT_PATH).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return True
+
+
+def with_service_account_at_its_path(argv: list[str], folder: Path) -> list[str]:
+    """``argv`` run with ``folder`` bound read-only at ``SERVICE_ACCOUNT_PATH``.
+
+    ``unshare`` and ``sh`` both exec, so the pid stays the container's own.
+    """
+    command = ["unshare", "--mount", "--propagation", "private", "--"]
+    return [*command, "sh", "-c", _BIND_SERVICE_ACCOUNT, str(folder), *argv]
+
+
 # The kubelet rewrites a token once it is 80% through its life.
 _TOKEN_REFRESH_FRACTION = 0.8
 
