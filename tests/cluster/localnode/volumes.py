@@ -6,7 +6,8 @@ A process here shares this machine's filesystem, so a volume cannot appear at it
 command (shell scripts included, see ``localize``) is rewritten to the folder. A path the
 program builds itself, from a mount path it was not given (such as a library's hard-coded
 default), is not rewritten: that is the one way local pods see a different filesystem
-than real ones.
+than real ones. The service-account folder is the exception, because every in-cluster
+client hard-codes its path: it is also bound there (``with_service_account_at_its_path``).
 
 Kinds: ``emptyDir`` (a fresh folder; ``medium: Memory`` is a plain folder too),
 ``persistentVolumeClaim`` (the bound PersistentVolume's ``hostPath``/``local`` path, or a
