@@ -60,6 +60,14 @@ def web_pod(name: str, probe_path: str = "/", period: int = 1) -> dict[str, Any]
     )
 
 
+def create(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> None:
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+
+
+def in_phase(phase: str) -> Any:
+    return lambda pod: pod["status"].get("phase") == phase
+
+
 def get_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
     result = cluster.kubectl("-n", namespace, "get", "pod", name, "-o", "json", check=False)
     return json.loads(result.stdout) if result.returncode == 0 else None
@@ -164,7 +172,7 @@ def test_a_failing_readiness_probe_keeps_the_pod_unready(
     local_cluster.kubectl(
         "-n", ns, "apply", "-f", "-", input=json.dumps(web_pod("picky", probe_path="/ok"))
     )
-    wait_pod(local_cluster, ns, "picky", "to run", lambda p: p["status"].get("phase") == "Running")
+    wait_pod(local_cluster, ns, "picky", "to run", in_phase("Running"))
 
     def probes_failed() -> int:
         log = local_cluster.pod_log(ns, "picky").read_text()
@@ -189,7 +197,7 @@ def test_a_crashing_container_restarts_with_a_growing_count(
 ) -> None:
     ns = local_namespace
     crash = pod_manifest("crash", [{"name": "crash", "command": ["sh", "-c", "echo boom; exit 3"]}])
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(crash))
+    create(local_cluster, ns, crash)
     seen: list[int] = []
 
     def restarted_three_times(pod: dict[str, Any]) -> bool:
@@ -225,10 +233,8 @@ def test_a_job_pod_that_succeeds_is_not_restarted(
     once = pod_manifest(
         "once", [{"name": "once", "command": ["sh", "-c", "echo done"]}], restartPolicy="Never"
     )
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(once))
-    pod = wait_pod(
-        local_cluster, ns, "once", "to succeed", lambda p: p["status"].get("phase") == "Succeeded"
-    )
+    create(local_cluster, ns, once)
+    pod = wait_pod(local_cluster, ns, "once", "to succeed", in_phase("Succeeded"))
     assert container_state(pod)["restartCount"] == 0
     assert container_state(pod)["state"]["terminated"]["reason"] == "Completed"
     assert local_cluster.pod_log(ns, "once").read_text() == "done\n"
@@ -273,7 +279,7 @@ def test_deletion_sends_sigterm_and_respects_the_grace_period(
         [{"name": "stopper", "command": ["python", "-c", GRACEFUL, behaviour]}],
         terminationGracePeriodSeconds=grace,
     )
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
+    create(local_cluster, ns, manifest)
     pod = wait_pod(local_cluster, ns, "stopper", "to be Ready", ready)
     wait_until(
         "the process to start",
@@ -325,10 +331,8 @@ def test_a_pod_that_cannot_run_here_fails_with_a_message(
 ) -> None:
     ns = local_namespace
     manifest = pod_manifest("cannot", [container], restartPolicy="Never")
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
-    pod = wait_pod(
-        local_cluster, ns, "cannot", "to fail", lambda p: p["status"].get("phase") == "Failed"
-    )
+    create(local_cluster, ns, manifest)
+    pod = wait_pod(local_cluster, ns, "cannot", "to fail", in_phase("Failed"))
     assert pod["status"]["reason"] == reason
     assert words in pod["status"]["message"]
 
@@ -417,10 +421,8 @@ def test_env_volumes_init_containers_and_working_directory(
             {"name": "work", "emptyDir": {}},
         ],
     )
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
-    pod = wait_pod(
-        local_cluster, ns, "show", "to succeed", lambda p: p["status"].get("phase") == "Succeeded"
-    )
+    create(local_cluster, ns, manifest)
+    pod = wait_pod(local_cluster, ns, "show", "to succeed", in_phase("Succeeded"))
     init = pod["status"]["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 0
     shown = json.loads(local_cluster.pod_log(ns, "show", "show").read_text())
@@ -478,10 +480,8 @@ def test_a_pod_calls_the_api_server_with_its_own_service_account(
             restartPolicy="Never",
             serviceAccountName="reader",
         )
-        local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
-        wait_pod(
-            local_cluster, ns, name, "to succeed", lambda p: p["status"].get("phase") == "Succeeded"
-        )
+        create(local_cluster, ns, manifest)
+        wait_pod(local_cluster, ns, name, "to succeed", in_phase("Succeeded"))
         return local_cluster.pod_log(ns, name).read_text()
 
     # The admission plugin's kube-api-access volume is mounted at the usual path: the
@@ -524,10 +524,8 @@ def test_a_gpu_shaped_pod_lands_on_the_h100_local_node_and_runs(
         nodeSelector=H100_NODE_SELECTOR,
         tolerations=[GPU_TOLERATION],
     )
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
-    pod = wait_pod(
-        local_cluster, ns, "gpu", "to succeed", lambda p: p["status"].get("phase") == "Succeeded"
-    )
+    create(local_cluster, ns, manifest)
+    pod = wait_pod(local_cluster, ns, "gpu", "to succeed", in_phase("Succeeded"))
     node = json.loads(
         local_cluster.kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout
     )
@@ -543,7 +541,7 @@ def test_a_deleted_pods_process_group_is_gone(local_cluster: Cluster, local_name
         [{"name": "family", "command": ["sh", "-c", "sleep 300 & echo child $! ; wait"]}],
         terminationGracePeriodSeconds=1,
     )
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
+    create(local_cluster, ns, manifest)
     wait_pod(local_cluster, ns, "family", "to run", ready)
     line = wait_until(
         "the child's pid", lambda: local_cluster.pod_log(ns, "family").read_text().strip()
@@ -572,7 +570,7 @@ def test_a_pod_waits_for_a_missing_config_map_and_runs_once_it_exists(
         restartPolicy="Never",
         volumes=[{"name": "config", "configMap": {"name": "later"}}],
     )
-    local_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(manifest))
+    create(local_cluster, ns, manifest)
     pod = wait_pod(
         local_cluster,
         ns,
@@ -589,6 +587,6 @@ def test_a_pod_waits_for_a_missing_config_map_and_runs_once_it_exists(
         ns,
         "patient",
         "to succeed",
-        lambda p: p["status"].get("phase") == "Succeeded",
+        in_phase("Succeeded"),
     )
     assert local_cluster.pod_log(ns, "patient").read_text() == "now"
