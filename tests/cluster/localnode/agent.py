@@ -41,7 +41,9 @@ SHUTDOWN_GRACE_CAP = 10.0
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _conditions(ready: bool) -> list[dict[str, Any]]:
+def _conditions(since: str) -> list[dict[str, Any]]:
+    """A healthy node's conditions, heartbeat now, held ``since`` the agent started (while
+    the agent runs, its node is Ready; when it stops, the lease expires)."""
     stamp = now()
 
     def condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
@@ -51,11 +53,11 @@ def _conditions(ready: bool) -> list[dict[str, Any]]:
             "reason": reason,
             "message": message,
             "lastHeartbeatTime": stamp,
-            "lastTransitionTime": stamp,
+            "lastTransitionTime": since,
         }
 
     return [
-        condition("Ready", ready, "KubeletReady", "local node agent is posting ready status"),
+        condition("Ready", True, "KubeletReady", "local node agent is posting ready status"),
         condition("MemoryPressure", False, "KubeletHasSufficientMemory", "local node"),
         condition("DiskPressure", False, "KubeletHasNoDiskPressure", "local node"),
         condition("PIDPressure", False, "KubeletHasSufficientPID", "local node"),
@@ -85,11 +87,11 @@ class NodeAgent:
         self.lives: dict[str, asyncio.Task[None]] = {}
         self.removals: dict[str, asyncio.Task[None]] = {}
         self._stop = threading.Event()
+        self.since = now()
 
     def _node(self) -> dict[str, Any]:
         node = node_object(self.name, gpu=self.h100, local=True)
         node["status"] |= {
-            "conditions": _conditions(ready=True),
             "addresses": [
                 {"type": "InternalIP", "address": self.addresses.node_address},
                 {"type": "Hostname", "address": self.name},
@@ -128,8 +130,11 @@ class NodeAgent:
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        await asyncio.to_thread(self.api.register_node, self._node())
-        uid = await asyncio.to_thread(self.api.node_uid, self.name)
+        # Ready only once the lease exists: whoever waits for Ready may then rely on both.
+        uid = await asyncio.to_thread(self.api.register_node, self._node())
+        await asyncio.to_thread(self.api.renew_lease, self.name, uid, LEASE_SECONDS)
+        status = {"conditions": _conditions(self.since)}
+        await asyncio.to_thread(self.api.patch_node_status, self.name, status)
         log.info("node %s registered (pods in %s)", self.name, self.addresses.network)
         async with httpx.AsyncClient() as http:
             self.context = NodeContext(
@@ -170,17 +175,18 @@ class NodeAgent:
         self.addresses.close()
 
     async def _heartbeat(self, uid: str) -> None:
+        """The lease every 10 s, the status every minute (both were written at start)."""
         beats = 0
         while True:
+            await asyncio.sleep(LEASE_RENEW_EVERY)
+            beats += 1
             try:
                 await asyncio.to_thread(self.api.renew_lease, self.name, uid, LEASE_SECONDS)
                 if beats % int(STATUS_EVERY / LEASE_RENEW_EVERY) == 0:
-                    status = {"conditions": _conditions(ready=True)}
+                    status = {"conditions": _conditions(self.since)}
                     await asyncio.to_thread(self.api.patch_node_status, self.name, status)
             except Exception as error:
                 log.warning("heartbeat failed: %s", error)
-            beats += 1
-            await asyncio.sleep(LEASE_RENEW_EVERY)
 
     # -- pods ---------------------------------------------------------------------------
 

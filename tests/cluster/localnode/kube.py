@@ -171,16 +171,16 @@ class NodeApi:
 
     # -- the node -----------------------------------------------------------------------
 
-    def register_node(self, node: dict[str, Any]) -> None:
-        """Create the Node (replacing a stale one of the same name) with its status."""
+    def register_node(self, node: dict[str, Any]) -> str:
+        """Create the Node (replacing a stale one of the same name); returns its uid."""
         name = node["metadata"]["name"]
         try:
             self.kube.request("DELETE", f"/api/v1/nodes/{quote(name)}")
         except KubeError as error:
             if not error.not_found:
                 raise
-        self.kube.request("POST", "/api/v1/nodes", body=node)
-        self.patch_node_status(name, node["status"])
+        created = self.kube.request("POST", "/api/v1/nodes", body=node)
+        return str(created["metadata"]["uid"])
 
     def patch_node_status(self, name: str, status: dict[str, Any]) -> None:
         self.kube.request(
@@ -216,6 +216,3 @@ class NodeApi:
             self.kube.request(
                 "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", body=lease
             )
-
-    def node_uid(self, name: str) -> str:
-        return str(self.kube.request("GET", f"/api/v1/nodes/{quote(name)}")["metadata"]["uid"])
