@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from tessera.runtime.api.deps import Service
 from tessera.runtime.errors import FileNotFound, PayloadTooLarge
 from tessera.runtime.keys import ApiKey
-from tessera.runtime.sources import UPLOAD_NAME, check_image, upload_key
+from tessera.runtime.sources import UPLOAD_NAME, check_image, off_the_loop, upload_key
 from tessera.runtime.storage import content_type_for
 
 router = APIRouter(tags=["files"])
@@ -51,6 +51,6 @@ async def put_upload(
             raise PayloadTooLarge(
                 f"uploads are limited to {limits.max_bytes} bytes", field="body", rule="max_bytes"
             )
-    check_image(bytes(body), limits, "body")
+    await off_the_loop(check_image, bytes(body), limits, "body")
     await service.files.put(upload_key(ApiKey(key_id), name), bytes(body))
     return Response(status_code=204)
