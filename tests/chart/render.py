@@ -61,8 +61,8 @@ class Rendered:
         }
 
 
-def render(values: dict[str, str] | None = None, *extra: str) -> Rendered:
-    result = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *flags(values or {}), *extra)
+def render(values: dict[str, str] | None = None, namespace: str = NAMESPACE) -> Rendered:
+    result = helm("template", RELEASE, str(CHART), "-n", namespace, *flags(values or {}))
     if result.returncode != 0:
         raise RenderError(result.stderr)
     objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
