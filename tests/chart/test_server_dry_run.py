@@ -59,3 +59,14 @@ def test_server_accepts_the_rendered_chart(
     assert result.returncode == 0, result.stderr
     accepted = result.stdout.split()
     assert len(accepted) == len(rest), result.stdout
+
+
+def test_dry_run_refuses_an_unknown_field(kube_cluster: Cluster, kube_namespace: str) -> None:
+    # The check above is only worth something if the server really validates: it does.
+    gateway = render(namespace=kube_namespace).get("Deployment", "tessera-gateway")
+    gateway["spec"]["template"]["spec"]["containers"][0]["comand"] = ["tessera"]
+    result = kube_cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=json.dumps(gateway), check=False
+    )
+    assert result.returncode != 0
+    assert 'unknown field "spec.template.spec.containers[0].comand"' in result.stderr
