@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tessera.runtime.config import ServerConfig
     from tessera.runtime.keys import KeyRing, new_key, write_key_file
     from tessera.runtime.models import ModelSpec
+    from tessera.runtime.openai import OpenAISettings
     from tessera.runtime.sources import SourceLimits
 
     data_dir: Path = args.data_dir.expanduser()
@@ -131,8 +132,19 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         device=args.device,
         cors_origins=tuple(args.cors_origin),
+        openai=OpenAISettings(
+            **{
+                name: value
+                for name, value in [
+                    ("wait_seconds", args.openai_wait_seconds),
+                    ("max_waiting_per_key", args.openai_max_waiting),
+                ]
+                if value is not None
+            }
+        ),
     )
     print(f"Tessera image API: {public_url}/v1  (docs: {public_url}/docs)", flush=True)
+    print(f"OpenAI-compatible: {public_url}/openai/v1", flush=True)
     print(f"models: {', '.join(m.name for m in models)}", flush=True)
     if created_key:
         print(f"API key (shown once, stored hashed in {data_dir}): {created_key}", flush=True)
@@ -233,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="let web pages from ORIGIN (e.g. https://app.example.com) call the API from a "
         "browser; repeatable, '*' for any",
+    )
+    serve.add_argument(
+        "--openai-wait-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="longest an /openai/v1 image request waits for its job (default: 5 minutes)",
+    )
+    serve.add_argument(
+        "--openai-max-waiting",
+        type=int,
+        metavar="N",
+        help="/openai/v1 image requests one API key may hold open at once (default: 16)",
     )
     serve.set_defaults(handler=_serve)
 

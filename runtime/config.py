@@ -10,6 +10,7 @@ from pathlib import Path
 from tessera.runtime.jobs.base import StorePolicy
 from tessera.runtime.keys import KeyRing
 from tessera.runtime.models import ModelSpec
+from tessera.runtime.openai.settings import OpenAISettings
 from tessera.runtime.sources import SourceLimits
 
 
@@ -22,6 +23,7 @@ class ServerConfig:
     url_ttl_seconds: int = 3600
     sources: SourceLimits = field(default_factory=SourceLimits)
     store: StorePolicy = field(default_factory=StorePolicy)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
     # Run a worker inside the API process (``tessera serve``); the gateway sets this False.
     embedded_worker: bool = True
     device: str | None = None

@@ -1,0 +1,121 @@
+"""Reading a multipart ``images.edit`` body within limits, so it cannot become a memory hole.
+
+The body is counted as it streams in and refused past ``max_body_bytes``; Starlette's parser
+bounds the number of files and fields and the length of each text field, and spools files to
+disk past 1 MiB. Uploaded images then travel as ``data:`` references through the same source
+checks as a native edit (``tessera.runtime.sources``), so nothing here decodes an image.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import Message
+
+from tessera.runtime.errors import InvalidParameter, PayloadTooLarge
+from tessera.runtime.openai.settings import OpenAISettings
+from tessera.runtime.sources import SourceLimits
+
+IMAGE_FIELDS = ("image", "image[]")
+_IMAGE_TYPE = re.compile(r"^image/[A-Za-z0-9.+-]{1,64}$")
+
+
+@dataclass
+class EditForm:
+    fields: dict[str, str] = field(default_factory=dict)
+    # Each uploaded image as a ``data:`` URL, in the order sent.
+    images: list[str] = field(default_factory=list)
+    has_mask: bool = False
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is larger than {limit} bytes", field="image", rule="max_body_bytes"
+    )
+
+
+async def _data_url(upload: UploadFile, index: int, limits: SourceLimits) -> str:
+    data = await upload.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"image {index + 1} is larger than {limits.max_bytes} bytes",
+            field="image",
+            rule="max_bytes",
+        )
+    media = upload.content_type if _IMAGE_TYPE.match(upload.content_type or "") else "image/png"
+    return f"data:{media};base64,{base64.b64encode(data).decode()}"
+
+
+async def read_edit_form(
+    request: Request, settings: OpenAISettings, limits: SourceLimits
+) -> EditForm:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise InvalidParameter(
+            f"images/edits takes multipart/form-data, not {content_type or 'no content type'}",
+            field="image",
+            rule="multipart",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise _too_large(settings.max_body_bytes)
+
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > settings.max_body_bytes:
+            raise _too_large(settings.max_body_bytes)
+        return message
+
+    try:
+        # One more file than images, for a mask (refused later, with the reason).
+        form = await Request(request.scope, counted).form(
+            max_files=settings.max_files + 1,
+            max_fields=settings.max_fields,
+            max_part_size=settings.max_field_bytes,
+        )
+    except HTTPException as error:
+        raise InvalidParameter(
+            f"the multipart body is malformed: {error.detail}", field="image", rule="multipart"
+        ) from None
+    except ClientDisconnect:
+        raise InvalidParameter(
+            "the body ended before it was complete", field="image", rule="multipart"
+        ) from None
+    try:
+        return await _collect(form.multi_items(), limits)
+    finally:
+        await form.close()
+
+
+async def _collect(items: list[tuple[str, UploadFile | str]], limits: SourceLimits) -> EditForm:
+    result = EditForm()
+    for name, value in items:
+        if name == "mask":
+            result.has_mask = True
+        elif name in IMAGE_FIELDS:
+            if not isinstance(value, UploadFile):
+                raise InvalidParameter(
+                    f"{name} must be an uploaded file, not a text field",
+                    field="image",
+                    rule="file",
+                )
+            result.images.append(await _data_url(value, len(result.images), limits))
+        elif isinstance(value, UploadFile):
+            raise InvalidParameter(
+                f"{name} must be a text field, not a file", field=name, rule="text"
+            )
+        elif name in result.fields:
+            raise InvalidParameter(f"{name} is given twice", field=name, rule="unique")
+        else:
+            result.fields[name] = value
+    return result
