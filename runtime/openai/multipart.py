@@ -35,9 +35,7 @@ class EditForm:
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the request body is larger than {limit} bytes", field="image", rule="max_body_bytes"
-    )
+    return PayloadTooLarge(f"the request body is larger than {limit} bytes", rule="max_body_bytes")
 
 
 async def _data_url(upload: UploadFile, index: int, limits: SourceLimits) -> str:
@@ -59,7 +57,6 @@ async def read_edit_form(
     if not content_type.lower().startswith("multipart/form-data"):
         raise InvalidParameter(
             f"images/edits takes multipart/form-data, not {content_type or 'no content type'}",
-            field="image",
             rule="multipart",
         )
     declared = request.headers.get("content-length", "")
@@ -85,12 +82,10 @@ async def read_edit_form(
         )
     except HTTPException as error:
         raise InvalidParameter(
-            f"the multipart body is malformed: {error.detail}", field="image", rule="multipart"
+            f"the multipart body is refused: {error.detail}", rule="multipart"
         ) from None
     except ClientDisconnect:
-        raise InvalidParameter(
-            "the body ended before it was complete", field="image", rule="multipart"
-        ) from None
+        raise InvalidParameter("the body ended before it was complete", rule="multipart") from None
     try:
         return await _collect(form.multi_items(), limits)
     finally:
