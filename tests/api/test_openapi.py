@@ -21,8 +21,17 @@ def test_openapi_and_docs(demo_server: ServerProcess) -> None:
         "/v1/images/tasks/{job_id}",
         "/v1/images/signed-url",
         "/v1/base_models",
+        "/openai/v1/images/generations",
+        "/openai/v1/images/edits",
+        "/openai/v1/models",
     ]:
         assert path in document["paths"], path
+    edit_body = document["paths"]["/openai/v1/images/edits"]["post"]["requestBody"]
+    assert {"image", "prompt", "size"} <= set(
+        edit_body["content"]["multipart/form-data"]["schema"]["properties"]
+    )
+    assert "size" in document["components"]["schemas"]["ImageRequest"]["properties"]
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     request_body = document["components"]["schemas"]["GenerationRequest"]
     assert "image_size" in request_body["properties"]
     assert document["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "api_key"
