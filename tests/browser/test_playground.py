@@ -325,6 +325,79 @@ def test_ui_api_shows_requests_that_make_the_same_image(
     expect(result.get_by_role("img")).to_be_visible()
 
 
+def test_the_openai_sdk_tab_makes_the_same_image(
+    page: Page, demo_server: ServerProcess, tmp_path: Path
+) -> None:
+    signed_in(page, demo_server)
+    custom_size(page, 64, 48)
+    panel(page).get_by_label("Seed").fill("4321")
+    generate(page, "a heron, 'quoted' \"twice\"")
+    result = completed(page)
+    src = result.get_by_role("img").get_attribute("src")
+    assert src
+    shown = httpx.get(src, timeout=30).content
+
+    result.get_by_role("switch", name="UI / API").check(force=True)
+    result.get_by_role("tab", name="OpenAI SDK").click()
+    expect(result.get_by_role("tab", name="OpenAI SDK")).to_have_attribute("aria-selected", "true")
+    code = result.locator("code[data-snippet=openai]")
+    expect(code).to_be_visible()
+    shot(page, "09b-api-openai-sdk")
+    script = code.inner_text()
+    assert demo_server.api_key not in script
+    assert f'base_url="{demo_server.base_url}/openai/v1"' in script
+    assert 'size="64x48"' in script and '"seed": 4321' in script
+
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TESSERA_API_KEY": demo_server.api_key},
+        cwd=tmp_path,
+        timeout=120,
+        check=True,
+    )
+    saved = re.search(r"saved (\S+)", run.stdout)
+    assert saved, run.stdout
+    assert (tmp_path / saved.group(1)).read_bytes() == shown
+    assert "patches billed: 12" in run.stdout
+
+
+def test_the_openai_sdk_tab_for_an_edit_uploads_the_source_file(
+    page: Page, demo_server: ServerProcess, tmp_path: Path
+) -> None:
+    signed_in(page, demo_server)
+    choose_model(page, "tessera-demo-edit")
+    upload_source(page, write_png(tmp_path / "source.png"))
+    custom_size(page, 64, 64)
+    generate(page, "make it teal")
+    result = completed(page)
+    src = result.get_by_role("img").get_attribute("src")
+    assert src
+    shown = httpx.get(src, timeout=30).content
+    result.get_by_role("switch", name="UI / API").check(force=True)
+    # The drawn seed is filled in once known, so the script makes this very image.
+    expect(result.get_by_text("was drawn by the server")).to_be_visible()
+    result.get_by_role("tab", name="OpenAI SDK").click()
+    script = result.locator("code[data-snippet=openai]").inner_text()
+    expect(result.get_by_text("Save the source image as source.png")).to_be_visible()
+    shot(page, "11b-edit-openai-sdk")
+    assert "client.images.edit(" in script and 'open("source.png", "rb")' in script
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TESSERA_API_KEY": demo_server.api_key},
+        cwd=tmp_path,
+        timeout=120,
+        check=True,
+    )
+    saved = re.search(r"saved (\S+)", run.stdout)
+    assert saved, run.stdout
+    assert (tmp_path / saved.group(1)).read_bytes() == shown
+    assert "patches billed: 16" in run.stdout
+
+
 def test_a_drawn_seed_is_written_into_the_code(page: Page, demo_server: ServerProcess) -> None:
     signed_in(page, demo_server)
     custom_size(page, 32, 32)
