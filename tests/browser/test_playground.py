@@ -145,6 +145,31 @@ def write_png(path: Path, width: int = 96, height: int = 64) -> Path:
     return path
 
 
+def shown_image(result: Locator) -> bytes:
+    """The bytes of the image a result shows."""
+    src = result.get_by_role("img").get_attribute("src")
+    assert src
+    return httpx.get(src, timeout=30).content
+
+
+def run_script(script: str, server: ServerProcess, cwd: Path) -> tuple[bytes, str]:
+    """Run a copied Python snippet with the key in the environment: (the image it saved, its
+    output)."""
+    assert server.api_key not in script
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TESSERA_API_KEY": server.api_key},
+        cwd=cwd,
+        timeout=120,
+        check=True,
+    )
+    saved = re.search(r"saved (\S+)", run.stdout)
+    assert saved, run.stdout
+    return (cwd / saved.group(1)).read_bytes(), run.stdout
+
+
 def test_sign_in_generate_and_see_the_patch_line(page: Page, demo_server: ServerProcess) -> None:
     sign_in(page, demo_server)
     assert page.url == demo_server.base_url + "/playground/"
@@ -275,9 +300,7 @@ def test_ui_api_shows_requests_that_make_the_same_image(
     panel(page).get_by_label("Seed").fill("1234")
     generate(page, "a red fox in snow, 'quoted' \"twice\"")
     result = completed(page)
-    src = result.get_by_role("img").get_attribute("src")
-    assert src
-    shown = httpx.get(src, timeout=30).content
+    shown = shown_image(result)
 
     result.get_by_role("switch", name="UI / API").check(force=True)
     curl = result.locator("code[data-snippet=curl]")
@@ -306,20 +329,9 @@ def test_ui_api_shows_requests_that_make_the_same_image(
     result.get_by_role("tab", name="Python").click()
     script = result.locator("code[data-snippet=python]").inner_text()
     shot(page, "09-api-python")
-    assert demo_server.api_key not in script
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=True,
-    )
-    saved = re.search(r"saved (\S+)", run.stdout)
-    assert saved, run.stdout
-    assert (tmp_path / saved.group(1)).read_bytes() == shown
-    assert "patches billed: 12" in run.stdout
+    saved, output = run_script(script, demo_server, tmp_path)
+    assert saved == shown
+    assert "patches billed: 12" in output
 
     result.get_by_role("switch", name="UI / API").uncheck(force=True)
     expect(result.get_by_role("img")).to_be_visible()
@@ -333,9 +345,7 @@ def test_the_openai_sdk_tab_makes_the_same_image(
     panel(page).get_by_label("Seed").fill("4321")
     generate(page, "a heron, 'quoted' \"twice\"")
     result = completed(page)
-    src = result.get_by_role("img").get_attribute("src")
-    assert src
-    shown = httpx.get(src, timeout=30).content
+    shown = shown_image(result)
 
     result.get_by_role("switch", name="UI / API").check(force=True)
     result.get_by_role("tab", name="OpenAI SDK").click()
@@ -344,23 +354,11 @@ def test_the_openai_sdk_tab_makes_the_same_image(
     expect(code).to_be_visible()
     shot(page, "09b-api-openai-sdk")
     script = code.inner_text()
-    assert demo_server.api_key not in script
     assert f'base_url="{demo_server.base_url}/openai/v1"' in script
     assert 'size="64x48"' in script and '"seed": 4321' in script
-
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TESSERA_API_KEY": demo_server.api_key},
-        cwd=tmp_path,
-        timeout=120,
-        check=True,
-    )
-    saved = re.search(r"saved (\S+)", run.stdout)
-    assert saved, run.stdout
-    assert (tmp_path / saved.group(1)).read_bytes() == shown
-    assert "patches billed: 12" in run.stdout
+    saved, output = run_script(script, demo_server, tmp_path)
+    assert saved == shown
+    assert "patches billed: 12" in output
 
 
 def test_the_openai_sdk_tab_for_an_edit_uploads_the_source_file(
@@ -372,9 +370,7 @@ def test_the_openai_sdk_tab_for_an_edit_uploads_the_source_file(
     custom_size(page, 64, 64)
     generate(page, "make it teal")
     result = completed(page)
-    src = result.get_by_role("img").get_attribute("src")
-    assert src
-    shown = httpx.get(src, timeout=30).content
+    shown = shown_image(result)
     result.get_by_role("switch", name="UI / API").check(force=True)
     # The drawn seed is filled in once known, so the script makes this very image.
     expect(result.get_by_text("was drawn by the server")).to_be_visible()
@@ -383,19 +379,9 @@ def test_the_openai_sdk_tab_for_an_edit_uploads_the_source_file(
     expect(result.get_by_text("Save the source image as source.png")).to_be_visible()
     shot(page, "11b-edit-openai-sdk")
     assert "client.images.edit(" in script and 'open("source.png", "rb")' in script
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TESSERA_API_KEY": demo_server.api_key},
-        cwd=tmp_path,
-        timeout=120,
-        check=True,
-    )
-    saved = re.search(r"saved (\S+)", run.stdout)
-    assert saved, run.stdout
-    assert (tmp_path / saved.group(1)).read_bytes() == shown
-    assert "patches billed: 16" in run.stdout
+    saved, output = run_script(script, demo_server, tmp_path)
+    assert saved == shown
+    assert "patches billed: 16" in output
 
 
 def test_a_drawn_seed_is_written_into_the_code(page: Page, demo_server: ServerProcess) -> None:
