@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -62,6 +62,21 @@ def _network_argument(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netwo
         raise argparse.ArgumentTypeError(
             f"expected a network such as 10.20.0.0/16, not {value!r}"
         ) from None
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above zero, so a limit cannot refuse everything."""
+
+    def parse(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = 0
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"expected a number above 0, not {value!r}")
+        return number
+
+    return parse
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -248,13 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--openai-wait-seconds",
-        type=float,
+        type=_positive(float),
         metavar="SECONDS",
         help="longest an /openai/v1 image request waits for its job (default: 5 minutes)",
     )
     serve.add_argument(
         "--openai-max-waiting",
-        type=int,
+        type=_positive(int),
         metavar="N",
         help="/openai/v1 image requests one API key may hold open at once (default: 16)",
     )

@@ -13,12 +13,15 @@ import re
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from tessera.runtime.errors import InvalidParameter, PayloadTooLarge
+from tessera.runtime.openai.schema import EditFields
 from tessera.runtime.openai.settings import OpenAISettings
 from tessera.runtime.sources import SourceLimits
 
@@ -32,6 +35,19 @@ class EditForm:
     # Each uploaded image as a ``data:`` URL, in the order sent.
     images: list[str] = field(default_factory=list)
     has_mask: bool = False
+
+    def request(self) -> EditFields:
+        """The text fields, validated as the JSON body of a generation is."""
+        if not self.images:
+            raise InvalidParameter(
+                "image is required: upload one or more image files",
+                field="image",
+                rule="required",
+            )
+        try:
+            return EditFields.model_validate(self.fields)
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_url=False)) from None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
 
 from tessera.runtime.api.deps import Service, get_keys
-from tessera.runtime.errors import InvalidParameter, NotFound, Unauthorized
+from tessera.runtime.errors import NotFound, Unauthorized
 from tessera.runtime.keys import ApiKey, KeyRing
 from tessera.runtime.openai.errors import OpenAIRoute
 from tessera.runtime.openai.images import OpenAIImages, model_record
@@ -41,13 +39,13 @@ def bearer_key(
     return keys.authenticate(credentials.credentials)
 
 
-def get_images(request: Request) -> OpenAIImages:
-    images: OpenAIImages = request.app.state.openai
-    return images
+def get_calls(request: Request) -> OpenAIImages:
+    calls: OpenAIImages = request.app.state.openai
+    return calls
 
 
 BearerKey = Annotated[ApiKey, Depends(bearer_key)]
-Images = Annotated[OpenAIImages, Depends(get_images)]
+Calls = Annotated[OpenAIImages, Depends(get_calls)]
 
 _EDIT_BODY = {
     "requestBody": {
@@ -89,9 +87,9 @@ def _answer(body: ImagesResponse | None) -> Any:
     summary="Make images and wait for them (OpenAI)",
 )
 async def create_image(
-    body: ImageRequest, request: Request, key: BearerKey, service: Service, images: Images
+    body: ImageRequest, request: Request, key: BearerKey, service: Service, calls: Calls
 ) -> Any:
-    return _answer(await images.create(request, service, key, body))
+    return _answer(await calls.create(request, service, key, body))
 
 
 @router.post(
@@ -102,18 +100,11 @@ async def create_image(
     openapi_extra=_EDIT_BODY,
 )
 async def create_image_edit(
-    request: Request, key: BearerKey, service: Service, images: Images
+    request: Request, key: BearerKey, service: Service, calls: Calls
 ) -> Any:
-    form = await read_edit_form(request, images.settings, service.sources.limits)
-    if not form.images:
-        raise InvalidParameter(
-            "image is required: upload one or more image files", field="image", rule="required"
-        )
-    try:
-        body = EditFields.model_validate(form.fields)
-    except ValidationError as error:
-        raise RequestValidationError(error.errors(include_url=False)) from None
-    return _answer(await images.create(request, service, key, body, form.images, form.has_mask))
+    form = await read_edit_form(request, calls.settings, service.sources.limits)
+    answer = await calls.create(request, service, key, form.request(), form.images, form.has_mask)
+    return _answer(answer)
 
 
 @router.get("/v1/models", summary="The image models (OpenAI)")
