@@ -34,9 +34,10 @@ QUALITY_STEPS: dict[str, float] = {
 
 
 class ImageRequest(BaseModel):
-    """The fields that ``images.generate`` and ``images.edit`` share."""
+    """The fields that ``images.generate`` and ``images.edit`` share; as JSON, typed strictly
+    like a native request (``"2"`` is not a number)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(min_length=1, max_length=10_000)
     model: str | None = Field(
@@ -79,7 +80,10 @@ class ImageRequest(BaseModel):
 
 
 class EditFields(ImageRequest):
-    """The text fields of a multipart ``images.edit``; the files arrive beside them."""
+    """The text fields of a multipart ``images.edit``; the files arrive beside them. Every
+    multipart value is text, so numbers and booleans are read from it."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
 
     input_fidelity: Literal["low", "high"] | None = Field(
         default=None, description="Refused when set."
