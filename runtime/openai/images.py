@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from tessera.runtime.errors import InvalidParameter
 from tessera.runtime.jobs.base import Job, JobStatus
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.openai.errors import JobFailed
+from tessera.runtime.openai.multipart import EditForm
 from tessera.runtime.openai.schema import (
     GeneratedImage,
     ImageRequest,
@@ -37,23 +37,16 @@ class OpenAIImages:
         service: ImageService,
         key: ApiKey,
         body: ImageRequest,
-        images: list[str] | None = None,
-        has_mask: bool = False,
+        form: EditForm | None = None,
     ) -> ImagesResponse | None:
-        """The ``ImagesResponse`` for ``body``; ``None`` when the client left (the job runs
-        on and is billed once, as any other)."""
-        edit = images is not None
+        """The ``ImagesResponse`` for ``body`` (an edit's files in ``form``); ``None`` when the
+        client left (the job runs on and is billed once, as any other)."""
+        edit = form is not None
         model = pick_model(
             service.catalog, body.model, Task.IMAGE_TO_IMAGE if edit else Task.TEXT_TO_IMAGE
         )
-        if has_mask:
-            raise InvalidParameter(
-                f"model {model.name!r} edits whole images and takes no mask (it does no "
-                "inpainting); omit mask",
-                field="mask",
-                rule="unsupported",
-            )
-        native = native_request(body, model, images)
+        sources = None if form is None else await form.sources(model, service.sources.limits)
+        native = native_request(body, model, sources)
         with self.waiting.hold(key.id):
             job = await service.submit(key, native, edit=edit)
             finished = await wait_for_job(

@@ -2,14 +2,17 @@
 
 The body is counted as it streams in and refused past ``max_body_bytes``; Starlette's parser
 bounds the number of files and fields and the length of each text field, and spools files to
-disk past 1 MiB. Uploaded images then travel as ``data:`` references through the same source
-checks as a native edit (``tessera.runtime.sources``), so nothing here decodes an image.
+disk past 1 MiB. Files are read only once the model is known and the count checked against
+it, one at a time; they then travel as ``data:`` references through the same source checks
+as a native edit (``tessera.runtime.sources``), so nothing here decodes an image.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -21,7 +24,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from tessera.runtime.errors import InvalidParameter, PayloadTooLarge
-from tessera.runtime.openai.schema import EditFields
+from tessera.runtime.models import ModelSpec
+from tessera.runtime.openai.schema import EditFields, check_image_count
 from tessera.runtime.openai.settings import OpenAISettings
 from tessera.runtime.sources import SourceLimits
 
@@ -32,13 +36,13 @@ _IMAGE_TYPE = re.compile(r"^image/[A-Za-z0-9.+-]{1,64}$")
 @dataclass
 class EditForm:
     fields: dict[str, str] = field(default_factory=dict)
-    # Each uploaded image as a ``data:`` URL, in the order sent.
-    images: list[str] = field(default_factory=list)
+    # The images, spooled by the parser and not read yet, in the order sent.
+    uploads: list[UploadFile] = field(default_factory=list)
     has_mask: bool = False
 
     def request(self) -> EditFields:
         """The text fields, validated as the JSON body of a generation is."""
-        if not self.images:
+        if not self.uploads:
             raise InvalidParameter(
                 "image is required: upload one or more image files",
                 field="image",
@@ -48,6 +52,22 @@ class EditForm:
             return EditFields.model_validate(self.fields)
         except ValidationError as error:
             raise RequestValidationError(error.errors(include_url=False)) from None
+
+    async def sources(self, model: ModelSpec, limits: SourceLimits) -> list[str]:
+        """The images as ``data:`` references, once ``model`` is known to take them all."""
+        if self.has_mask:
+            raise InvalidParameter(
+                f"model {model.name!r} edits whole images and takes no mask (it does no "
+                "inpainting); omit mask",
+                field="mask",
+                rule="unsupported",
+            )
+        check_image_count(len(self.uploads), model)
+        references = []
+        for index, upload in enumerate(self.uploads):
+            references.append(await _data_url(upload, index, limits))
+            await upload.close()
+        return references
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -66,9 +86,9 @@ async def _data_url(upload: UploadFile, index: int, limits: SourceLimits) -> str
     return f"data:{media};base64,{base64.b64encode(data).decode()}"
 
 
-async def read_edit_form(
-    request: Request, settings: OpenAISettings, limits: SourceLimits
-) -> EditForm:
+@contextlib.asynccontextmanager
+async def edit_form(request: Request, settings: OpenAISettings) -> AsyncIterator[EditForm]:
+    """The parsed form; its spooled files are removed when the block ends."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise InvalidParameter(
@@ -103,12 +123,12 @@ async def read_edit_form(
     except ClientDisconnect:
         raise InvalidParameter("the body ended before it was complete", rule="multipart") from None
     try:
-        return await _collect(form.multi_items(), limits)
+        yield _collect(form.multi_items())
     finally:
         await form.close()
 
 
-async def _collect(items: list[tuple[str, UploadFile | str]], limits: SourceLimits) -> EditForm:
+def _collect(items: list[tuple[str, UploadFile | str]]) -> EditForm:
     result = EditForm()
     for name, value in items:
         if name == "mask":
@@ -120,7 +140,7 @@ async def _collect(items: list[tuple[str, UploadFile | str]], limits: SourceLimi
                     field="image",
                     rule="file",
                 )
-            result.images.append(await _data_url(value, len(result.images), limits))
+            result.uploads.append(value)
         elif isinstance(value, UploadFile):
             raise InvalidParameter(
                 f"{name} must be a text field, not a file", field=name, rule="text"

@@ -12,7 +12,7 @@ from tessera.runtime.errors import NotFound, Unauthorized
 from tessera.runtime.keys import ApiKey, KeyRing
 from tessera.runtime.openai.errors import OpenAIRoute
 from tessera.runtime.openai.images import OpenAIImages, model_record
-from tessera.runtime.openai.multipart import read_edit_form
+from tessera.runtime.openai.multipart import edit_form
 from tessera.runtime.openai.schema import (
     EditFields,
     ImageRequest,
@@ -102,9 +102,8 @@ async def create_image(
 async def create_image_edit(
     request: Request, key: BearerKey, service: Service, calls: Calls
 ) -> Any:
-    form = await read_edit_form(request, calls.settings, service.sources.limits)
-    answer = await calls.create(request, service, key, form.request(), form.images, form.has_mask)
-    return _answer(answer)
+    async with edit_form(request, calls.settings) as form:
+        return _answer(await calls.create(request, service, key, form.request(), form))
 
 
 @router.get("/v1/models", summary="The image models (OpenAI)")

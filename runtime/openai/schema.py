@@ -127,6 +127,16 @@ def pick_model(catalog: ModelCatalog, name: str | None, task: Task) -> ModelSpec
     )
 
 
+def check_image_count(count: int, model: ModelSpec) -> None:
+    limit = model.limits.max_source_images
+    if count > limit:
+        raise InvalidParameter(
+            f"model {model.name!r} takes at most {limit} image(s), not {count}",
+            field="image",
+            rule="max_source_images",
+        )
+
+
 def _steps(request: ImageRequest, model: ModelSpec) -> int | None:
     if request.num_inference_steps is not None or request.quality is None:
         return request.num_inference_steps
@@ -141,8 +151,8 @@ def native_request(
     """The native request that does what ``request`` asks of ``model``, or a 4xx naming the
     parameter that cannot be honoured.
 
-    ``n``, ``size`` and the image count are checked here, so their errors name OpenAI's
-    parameters; the native resolution checks everything else.
+    ``n`` and ``size`` are checked here, so their errors name OpenAI's parameters; the
+    native resolution checks everything else.
     """
     _check_unsupported(request)
     limits = model.limits
@@ -152,12 +162,6 @@ def native_request(
             f"model, not {request.n}",
             field="n",
             rule="range",
-        )
-    if sources and len(sources) > limits.max_source_images:
-        raise InvalidParameter(
-            f"this model takes at most {limits.max_source_images} image(s), not {len(sources)}",
-            field="image",
-            rule="max_source_images",
         )
     image_size = None
     if request.size is not None and request.size != "auto":

@@ -9,7 +9,12 @@ import pytest
 from tessera.runtime.errors import InvalidParameter, ModelNotFound
 from tessera.runtime.models import ModelCatalog, ModelSpec
 from tessera.runtime.openai.errors import param_name
-from tessera.runtime.openai.schema import ImageRequest, native_request, pick_model
+from tessera.runtime.openai.schema import (
+    ImageRequest,
+    check_image_count,
+    native_request,
+    pick_model,
+)
 from tessera.runtime.params import IntRange, ParameterLimits, Task
 
 MODEL = ModelSpec(
@@ -75,9 +80,10 @@ def test_what_cannot_be_honoured_is_refused_by_name(fields: dict[str, Any], para
 
 
 def test_too_many_images_for_the_model() -> None:
+    check_image_count(1, MODEL)
     with pytest.raises(InvalidParameter) as caught:
-        native_request(ImageRequest(prompt="p"), MODEL, ["data:a", "data:b"])
-    assert caught.value.field == "image"
+        check_image_count(2, MODEL)
+    assert caught.value.field == "image" and "at most 1" in caught.value.message
 
 
 def test_the_model_may_be_left_out_when_only_one_fits() -> None:
