@@ -14,7 +14,6 @@ import argparse
 import base64
 import io
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from PIL import Image
 # The repository root, for bench and tests.support.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
-from bench.hostile_input import Watch
+from bench.hostile_input import Watch, watched_server
 from tessera.runtime.openai import OpenAISettings
 from tests.support.server import ServerProcess
 
@@ -53,15 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parallel", type=int, default=4, help="clients at once")
     args = parser.parse_args()
-    print(f"python {sys.executable}")
-    with tempfile.TemporaryDirectory() as folder:
-        server = ServerProcess(Path(folder)).start()
-        watch = Watch(server)
-        try:
-            run_probes(server, watch, args.parallel)
-        finally:
-            watch.stop()
-            server.stop()
+    with watched_server() as (server, watch):
+        run_probes(server, watch, args.parallel)
 
 
 def run_probes(server: ServerProcess, watch: Watch, parallel: int) -> None:
