@@ -173,21 +173,28 @@ def bomb_png(side: int) -> bytes:
     return encoded(Image.new("L", (side, side)), "PNG", optimize=True)
 
 
+@contextmanager
+def watched_server() -> Iterator[tuple[ServerProcess, Watch]]:
+    """A fresh demo server, watched, stopped at the end."""
+    print(f"python {sys.executable}")
+    with tempfile.TemporaryDirectory() as folder:
+        server = ServerProcess(Path(folder)).start()
+        watch = Watch(server)
+        try:
+            yield server, watch
+        finally:
+            watch.stop()
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bombs", type=int, default=4, help="parallel bomb uploads")
     args = parser.parse_args()
 
-    print(f"python {sys.executable}")
     print(f"{'item 1 rebinding (in process)':<44} {json.dumps(rebinding_probe())}", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        server = ServerProcess(Path(folder)).start()
-        watch = Watch(server)
-        try:
-            run_probes(server, watch, args.bombs)
-        finally:
-            watch.stop()
-            server.stop()
+    with watched_server() as (server, watch):
+        run_probes(server, watch, args.bombs)
 
 
 def run_probes(server: ServerProcess, watch: Watch, bombs: int) -> None:

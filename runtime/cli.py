@@ -79,6 +79,7 @@ def _run_api(config: ServerConfig, settings: ApiSettings, log_level: str) -> int
     print(
         f"Tessera image API: {config.public_url}/v1  (docs: {config.public_url}/docs)", flush=True
     )
+    print(f"OpenAI-compatible: {config.public_url}/openai/v1", flush=True)
     print(f"models: {', '.join(m.name for m in config.models)}", flush=True)
     uvicorn.run(
         create_app(config),
@@ -178,6 +179,18 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="let web pages from ORIGIN (e.g. https://app.example.com) call the API from a "
         "browser; repeatable, '*' for any",
+    )
+    parser.add_argument(
+        "--openai-wait-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="longest an /openai/v1 image request waits for its job (default: 5 minutes)",
+    )
+    parser.add_argument(
+        "--openai-max-waiting",
+        type=int,
+        metavar="N",
+        help="/openai/v1 image requests one API key may hold open at once (default: 16)",
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from tessera.runtime.jobs.base import StorePolicy
 from tessera.runtime.keys import KeyRing, new_key, write_key_file
 from tessera.runtime.models import ModelSpec
+from tessera.runtime.openai.settings import OpenAISettings
 from tessera.runtime.params import IntRange, ParameterLimits, Task
 from tessera.runtime.settings import ApiSettings, GatewaySettings, ServeSettings
 from tessera.runtime.sources import SourceLimits
@@ -56,6 +57,7 @@ class ServerConfig:
     # Origins whose pages may call the API from a browser (CORS); "*" for any. Empty: only
     # pages this server serves (the Playground) can, as browsers enforce by default.
     cors_origins: tuple[str, ...] = ()
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,10 @@ def _server_config(
         device=device,
         cors_origins=settings.cors_origin,
         watch_cluster=watch_cluster,
+        openai=OpenAISettings(
+            wait_seconds=settings.openai_wait_seconds,
+            max_waiting_per_key=settings.openai_max_waiting,
+        ),
     )
 
 

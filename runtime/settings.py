@@ -108,6 +108,10 @@ class ApiSettings(_Settings):
     allow_private_image_urls: bool = False
     allow_image_network: Networks = ()
     cors_origin: Strings = ()
+    # /openai/v1 answers synchronously: how long a request may hold for its job, and how
+    # many such requests one key may hold open at once (per process).
+    openai_wait_seconds: float = Field(default=300.0, gt=0)
+    openai_max_waiting: int = Field(default=16, gt=0)
 
     @field_validator("cors_origin", mode="after")
     @classmethod

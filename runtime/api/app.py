@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import make_asgi_app
 
-from tessera.runtime import playground
+from tessera.runtime import openai, playground
 from tessera.runtime.api import catalog, errors, files, images
 from tessera.runtime.config import ServerConfig
 from tessera.runtime.errors import StoreUnavailable
@@ -174,6 +174,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     v1.include_router(catalog.router)
     v1.include_router(files.router)
     app.include_router(v1)
+    openai.mount(app, config.openai)
     app.mount("/metrics", make_asgi_app())
     playground.mount(app)
 

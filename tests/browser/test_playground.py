@@ -145,6 +145,31 @@ def write_png(path: Path, width: int = 96, height: int = 64) -> Path:
     return path
 
 
+def shown_image(result: Locator) -> bytes:
+    """The bytes of the image a result shows."""
+    src = result.get_by_role("img").get_attribute("src")
+    assert src
+    return httpx.get(src, timeout=30).content
+
+
+def run_script(script: str, server: ServerProcess, cwd: Path) -> tuple[bytes, str]:
+    """Run a copied Python snippet with the key in the environment: (the image it saved, its
+    output)."""
+    assert server.api_key not in script
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TESSERA_API_KEY": server.api_key},
+        cwd=cwd,
+        timeout=120,
+        check=True,
+    )
+    saved = re.search(r"saved (\S+)", run.stdout)
+    assert saved, run.stdout
+    return (cwd / saved.group(1)).read_bytes(), run.stdout
+
+
 def test_sign_in_generate_and_see_the_patch_line(page: Page, demo_server: ServerProcess) -> None:
     sign_in(page, demo_server)
     assert page.url == demo_server.base_url + "/playground/"
@@ -275,9 +300,7 @@ def test_ui_api_shows_requests_that_make_the_same_image(
     panel(page).get_by_label("Seed").fill("1234")
     generate(page, "a red fox in snow, 'quoted' \"twice\"")
     result = completed(page)
-    src = result.get_by_role("img").get_attribute("src")
-    assert src
-    shown = httpx.get(src, timeout=30).content
+    shown = shown_image(result)
 
     result.get_by_role("switch", name="UI / API").check(force=True)
     curl = result.locator("code[data-snippet=curl]")
@@ -306,20 +329,20 @@ def test_ui_api_shows_requests_that_make_the_same_image(
     result.get_by_role("tab", name="Python").click()
     script = result.locator("code[data-snippet=python]").inner_text()
     shot(page, "09-api-python")
-    assert demo_server.api_key not in script
-    run = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=True,
-    )
-    saved = re.search(r"saved (\S+)", run.stdout)
-    assert saved, run.stdout
-    assert (tmp_path / saved.group(1)).read_bytes() == shown
-    assert "patches billed: 12" in run.stdout
+    saved, output = run_script(script, demo_server, tmp_path)
+    assert saved == shown
+    assert "patches billed: 12" in output
+
+    # The OpenAI SDK tab: the same request through /openai/v1, one call that waits.
+    result.get_by_role("tab", name="OpenAI SDK").click()
+    expect(result.get_by_role("tab", name="OpenAI SDK")).to_have_attribute("aria-selected", "true")
+    script = result.locator("code[data-snippet=openai]").inner_text()
+    shot(page, "09b-api-openai-sdk")
+    assert f'base_url="{demo_server.base_url}/openai/v1"' in script
+    assert 'size="64x48"' in script and '"seed": 1234' in script
+    saved, output = run_script(script, demo_server, tmp_path)
+    assert saved == shown
+    assert "patches billed: 12" in output
 
     result.get_by_role("switch", name="UI / API").uncheck(force=True)
     expect(result.get_by_role("img")).to_be_visible()
@@ -350,10 +373,23 @@ def test_edit_with_an_uploaded_image(
     assert natural_size(result.get_by_role("img")) == (64, 64)
     expect(result.locator(".result-meta")).to_contain_text("16 patches billed")
     shot(page, "11-edited")
+    shown = shown_image(result)
     result.get_by_role("switch", name="UI / API").check(force=True)
     curl = result.locator("code[data-snippet=curl]")
     expect(curl).to_contain_text("/images/edits")
     expect(curl).to_contain_text('"image_url": "upload-')
+
+    # Through the OpenAI SDK the source is a file: the same one makes the same image, since
+    # the seed the server drew is filled in.
+    expect(result.get_by_text("was drawn by the server")).to_be_visible()
+    result.get_by_role("tab", name="OpenAI SDK").click()
+    script = result.locator("code[data-snippet=openai]").inner_text()
+    expect(result.get_by_text("Save the source image as source.png")).to_be_visible()
+    shot(page, "11b-edit-openai-sdk")
+    assert "client.images.edit(" in script and 'open("source.png", "rb")' in script
+    saved, output = run_script(script, demo_server, tmp_path)
+    assert saved == shown
+    assert "patches billed: 16" in output
 
 
 def test_compare_runs_one_prompt_through_two_models(

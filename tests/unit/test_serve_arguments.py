@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tessera.runtime.cli import build_parser
+from tessera.runtime.cli import build_parser, settings_from
+from tessera.runtime.settings import ServeSettings
 
 
 @pytest.mark.parametrize(
@@ -28,3 +29,29 @@ def test_a_cors_origin_that_could_never_match_is_refused(
         build_parser().parse_args(["serve", "--cors-origin", given])
     assert exit_.value.code == 2
     assert "expected an origin such as https://app.example.com" in capsys.readouterr().err
+
+
+def test_openai_limits_are_read_as_numbers() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--openai-wait-seconds", "2.5", "--openai-max-waiting", "3"]
+    )
+    assert (args.openai_wait_seconds, args.openai_max_waiting) == (2.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("flag", "given"),
+    [
+        ("--openai-wait-seconds", "0"),
+        ("--openai-wait-seconds", "nan"),
+        ("--openai-wait-seconds", "soon"),
+        ("--openai-max-waiting", "-1"),
+        ("--openai-max-waiting", "1.5"),
+    ],
+)
+def test_an_openai_limit_that_would_refuse_everything_is_refused(
+    flag: str, given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        settings_from(ServeSettings, build_parser().parse_args(["serve", flag, given]))
+    assert exit_.value.code == 2
+    assert flag in capsys.readouterr().err

@@ -5,7 +5,7 @@
 import { describe } from "./api.js";
 import { formatInt, h, replace, uid } from "./dom.js";
 import { sizeOf } from "./schema.js";
-import { KEY_VARIABLE, curlPollSnippet, curlSnippet, pythonSnippet } from "./snippets.js";
+import { KEY_VARIABLE, curlPollSnippet, curlSnippet, openaiSnippet, pythonSnippet } from "./snippets.js";
 
 const STATUS_TEXT = {
   submitting: "Submitting",
@@ -59,7 +59,9 @@ function codeBlock(text, lang, title) {
     h("pre", {}, code));
 }
 
-/** The API side of a result: tabs for curl and Python, rebuilt when the seed becomes known. */
+const LANGUAGES = { curl: "curl", python: "Python", openai: "OpenAI SDK" };
+
+/** The API side of a result: a tab per language, rebuilt when the seed becomes known. */
 function createApiView(base) {
   const el = h("div", { class: "result-api", hidden: true });
   let lang = "curl";
@@ -68,19 +70,28 @@ function createApiView(base) {
 
   function render() {
     if (!request) return;
-    const tabs = ["curl", "python"].map((name) => h("button", {
+    const tabs = Object.entries(LANGUAGES).map(([name, label]) => h("button", {
       type: "button", role: "tab", class: "tab", "aria-selected": String(name === lang),
       onclick: () => {
         lang = name;
         render();
       },
-    }, name === "curl" ? "curl" : "Python"));
-    const body = lang === "curl"
-      ? [codeBlock(curlSnippet(base, request.kind, request.body), "curl", `POST /images/${request.kind}`),
+    }, label));
+    let body;
+    if (lang === "curl") {
+      body = [codeBlock(curlSnippet(base, request.kind, request.body), "curl", `POST /images/${request.kind}`),
         h("p", { class: "hint" }, "It answers ", h("code", {}, "{\"job_id\": …}"),
           ". Set JOB_ID to it and long-poll the task until it is completed:"),
-        codeBlock(curlPollSnippet(base), "curl-poll", "GET /images/tasks/{job_id}")]
-      : [codeBlock(pythonSnippet(base, request.kind, request.body), "python", "Python · requests")];
+        codeBlock(curlPollSnippet(base), "curl-poll", "GET /images/tasks/{job_id}")];
+    } else if (lang === "python") {
+      body = [codeBlock(pythonSnippet(base, request.kind, request.body), "python", "Python · requests")];
+    } else {
+      body = [codeBlock(openaiSnippet(base, request.kind, request.body), "openai", "Python · OpenAI SDK"),
+        h("p", { class: "hint" }, "The same request through ", h("code", {}, "/openai/v1"),
+          ": one call that returns the images (",
+          h("code", {}, "pip install openai"), ").",
+          request.kind === "edits" ? " Save the source image as source.png beside the script." : "")];
+    }
     replace(el,
       h("div", { class: "tabs", role: "tablist", "aria-label": "Language" }, tabs),
       body,

@@ -1,8 +1,10 @@
-// The request behind a result, as code to copy: curl (the exact submit request) and a complete
-// Python script (submit, long-poll, download). The key is never written out: both read
+// The request behind a result, as code to copy: curl (the exact submit request), a complete
+// Python script (submit, long-poll, download), and the same request through the official
+// OpenAI SDK (/openai/v1, synchronous). The key is never written out: each reads
 // $TESSERA_API_KEY from the environment.
 
 import { encodeJson } from "./api.js";
+import { sizeOf } from "./schema.js";
 
 export const KEY_VARIABLE = "TESSERA_API_KEY";
 
@@ -78,5 +80,65 @@ for index, image in enumerate(task["result"]["data"]):
         file.write(requests.get(image["url"], timeout=60).content)
     print("saved", path)
 print("patches billed:", task["result"]["usage"]["output_tokens"])
+`;
+}
+
+/** The OpenAI-compatible base URL beside the native one (`.../v1` -> `.../openai/v1`). */
+export function openaiBase(base) {
+  return base.replace(/\/v1$/, "/openai/v1");
+}
+
+// Native fields that the SDK names differently; the rest of Tessera's go in extra_body.
+const OPENAI_NAMES = { model: "model", prompt: "prompt", num_images: "n", output_format: "output_format", response_format: "response_format" };
+const SOURCE_FIELDS = new Set(["image_url", "image_urls"]);
+
+function openaiSize(imageSize) {
+  const size = sizeOf(imageSize);
+  if (size) return `${size.width}x${size.height}`;
+  return typeof imageSize === "string" ? imageSize : undefined;
+}
+
+// Keyword arguments, one a line: [name, Python source] pairs.
+function pyArguments(entries) {
+  return entries.map(([name, source]) => `    ${name}=${source},`).join("\n");
+}
+
+/** The same request through the official OpenAI SDK: it waits for the images and saves them. */
+export function openaiSnippet(base, kind, body) {
+  const edit = kind === "edits";
+  const named = [];
+  const extra = {};
+  for (const [name, value] of Object.entries(body)) {
+    if (value === undefined || SOURCE_FIELDS.has(name)) continue;
+    if (name === "image_size") named.push(["size", openaiSize(value)]);
+    else if (OPENAI_NAMES[name]) named.push([OPENAI_NAMES[name], value]);
+    else extra[name] = value;
+  }
+  const order = ["model", "prompt", "n", "size", "output_format", "response_format"];
+  named.sort(([a], [b]) => order.indexOf(a) - order.indexOf(b));
+  const args = named.map(([name, value]) => [name, pyLiteral(value, 1)]);
+  if (edit) args.splice(2, 0, ["image", 'open("source.png", "rb")']);
+  if (Object.keys(extra).length) args.push(["extra_body", pyLiteral(extra, 1)]);
+  const b64 = body.response_format === "b64_json";
+  const extension = body.output_format === "jpeg" ? "jpg" : (body.output_format ?? "png");
+  const save = b64
+    ? "base64.b64decode(image.b64_json)"
+    : "urllib.request.urlopen(image.url).read()";
+  return `${b64 ? "import base64\n" : ""}import os
+${b64 ? "" : "import urllib.request\n"}
+from openai import OpenAI
+
+client = OpenAI(base_url=${JSON.stringify(openaiBase(base))}, api_key=os.environ["${KEY_VARIABLE}"])
+
+# One call: it returns once the images are made (the job is queued and billed as any other).
+answer = client.images.${edit ? "edit" : "generate"}(
+${pyArguments(args)}
+)
+for index, image in enumerate(answer.data):
+    path = f"image-{index}.${extension}"
+    with open(path, "wb") as file:
+        file.write(${save})
+    print("saved", path)
+print("patches billed:", answer.usage.output_tokens)
 `;
 }
