@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--models", type=Path, help="a file or folder of ImageModel YAML documents to serve"
     )
+    gateway.add_argument(
+        "--public-downloads",
+        choices=["presigned", "gateway"],
+        help="with s3:// storage, who serves result downloads and upload PUTs: presigned URLs "
+        "of the store (default) or the gateway, for stores clients cannot reach",
+    )
     _api_arguments(gateway)
     gateway.set_defaults(handler=_gateway)
 

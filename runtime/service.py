@@ -17,7 +17,7 @@ from tessera.runtime.jobs.base import Job, JobStatus, JobStore
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.params import GenerationRequest, resolve
-from tessera.runtime.sources import SourceResolver
+from tessera.runtime.sources import SourceResolver, upload_key
 from tessera.runtime.storage import FileStore, UrlSigner
 
 MAX_WAIT_SECONDS = 60.0
@@ -75,6 +75,20 @@ class ImageService:
             job = await self.store.wait_for_change(job_id, job.status, min(wait, MAX_WAIT_SECONDS))
         return job
 
+    async def download_url(self, key: str) -> str:
+        """The store's own presigned URL for a result, or the gateway's signed one."""
+        ttl = self.signer.ttl_seconds
+        return await self.files.download_url(key, ttl) or self.signer.sign(f"/v1/files/{key}", ttl)
+
+    async def upload_url(self, key: ApiKey, name: str, ttl_seconds: int) -> str:
+        """Where the client PUTs an upload: the store's presigned URL, or the gateway's.
+
+        A presigned PUT cannot cap the size or check the image: both happen when a job
+        reads the upload (``SourceResolver.read``).
+        """
+        stored = await self.files.upload_url(upload_key(key, name), ttl_seconds)
+        return stored or self.signer.sign(f"/v1/uploads/{key.id}/{name}", ttl_seconds)
+
     async def task_body(self, job: Job) -> dict[str, Any]:
         body: dict[str, Any] = {
             "job_id": job.id,
@@ -97,7 +111,7 @@ class ImageService:
                     encoded = base64.b64encode(await self.files.get(image.key)).decode()
                 data.append(
                     {
-                        "url": self.signer.sign(f"/v1/files/{image.key}"),
+                        "url": await self.download_url(image.key),
                         "b64_json": encoded,
                         "width": image.width,
                         "height": image.height,

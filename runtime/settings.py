@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.storage.base import PublicDownloads
 from tessera.runtime.worker.options import PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
@@ -161,6 +162,9 @@ class GatewaySettings(ApiSettings):
     queue: str
     storage: StorageUrl
     models: Path | None = None
+    # With S3: clients GET results and PUT uploads through presigned URLs of the store
+    # ("presigned"), or through the gateway when they cannot reach the store ("gateway").
+    public_downloads: PublicDownloads = "presigned"
 
     @field_validator("queue", mode="after")
     @classmethod

@@ -82,6 +82,11 @@ def new_upload_name() -> str:
     return "upload-" + secrets.token_urlsafe(18)
 
 
+def _on_field(error: PayloadTooLarge, field: str) -> PayloadTooLarge:
+    """A size refusal from the store, naming the request field it came through."""
+    return PayloadTooLarge(f"{field}: {error.message}", field=field, rule="max_bytes")
+
+
 def carried_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 one leads to (IPv4-mapped, NAT64, 6to4), if any."""
     if isinstance(address, ipaddress.IPv4Address):
@@ -248,7 +253,12 @@ class SourceResolver:
     async def read(self, key: ApiKey, reference: str, field: str) -> bytes:
         if UPLOAD_NAME.match(reference):
             try:
-                return await self.files.get(upload_key(key, reference))
+                # Clients may PUT uploads straight into the store, which caps nothing.
+                return await self.files.get(
+                    upload_key(key, reference), max_bytes=self.limits.max_bytes
+                )
+            except PayloadTooLarge as error:
+                raise _on_field(error, field) from None
             except FileNotFound:
                 raise InvalidParameter(
                     f"{field}: no uploaded image named {reference!r} for this API key "
@@ -260,7 +270,21 @@ class SourceResolver:
             return await self._decode_data_url(reference, field)
         if reference.startswith(self.signer.public_url + "/"):
             return await self._own_file(reference, field)
-        return await self._fetch(reference, field)
+        return await self._stored_file(reference, field) or await self._fetch(reference, field)
+
+    async def _stored_file(self, reference: str, field: str) -> bytes | None:
+        """One of the store's own presigned URLs (S3), read from it; None for any other."""
+        try:
+            return await self.files.read_signed(reference, self.limits.max_bytes)
+        except PayloadTooLarge as error:
+            raise _on_field(error, field) from None
+        except FileNotFound:
+            raise InvalidParameter(
+                f"{field}: this URL of the result storage is not a signed result URL, or its "
+                "signature is wrong or has expired",
+                field=field,
+                rule="signed_url",
+            ) from None
 
     async def _own_file(self, reference: str, field: str) -> bytes:
         """One of this server's result URLs, read from storage once its signature checks."""

@@ -101,7 +101,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(config.queue, config.store)
-        file_store = open_storage(config.storage)
+        file_store = open_storage(config.storage, public_downloads=config.public_downloads)
         signer = UrlSigner(config.signing_secret, config.public_url, config.url_ttl_seconds)
         app.state.service = ImageService(
             catalog=ModelCatalog(config.models),
