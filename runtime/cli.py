@@ -159,6 +159,11 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--url-ttl-seconds", type=int, help="how long signed URLs last")
     parser.add_argument(
+        "--retention-seconds",
+        type=float,
+        help="how long a finished job and its images are kept (default 86400: 24 h)",
+    )
+    parser.add_argument(
         "--allow-private-image-urls",
         action="store_true",
         help="let image_url reach private and loopback addresses (off: SSRF protection)",

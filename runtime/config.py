@@ -108,6 +108,7 @@ def _server_config(
         public_url=settings.base_url,
         url_ttl_seconds=settings.url_ttl_seconds,
         public_downloads=public_downloads,
+        store=StorePolicy(retention_seconds=settings.retention_seconds),
         sources=SourceLimits(
             allow_private_addresses=settings.allow_private_image_urls,
             allowed_networks=settings.allow_image_network,
