@@ -248,9 +248,21 @@ return #ARGV - 1
 """
 
 
+# Every change is published, and a subscription that reconnects wakes every waiter, so a
+# waiter re-reads on a timer only as a last resort.
+SAFETY_POLL_SECONDS = 15.0
+
 # 0.1, 0.2, 0.4 ... then every 2 s: 40 tries outlast a Redis that is gone for about a minute.
 RETRY_ATTEMPTS = 40
 RETRY_BACKOFF = ExponentialBackoff(cap=2.0, base=0.1)
+
+
+def _job_id(data: Any) -> int | None:
+    """The job an event names; None (wake everyone) for one that names none."""
+    try:
+        return int(data)
+    except (TypeError, ValueError):
+        return None
 
 
 def _when(value: str | None) -> datetime | None:
@@ -269,7 +281,7 @@ class RedisJobStore:
             retry=Retry(RETRY_BACKOFF, RETRY_ATTEMPTS),
             retry_on_error=[ConnectionError, TimeoutError],
         )
-        self._changes = ChangeSignal(poll_seconds=1.0)
+        self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
         self._scripts = {
             name: self._redis.register_script(source)
@@ -328,14 +340,18 @@ class RedisJobStore:
             self._listener = asyncio.create_task(self._relay_events())
 
     async def _relay_events(self) -> None:
+        """Each message carries the id of the job that changed: only its waiters wake (and
+        workers, who wait for any change)."""
         pattern = f"{self.prefix}:*:events"
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.psubscribe(pattern)
+                    # Changes made while unsubscribed went unheard: everyone looks again.
+                    self._changes.notify()
                     async for message in pubsub.listen():
                         if message.get("type") == "pmessage":
-                            await self._changes.notify()
+                            self._changes.notify(_job_id(message.get("data")))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:

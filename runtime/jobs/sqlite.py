@@ -150,7 +150,8 @@ class SQLiteJobStore:
         except sqlite3.Error as error:
             raise StoreUnavailable(f"the job store at {self.path} failed: {error}") from error
         if notify:
-            await self._changes.notify()
+            # A write that returns a job changed that job; any other may have changed many.
+            self._changes.notify(value.id if isinstance(value, Job) else None)
         return value
 
     @staticmethod
@@ -256,7 +257,7 @@ class SQLiteJobStore:
             lambda: self._run(take, notify=False, durable=False), wait
         )
         if job is not None:
-            await self._changes.notify()
+            self._changes.notify(job.id)
         return job
 
     async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:

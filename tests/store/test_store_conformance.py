@@ -11,6 +11,7 @@ import pytest
 from tessera.runtime.errors import JobNotFound, QueueFull
 from tessera.runtime.jobs.base import (
     ImageFile,
+    Job,
     JobResult,
     JobStatus,
     JobStore,
@@ -230,3 +231,37 @@ async def test_finished_jobs_are_listed_after_the_retention_then_deleted(
     assert await store.finished_before(0) == []
     assert (await store.get(queued.id)).status is JobStatus.QUEUED
     assert [record.job_id for record in await store.usage()] == [completed.id]  # the ledger stays
+
+
+async def test_a_long_poll_wakes_for_its_own_job_not_for_every_change(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched = await store.submit("m", "k", PARAMS)
+    reads = 0
+    get = store.get
+
+    async def counting_get(job_id: int) -> Job:
+        nonlocal reads
+        reads += job_id == watched.id
+        return await get(job_id)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    started = time.monotonic()
+    waiter = asyncio.create_task(store.wait_for_change(watched.id, JobStatus.QUEUED, 30))
+    await asyncio.sleep(0.05)
+    others = 0
+    for _ in range(10):
+        other = await store.submit("other", "k", PARAMS)
+        await store.lease(["other"], "w")
+        await store.complete(other.id, "w", RESULT)
+        others += 3
+    assert not waiter.done()
+    await store.lease(["m"], "w")
+    changed = await asyncio.wait_for(waiter, 5)
+    assert changed.status is JobStatus.IN_PROGRESS
+    # The first read, perhaps one for a subscription that came up meanwhile, one for its own
+    # change, and the store's timer re-reads (SQLite's, for other processes): never one per
+    # change of another job.
+    timer_reads = (time.monotonic() - started) / store._changes.poll_seconds  # type: ignore[attr-defined]
+    assert reads <= 3 + int(timer_reads), (reads, others, timer_reads)
+    assert reads < others / 3
