@@ -398,10 +398,11 @@ class RedisJobStore:
     ) -> Job:
         job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
         pointer = f"{self.prefix}:job:{job_id}:model"
-        await self._call(self._redis.set(pointer, model))
-        await self._call(self._redis.sadd(f"{self.prefix}:models", model))
-        created = await self._call(
-            self._scripts["submit"](
+        # One round trip, in order: the pointer exists before a worker can lease the job.
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            pipeline.set(pointer, model)
+            pipeline.sadd(f"{self.prefix}:models", model)
+            await self._scripts["submit"](
                 keys=[self._model_key(model, "queue")],
                 args=[
                     f"{self._job_prefix(model)}{job_id}",
@@ -415,8 +416,9 @@ class RedisJobStore:
                     "progress", 0,
                     "attempts", 0,
                 ],
-            )
-        )  # fmt: skip
+                client=pipeline,
+            )  # fmt: skip
+            _, _, created = await self._call(pipeline.execute())
         if not created:
             await self._call(self._redis.delete(pointer))
             raise QueueFull(model, max_queued or 0, QUEUE_FULL_RETRY_AFTER_SECONDS)
