@@ -160,6 +160,11 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--url-ttl-seconds", type=int, help="how long signed URLs last")
     parser.add_argument(
+        "--retention-seconds",
+        type=float,
+        help="how long a finished job and its images are kept (default 86400: 24 h)",
+    )
+    parser.add_argument(
         "--allow-private-image-urls",
         action="store_true",
         help="let image_url reach private and loopback addresses (off: SSRF protection)",
@@ -233,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--storage", help="shared storage for results and uploads: file:///path")
     gateway.add_argument(
         "--models", type=Path, help="a file or folder of ImageModel YAML documents to serve"
+    )
+    gateway.add_argument(
+        "--public-downloads",
+        choices=["presigned", "gateway"],
+        help="with s3:// storage, who serves result downloads and upload PUTs: presigned URLs "
+        "of the store (default) or the gateway, for stores clients cannot reach",
     )
     _api_arguments(gateway)
     gateway.set_defaults(handler=_gateway)

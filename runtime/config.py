@@ -20,7 +20,7 @@ from tessera.runtime.openai.settings import OpenAISettings
 from tessera.runtime.params import IntRange, ParameterLimits, Task
 from tessera.runtime.settings import ApiSettings, GatewaySettings, ServeSettings
 from tessera.runtime.sources import SourceLimits
-from tessera.runtime.storage import InvalidStorageUrl, open_storage
+from tessera.runtime.storage import InvalidStorageUrl, PublicDownloads, open_storage
 
 DEMO_MODELS = {"tessera-demo": Task.TEXT_TO_IMAGE, "tessera-demo-edit": Task.IMAGE_TO_IMAGE}
 # The demo pipelines make a 1024x1024 image in well under a second on one CPU core at four
@@ -47,6 +47,7 @@ class ServerConfig:
     keys: KeyRing
     public_url: str
     url_ttl_seconds: int = 3600
+    public_downloads: PublicDownloads = "presigned"
     sources: SourceLimits = field(default_factory=SourceLimits)
     store: StorePolicy = field(default_factory=StorePolicy)
     # Run a worker inside the API process (``tessera serve``); the gateway has none.
@@ -98,6 +99,7 @@ def _server_config(
     embedded_worker: bool,
     device: str | None = None,
     watch_cluster: bool = False,
+    public_downloads: PublicDownloads = "presigned",
 ) -> ServerConfig:
     return ServerConfig(
         queue=queue,
@@ -107,6 +109,8 @@ def _server_config(
         keys=keys,
         public_url=settings.base_url,
         url_ttl_seconds=settings.url_ttl_seconds,
+        public_downloads=public_downloads,
+        store=StorePolicy(retention_seconds=settings.retention_seconds),
         sources=SourceLimits(
             allow_private_addresses=settings.allow_private_image_urls,
             allowed_networks=settings.allow_image_network,
@@ -211,6 +215,7 @@ def gateway_config(settings: GatewaySettings) -> Assembled:
         keys=keys,
         embedded_worker=False,
         watch_cluster=settings.models is None,
+        public_downloads=settings.public_downloads,
     )
     if config.watch_cluster:
         from kubernetes.config import ConfigException

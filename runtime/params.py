@@ -207,7 +207,10 @@ class JobParams(BaseModel):
     seed: int
     output_format: OutputFormat
     response_format: Literal["url", "b64_json"]
+    # Storage keys: the checked sources a worker reads, and the uploads they came from
+    # (deleted with the job when its retention runs out).
     source_images: tuple[str, ...] = ()
+    uploads: tuple[str, ...] = ()
 
 
 def _within(field: str, value: float, limits: IntRange | FloatRange) -> None:

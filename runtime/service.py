@@ -6,19 +6,22 @@ Routes stay thin and call these methods; the gateway and ``tessera serve`` share
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tessera.runtime import metrics
 from tessera.runtime.billing import format_amount
-from tessera.runtime.errors import JobNotFound
-from tessera.runtime.jobs.base import Job, JobStatus, JobStore
+from tessera.runtime.errors import JobNotFound, StorageUnavailable
+from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS, Job, JobStatus, JobStore
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.params import GenerationRequest, resolve
-from tessera.runtime.sources import SourceResolver
+from tessera.runtime.sources import UPLOAD_NAME, SourceResolver, upload_key
 from tessera.runtime.storage import FileStore, UrlSigner
+
+log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 60.0
 
@@ -37,6 +40,7 @@ class ImageService:
     files: FileStore
     signer: UrlSigner
     sources: SourceResolver
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
 
     async def submit(self, key: ApiKey, request: GenerationRequest, *, edit: bool) -> Job:
         model = self.catalog.get(request.model)
@@ -45,7 +49,10 @@ class ImageService:
             stored = await self.sources.store_inputs(
                 key, params.source_images, (params.width, params.height)
             )
-            params = params.model_copy(update={"source_images": stored})
+            uploads = tuple(
+                upload_key(key, name) for name in params.source_images if UPLOAD_NAME.match(name)
+            )
+            params = params.model_copy(update={"source_images": stored, "uploads": uploads})
         job = await self.store.submit(model.name, key.id, params, max_queued=model.max_queued)
         metrics.JOBS_SUBMITTED.labels(model.name).inc()
         return job
@@ -63,6 +70,25 @@ class ImageService:
             failed += await self.store.expire(model.name, model.queue_timeout_seconds, reason)
         return failed
 
+    async def forget_finished(self) -> int:
+        """Delete the jobs whose retention ran out, their files first; how many.
+
+        Files go before the job that names them, so a sweep cut short leaves a job to sweep
+        again, never a file that nothing names.
+        """
+        jobs = await self.store.finished_before(self.retention_seconds)
+        for job in jobs:
+            images = job.result.images if job.result else ()
+            keys = [image.key for image in images]
+            try:
+                for stored in (*keys, *job.params.source_images, *job.params.uploads):
+                    await self.files.delete(stored)
+            except StorageUnavailable as error:
+                log.warning("job %s: its files stay until storage answers: %s", job.id, error)
+                return 0
+        await self.store.delete(jobs)
+        return len(jobs)
+
     async def job_for(self, key: ApiKey, job_id: int, wait: float = 0.0) -> Job:
         """The caller's job, after waiting up to ``wait`` s for its status to change.
 
@@ -74,6 +100,20 @@ class ImageService:
         if wait > 0 and not job.status.finished:
             job = await self.store.wait_for_change(job_id, job.status, min(wait, MAX_WAIT_SECONDS))
         return job
+
+    async def download_url(self, key: str) -> str:
+        """The store's own presigned URL for a result, or the gateway's signed one."""
+        ttl = self.signer.ttl_seconds
+        return await self.files.download_url(key, ttl) or self.signer.sign(f"/v1/files/{key}", ttl)
+
+    async def upload_url(self, key: ApiKey, name: str, ttl_seconds: int) -> str:
+        """Where the client PUTs an upload: the store's presigned URL, or the gateway's.
+
+        A presigned PUT cannot cap the size or check the image: both happen when a job
+        reads the upload (``SourceResolver.read``).
+        """
+        stored = await self.files.upload_url(upload_key(key, name), ttl_seconds)
+        return stored or self.signer.sign(f"/v1/uploads/{key.id}/{name}", ttl_seconds)
 
     async def task_body(self, job: Job) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -97,7 +137,7 @@ class ImageService:
                     encoded = base64.b64encode(await self.files.get(image.key)).decode()
                 data.append(
                     {
-                        "url": self.signer.sign(f"/v1/files/{image.key}"),
+                        "url": await self.download_url(image.key),
                         "b64_json": encoded,
                         "width": image.width,
                         "height": image.height,
@@ -113,6 +153,6 @@ class ImageService:
                 },
                 "price": format_amount(job.result.price),
                 "seed": params.seed,
-                "parameters": params.model_dump(mode="json", exclude={"source_images"}),
+                "parameters": params.model_dump(mode="json", exclude={"source_images", "uploads"}),
             }
         return body

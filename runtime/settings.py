@@ -20,8 +20,10 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.storage.base import PublicDownloads
 from tessera.runtime.worker.options import PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
@@ -105,6 +107,8 @@ class ApiSettings(_Settings):
     signing_secret_file: Path | None = None
     signing_secret: SecretStr | None = None
     url_ttl_seconds: int = Field(default=3600, ge=1)
+    # How long a finished job, its images, inputs and uploads are kept.
+    retention_seconds: float = Field(default=DEFAULT_RETENTION_SECONDS, gt=0)
     allow_private_image_urls: bool = False
     allow_image_network: Networks = ()
     cors_origin: Strings = ()
@@ -165,6 +169,9 @@ class GatewaySettings(ApiSettings):
     queue: str
     storage: StorageUrl
     models: Path | None = None
+    # With S3: clients GET results and PUT uploads through presigned URLs of the store
+    # ("presigned"), or through the gateway when they cannot reach the store ("gateway").
+    public_downloads: PublicDownloads = "presigned"
 
     @field_validator("queue", mode="after")
     @classmethod

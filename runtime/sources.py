@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import ipaddress
 import re
@@ -28,7 +29,7 @@ import secrets
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -80,6 +81,18 @@ def upload_key(key: ApiKey, name: str) -> str:
 
 def new_upload_name() -> str:
     return "upload-" + secrets.token_urlsafe(18)
+
+
+@contextlib.contextmanager
+def _read_for(field: str, missing: str, rule: str) -> Iterator[None]:
+    """A read from the store as the request field's: too large, or not there (``missing``,
+    under ``rule``)."""
+    try:
+        yield
+    except PayloadTooLarge as error:
+        raise PayloadTooLarge(f"{field}: {error.message}", field=field, rule="max_bytes") from None
+    except FileNotFound:
+        raise InvalidParameter(f"{field}: {missing}", field=field, rule=rule) from None
 
 
 def carried_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -247,20 +260,29 @@ class SourceResolver:
 
     async def read(self, key: ApiKey, reference: str, field: str) -> bytes:
         if UPLOAD_NAME.match(reference):
-            try:
-                return await self.files.get(upload_key(key, reference))
-            except FileNotFound:
-                raise InvalidParameter(
-                    f"{field}: no uploaded image named {reference!r} for this API key "
-                    "(upload it to the URL from GET /images/signed-url first)",
-                    field=field,
-                    rule="upload_exists",
-                ) from None
+            missing = (
+                f"no uploaded image named {reference!r} for this API key "
+                "(upload it to the URL from GET /images/signed-url first)"
+            )
+            with _read_for(field, missing, "upload_exists"):
+                # Clients may PUT uploads straight into the store, which caps nothing.
+                return await self.files.get(
+                    upload_key(key, reference), max_bytes=self.limits.max_bytes
+                )
         if reference.startswith("data:"):
             return await self._decode_data_url(reference, field)
         if reference.startswith(self.signer.public_url + "/"):
             return await self._own_file(reference, field)
-        return await self._fetch(reference, field)
+        return await self._stored_file(reference, field) or await self._fetch(reference, field)
+
+    async def _stored_file(self, reference: str, field: str) -> bytes | None:
+        """One of the store's own presigned URLs (S3), read from it; None for any other."""
+        missing = (
+            "this URL of the result storage is not a signed result URL, or its signature is "
+            "wrong or has expired"
+        )
+        with _read_for(field, missing, "signed_url"):
+            return await self.files.read_signed(reference, self.limits.max_bytes)
 
     async def _own_file(self, reference: str, field: str) -> bytes:
         """One of this server's result URLs, read from storage once its signature checks."""

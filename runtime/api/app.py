@@ -61,20 +61,25 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
     await worker.run(stop)
 
 
-# How often a gateway looks for jobs past their queue timeout (and for lapsed leases).
+# How often a gateway looks for jobs past their queue timeout (and for lapsed leases), and
+# for finished jobs past their retention.
 EXPIRY_INTERVAL_SECONDS = 1.0
 
 
 async def _expire_waiting_jobs(service: ImageService, stop: asyncio.Event) -> None:
-    """Every replica sweeps; the store's sweep is atomic, so they never fail a job twice."""
+    """Every replica sweeps; the store's sweep is atomic, so they never fail a job twice,
+    and deleting a job or a file twice is no error."""
     while not stop.is_set():
         try:
             failed = await service.expire_waiting()
+            forgotten = await service.forget_finished()
         except StoreUnavailable as error:
-            log.warning("could not expire waiting jobs: %s", error)
+            log.warning("could not sweep the job store: %s", error)
         else:
             if failed:
                 log.info("%d job(s) failed: no worker took them within the queue timeout", failed)
+            if forgotten:
+                log.info("%d finished job(s) deleted with their files (retention)", forgotten)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL_SECONDS)
 
@@ -101,7 +106,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(config.queue, config.store)
-        file_store = open_storage(config.storage)
+        file_store = open_storage(config.storage, public_downloads=config.public_downloads)
         signer = UrlSigner(config.signing_secret, config.public_url, config.url_ttl_seconds)
         app.state.service = ImageService(
             catalog=ModelCatalog(config.models),
@@ -109,6 +114,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             files=file_store,
             signer=signer,
             sources=SourceResolver(file_store, signer, config.sources),
+            retention_seconds=config.store.retention_seconds,
         )
         app.state.keys = config.keys
         app.state.ready = not config.embedded_worker and not config.watch_cluster

@@ -71,5 +71,5 @@ async def get_task(
 )
 async def create_upload_url(key: CurrentKey, service: Service) -> SignedUpload:
     name = new_upload_name()
-    url = service.signer.sign(f"/v1/uploads/{key.id}/{name}", UPLOAD_URL_TTL_SECONDS)
+    url = await service.upload_url(key, name, UPLOAD_URL_TTL_SECONDS)
     return SignedUpload(signed_url=url, filename=name, expires_in=UPLOAD_URL_TTL_SECONDS)

@@ -14,6 +14,8 @@ backend:
 - ``expire`` fails queued jobs that waited too long, unbilled and with the reason, and
   reclaims the model's lapsed leases, so nothing waits forever for a worker that never
   comes (gateways call it on a timer, whether or not any worker is leasing).
+- ``finished_before`` and ``delete`` keep the store bounded: jobs finished longer ago than
+  the retention are listed (so their files can go first), then deleted; usage records stay.
 - Backends translate their driver's exceptions into ``StoreUnavailable``.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -145,10 +148,16 @@ class QueueDepth:
         return self.queued + self.in_progress
 
 
+# As long as the anchors (Hyperstack, RunPod) keep a finished job and its images.
+DEFAULT_RETENTION_SECONDS = 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class StorePolicy:
     lease_seconds: float = 60.0
     max_attempts: int = 3
+    # How long a finished job, its images and its inputs are kept.
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
 
 
 # A full queue drains at the pace of its workers; a client that waits this long before it
@@ -197,6 +206,16 @@ class JobStore(Protocol):
         """Reclaim ``model``'s lapsed leases, then fail every job of it that has been queued
         at least ``queued_for`` seconds (since it was submitted) with ``reason``, unbilled;
         returns how many failed. ``queued_for=0`` fails every queued job of the model."""
+        ...
+
+    async def finished_before(self, seconds_ago: float, limit: int = 100) -> list[Job]:
+        """Up to ``limit`` jobs that finished at least ``seconds_ago`` seconds ago, oldest
+        first: what a retention sweep deletes, once it has deleted their files."""
+        ...
+
+    async def delete(self, jobs: Sequence[Job]) -> None:
+        """Forget these jobs (a later ``get`` raises ``JobNotFound``); their usage records
+        stay, for billing. Deleting a job twice is no error, so sweeps may overlap."""
         ...
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:

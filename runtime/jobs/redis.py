@@ -7,7 +7,12 @@ model's queue, leases and usage ledger stay together. Times come from the server
 (``TIME``), so gateways and workers never disagree about when a lease ran out.
 
 Durability is Redis's: run it with ``appendonly yes`` and ``appendfsync always`` for "a job
-is durable before its id is returned" (the chart and the tests do).
+is durable before its id is returned" (the chart and the tests do). A Redis that restarts
+or drops a connection costs a caller some seconds, not an error: the client retries
+connection errors and timeouts with exponential backoff for about a minute (redis-py's
+``Retry``). A retried script may run twice when only its reply was lost, so every script
+that writes is idempotent: a submission already written, or a completion or failure by
+the same worker already recorded, answers as the first run did.
 
 Keys, for a model M and job N:
 - ``tessera:next-job-id``             counter for numeric job ids
@@ -17,6 +22,7 @@ Keys, for a model M and job N:
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
 - ``tessera:{M}:leases``              ids in progress, scored by lease expiry
 - ``tessera:{M}:usage``               usage records, scored by job id
+- ``tessera:{M}:finished``            finished ids, scored by finish time (retention sweeps)
 - channel ``tessera:{M}:events``      a job id on every status change
 """
 
@@ -26,12 +32,15 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
 from tessera.runtime.jobs.base import (
@@ -57,8 +66,8 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 """
 
 # Put expired leases back in the queue (at its head: they were first), or fail them after
-# the last attempt. KEYS[1] queue, KEYS[2] leases; ARGV[1] job key prefix, ARGV[2] lease
-# seconds, ARGV[3] max attempts, ARGV[4] events channel.
+# the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished; ARGV[1] job key
+# prefix, ARGV[2] lease seconds, ARGV[3] max attempts, ARGV[4] events channel.
 _RECLAIM = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, id in ipairs(expired) do
@@ -69,6 +78,7 @@ for _, id in ipairs(expired) do
     redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'worker_id', '',
       'lease_until', '', 'error', 'the worker running this job stopped responding ' ..
       attempts .. ' times (lease of ' .. ARGV[2] .. ' s ran out); giving up')
+    redis.call('ZADD', KEYS[3], now, id)
   else
     redis.call('HSET', key, 'status', 'queued', 'progress', 0, 'worker_id', '', 'lease_until', '')
     redis.call('LPUSH', KEYS[1], id)
@@ -131,16 +141,25 @@ return 1
 """
 )
 
-# Completion and its usage record in one step. KEYS[1] leases, KEYS[2] usage;
-# ARGV[1] prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] result JSON, ARGV[5] patches,
-# ARGV[6] price, ARGV[7] images, ARGV[8] events channel.
+# A retried completion or failure whose first run landed: the same worker, already done.
+# ARGV as _CHECK_LEASE; the status the first run wrote is spliced in.
+_ALREADY = """
+local done = redis.call('HMGET', ARGV[1] .. ARGV[2], 'status', 'worker_id')
+if done[1] == '%s' and done[2] == ARGV[3] then return 1 end
+"""
+
+# Completion and its usage record in one step. KEYS[1] leases, KEYS[2] usage, KEYS[3]
+# finished; ARGV[1] prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] result JSON, ARGV[5]
+# patches, ARGV[6] price, ARGV[7] images, ARGV[8] events channel.
 _COMPLETE = (
     _NOW
+    + _ALREADY % "completed"
     + _CHECK_LEASE
     + """
 redis.call('HSET', key, 'status', 'completed', 'progress', 100, 'finished_at', now,
   'result', ARGV[4], 'lease_until', '')
 redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[2])
 local job = redis.call('HMGET', key, 'model', 'key_id')
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), cjson.encode({
   job_id = tonumber(ARGV[2]), model = job[1], key_id = job[2], patches = tonumber(ARGV[5]),
@@ -150,14 +169,17 @@ return 1
 """
 )
 
-# KEYS[1] leases; ARGV[1] prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] error, ARGV[5] channel
+# KEYS[1] leases, KEYS[2] finished; ARGV[1] prefix, ARGV[2] id, ARGV[3] worker,
+# ARGV[4] error, ARGV[5] channel
 _FAIL = (
     _NOW
+    + _ALREADY % "failed"
     + _CHECK_LEASE
     + """
 redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[4],
   'lease_until', '')
 redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('PUBLISH', ARGV[5], ARGV[2])
 return 1
 """
@@ -165,10 +187,12 @@ return 1
 
 # KEYS[1] queue; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
 # (0: no limit), then field/value pairs. Returns the creation time, or 0, queueing nothing,
-# when the queue is full.
+# when the queue is full; a retry of a submission that landed queues nothing twice.
 _SUBMIT = (
     _NOW
     + """
+local created = redis.call('HGET', ARGV[1], 'created_at')
+if created then return created end
 local limit = tonumber(ARGV[4])
 if limit > 0 and redis.call('LLEN', KEYS[1]) >= limit then return 0 end
 redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 5))
@@ -197,6 +221,7 @@ while true do
   redis.call('LPOP', KEYS[1])
   if created then
     redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[6])
+    redis.call('ZADD', KEYS[3], now, id)
     redis.call('PUBLISH', ARGV[4], id)
     failed = failed + 1
   end
@@ -204,6 +229,40 @@ end
 return failed
 """
 )
+
+# KEYS[1] finished; ARGV[1] seconds ago, ARGV[2] most ids. Oldest first.
+_FINISHED = (
+    _NOW
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, ARGV[2])
+"""
+)
+
+# KEYS[1] finished; ARGV[1] job key prefix, then ids.
+_DELETE = """
+for i = 2, #ARGV do
+  redis.call('DEL', ARGV[1] .. ARGV[i])
+  redis.call('ZREM', KEYS[1], ARGV[i])
+end
+return #ARGV - 1
+"""
+
+
+# Every change is published, and a subscription that reconnects wakes every waiter, so a
+# waiter re-reads on a timer only as a last resort.
+SAFETY_POLL_SECONDS = 15.0
+
+# 0.1, 0.2, 0.4 ... then every 2 s: 40 tries outlast a Redis that is gone for about a minute.
+RETRY_ATTEMPTS = 40
+RETRY_BACKOFF = ExponentialBackoff(cap=2.0, base=0.1)
+
+
+def _job_id(data: Any) -> int | None:
+    """The job an event names; None (wake everyone) for one that names none."""
+    try:
+        return int(data)
+    except (TypeError, ValueError):
+        return None
 
 
 def _when(value: str | None) -> datetime | None:
@@ -216,8 +275,13 @@ class RedisJobStore:
     def __init__(self, url: str, policy: StorePolicy | None = None, prefix: str = "tessera"):
         self.policy = policy or StorePolicy()
         self.prefix = prefix
-        self._redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
-        self._changes = ChangeSignal(poll_seconds=1.0)
+        self._redis: aioredis.Redis = aioredis.from_url(
+            url,
+            decode_responses=True,
+            retry=Retry(RETRY_BACKOFF, RETRY_ATTEMPTS),
+            retry_on_error=[ConnectionError, TimeoutError],
+        )
+        self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
         self._scripts = {
             name: self._redis.register_script(source)
@@ -229,6 +293,8 @@ class RedisJobStore:
                 "fail": _FAIL,
                 "submit": _SUBMIT,
                 "expire": _EXPIRE,
+                "finished": _FINISHED,
+                "delete": _DELETE,
             }.items()
         }
 
@@ -241,7 +307,11 @@ class RedisJobStore:
         return self._model_key(model, "job:")
 
     def _reclaim_args(self, model: str) -> tuple[list[str], list[Any]]:
-        keys = [self._model_key(model, "queue"), self._model_key(model, "leases")]
+        keys = [
+            self._model_key(model, "queue"),
+            self._model_key(model, "leases"),
+            self._model_key(model, "finished"),
+        ]
         args = [
             self._job_prefix(model),
             f"{self.policy.lease_seconds:g}",
@@ -270,14 +340,18 @@ class RedisJobStore:
             self._listener = asyncio.create_task(self._relay_events())
 
     async def _relay_events(self) -> None:
+        """Each message carries the id of the job that changed: only its waiters wake (and
+        workers, who wait for any change)."""
         pattern = f"{self.prefix}:*:events"
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.psubscribe(pattern)
+                    # Changes made while unsubscribed went unheard: everyone looks again.
+                    self._changes.notify()
                     async for message in pubsub.listen():
                         if message.get("type") == "pmessage":
-                            await self._changes.notify()
+                            self._changes.notify(_job_id(message.get("data")))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
@@ -324,10 +398,11 @@ class RedisJobStore:
     ) -> Job:
         job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
         pointer = f"{self.prefix}:job:{job_id}:model"
-        await self._call(self._redis.set(pointer, model))
-        await self._call(self._redis.sadd(f"{self.prefix}:models", model))
-        created = await self._call(
-            self._scripts["submit"](
+        # One round trip, in order: the pointer exists before a worker can lease the job.
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            pipeline.set(pointer, model)
+            pipeline.sadd(f"{self.prefix}:models", model)
+            await self._scripts["submit"](
                 keys=[self._model_key(model, "queue")],
                 args=[
                     f"{self._job_prefix(model)}{job_id}",
@@ -341,8 +416,9 @@ class RedisJobStore:
                     "progress", 0,
                     "attempts", 0,
                 ],
-            )
-        )  # fmt: skip
+                client=pipeline,
+            )  # fmt: skip
+            _, _, created = await self._call(pipeline.execute())
         if not created:
             await self._call(self._redis.delete(pointer))
             raise QueueFull(model, max_queued or 0, QUEUE_FULL_RETRY_AFTER_SECONDS)
@@ -390,7 +466,11 @@ class RedisJobStore:
         model = await self._model_for_lease(job_id)
         await self._call(
             self._scripts["complete"](
-                keys=[self._model_key(model, "leases"), self._model_key(model, "usage")],
+                keys=[
+                    self._model_key(model, "leases"),
+                    self._model_key(model, "usage"),
+                    self._model_key(model, "finished"),
+                ],
                 args=[
                     self._job_prefix(model),
                     job_id,
@@ -409,7 +489,7 @@ class RedisJobStore:
         model = await self._model_for_lease(job_id)
         await self._call(
             self._scripts["fail"](
-                keys=[self._model_key(model, "leases")],
+                keys=[self._model_key(model, "leases"), self._model_key(model, "finished")],
                 args=[
                     self._job_prefix(model),
                     job_id,
@@ -445,6 +525,35 @@ class RedisJobStore:
                 self._scripts["expire"](keys=keys, args=[*args, f"{queued_for:f}", reason])
             )
         )
+
+    async def finished_before(self, seconds_ago: float, limit: int = 100) -> list[Job]:
+        jobs: list[Job] = []
+        for model in await self._call(self._redis.smembers(f"{self.prefix}:models")):
+            ids = await self._call(
+                self._scripts["finished"](
+                    keys=[self._model_key(model, "finished")], args=[f"{seconds_ago:f}", limit]
+                )
+            )
+            for job_id in ids:
+                with contextlib.suppress(JobNotFound):  # deleted by an overlapping sweep
+                    jobs.append(await self._read(model, int(job_id)))
+        jobs.sort(key=lambda job: job.finished_at or job.created_at)
+        return jobs[:limit]
+
+    async def delete(self, jobs: Sequence[Job]) -> None:
+        for model in {job.model for job in jobs}:
+            ids = [job.id for job in jobs if job.model == model]
+            await self._call(
+                self._scripts["delete"](
+                    keys=[self._model_key(model, "finished")], args=[self._job_prefix(model), *ids]
+                )
+            )
+        # The pointers live outside the models' hash slots: one DEL each, so Redis Cluster
+        # never sees a cross-slot command. A pointer left behind names a job that is gone.
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for job in jobs:
+                pipeline.delete(f"{self.prefix}:job:{job.id}:model")
+            await self._call(pipeline.execute())
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
         records: list[dict[str, Any]] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -57,8 +57,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (status, model, id);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
 CREATE TABLE IF NOT EXISTS usage (
-    job_id       INTEGER PRIMARY KEY REFERENCES jobs (id),
+    job_id       INTEGER PRIMARY KEY, -- outlives its job: retention keeps the ledger
     model        TEXT    NOT NULL,
     key_id       TEXT    NOT NULL,
     patches      INTEGER NOT NULL,
@@ -114,7 +115,6 @@ class SQLiteJobStore:
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA foreign_keys=ON")
             connection.executescript(_SCHEMA)
             self._connection = connection
         return self._connection
@@ -150,7 +150,8 @@ class SQLiteJobStore:
         except sqlite3.Error as error:
             raise StoreUnavailable(f"the job store at {self.path} failed: {error}") from error
         if notify:
-            await self._changes.notify()
+            # A write that returns a job changed that job; any other may have changed many.
+            self._changes.notify(value.id if isinstance(value, Job) else None)
         return value
 
     @staticmethod
@@ -167,6 +168,13 @@ class SQLiteJobStore:
         if job.status is not JobStatus.IN_PROGRESS or job.worker_id != worker_id:
             raise LeaseLost(f"worker {worker_id} no longer holds job {job_id}")
         return job
+
+    def _already(
+        self, connection: sqlite3.Connection, job_id: int, worker_id: str, status: JobStatus
+    ) -> Job | None:
+        """The job, if this worker already finished it so: a retried write changes nothing."""
+        job = self._fetch(connection, job_id)
+        return job if job.status is status and job.worker_id == worker_id else None
 
     def _reclaim_expired(self, connection: sqlite3.Connection, now: float) -> None:
         expired = connection.execute(
@@ -249,7 +257,7 @@ class SQLiteJobStore:
             lambda: self._run(take, notify=False, durable=False), wait
         )
         if job is not None:
-            await self._changes.notify()
+            self._changes.notify(job.id)
         return job
 
     async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
@@ -264,6 +272,8 @@ class SQLiteJobStore:
 
     async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job:
         def finish(connection: sqlite3.Connection) -> Job:
+            if done := self._already(connection, job_id, worker_id, JobStatus.COMPLETED):
+                return done
             job = self._fetch_leased(connection, job_id, worker_id)
             check_transition(job.status, JobStatus.COMPLETED)
             now = time.time()
@@ -291,6 +301,8 @@ class SQLiteJobStore:
 
     async def fail(self, job_id: int, worker_id: str, error: str) -> Job:
         def mark_failed(connection: sqlite3.Connection) -> Job:
+            if done := self._already(connection, job_id, worker_id, JobStatus.FAILED):
+                return done
             job = self._fetch_leased(connection, job_id, worker_id)
             check_transition(job.status, JobStatus.FAILED)
             connection.execute(
@@ -352,6 +364,22 @@ class SQLiteJobStore:
             return cursor.rowcount
 
         return await self._run(fail_waiting, notify=True)
+
+    async def finished_before(self, seconds_ago: float, limit: int = 100) -> list[Job]:
+        def read(connection: sqlite3.Connection) -> list[Job]:
+            rows = connection.execute(
+                "SELECT * FROM jobs WHERE finished_at <= ? ORDER BY finished_at LIMIT ?",
+                (time.time() - seconds_ago, limit),
+            )
+            return [_job_from_row(row) for row in rows]
+
+        return await self._run(read, notify=False)
+
+    async def delete(self, jobs: Sequence[Job]) -> None:
+        def forget(connection: sqlite3.Connection) -> None:
+            connection.executemany("DELETE FROM jobs WHERE id = ?", [(job.id,) for job in jobs])
+
+        await self._run(forget, notify=False)
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
         def read(connection: sqlite3.Connection) -> list[UsageRecord]:

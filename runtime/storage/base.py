@@ -80,3 +80,11 @@ class FileStore(Protocol):
     async def upload_url(self, key: str, ttl_seconds: int) -> str | None:
         """A URL a client can PUT the file to for ``ttl_seconds``; ``None``: the gateway's."""
         ...
+
+    async def read_signed(self, url: str, max_bytes: int) -> bytes | None:
+        """The file behind one of this store's own presigned GET URLs, or ``None`` when
+        ``url`` is not one: an edit that names a result is read, not fetched from outside.
+
+        ``FileNotFound`` when the signature is wrong or has expired (the store judges it).
+        """
+        ...

@@ -62,3 +62,6 @@ class LocalFileStore:
     async def upload_url(self, key: str, ttl_seconds: int) -> str | None:
         check_key(key)
         return None
+
+    async def read_signed(self, url: str, max_bytes: int) -> bytes | None:
+        return None  # the gateway signs this store's URLs (UrlSigner)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from tessera.runtime import billing, metrics
+from tessera.runtime.errors import StorageUnavailable, StoreUnavailable
 from tessera.runtime.jobs.base import ImageFile, Job, JobResult, JobStore, LeaseLost
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.storage import FileStore
@@ -28,6 +29,8 @@ from tessera.runtime.worker.pipeline import LoadedPipeline, UnsupportedParameter
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
+# Between asks once the store's own retries are spent.
+STORE_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -64,7 +67,14 @@ class Worker:
         """Process jobs until ``stop`` is set; a job in flight is finished first."""
         names = list(self.pipelines)
         while not stop.is_set():
-            job = await self.store.lease(names, self.worker_id, wait=1.0)
+            try:
+                job = await self.store.lease(names, self.worker_id, wait=1.0)
+            except StoreUnavailable as error:
+                # The store's client has retried for a minute already; keep asking.
+                log.warning("the job store is unavailable (%s); asking again", error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), STORE_RETRY_SECONDS)
+                continue
             if job is not None:
                 await self.process(job)
 
@@ -79,6 +89,10 @@ class Worker:
             result = await self._run(job, progress)
         except LeaseLost:
             log.warning("job %s: lease lost while running; dropping the result", job.id)
+            return
+        except (StoreUnavailable, StorageUnavailable) as error:
+            # Not the job's fault: its lease runs out and it runs again, unbilled until then.
+            log.warning("job %s: left to run again, the store is unavailable: %s", job.id, error)
             return
         except Exception as error:
             log.exception("job %s failed", job.id)
@@ -103,6 +117,9 @@ class Worker:
             await write()
         except LeaseLost:
             log.warning("job %s: lease lost before completion; another worker owns it", job.id)
+            return False
+        except StoreUnavailable as error:
+            log.warning("job %s: not recorded, it will run again: %s", job.id, error)
             return False
         return True
 
@@ -143,6 +160,8 @@ class Worker:
             except LeaseLost:
                 log.warning("job %s: lease lost", job.id)
                 return
+            except StoreUnavailable as error:
+                log.warning("job %s: could not renew the lease: %s", job.id, error)
             # Progress is for people watching: a few updates a second are plenty, and every
             # write is work taken from the API and the pipeline.
             await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)

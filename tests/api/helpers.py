@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import httpx
@@ -65,3 +66,11 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
     if field is not None:
         assert body["field"] == field, body
     return body
+
+
+def tampered(url: str) -> str:
+    """A signed URL with its signature changed: the gateway's ``signature=`` or S3's
+    ``X-Amz-Signature=``."""
+    forged, count = re.subn(r"(?i)(signature=)", r"\g<1>0", url, count=1)
+    assert count == 1, url
+    return forged

@@ -24,7 +24,7 @@ def test_default_request_follows_the_contract(demo_server: ServerProcess) -> Non
     assert result["created"][:2] == "20" and "T" in result["created"]
     [item] = result["data"]
     assert item["b64_json"] is None
-    assert item["url"].startswith(demo_server.api_url + "/files/")
+    assert item["url"].startswith(demo_server.results_url)
     image = image_of(download(item["url"]))
     assert image.size == (1024, 768) and image.format == "PNG"
 

@@ -153,3 +153,34 @@ def test_the_seed_articles_client_works_against_a_gateway(
         (tmp_path / f"image_{index}.png").write_bytes(fetched.content)
         assert base64.b64decode(item["b64_json"]) == fetched.content
         assert image_of(fetched.content).size == (512, 512)
+
+
+def test_with_s3_downloads_and_uploads_go_to_the_store(
+    gateway_s3_deployment: GatewayDeployment,
+) -> None:
+    """Presigned by default; ``--public-downloads gateway`` for a store clients cannot reach."""
+    assert gateway_s3_deployment.s3 is not None and gateway_s3_deployment.models_file
+    endpoint = gateway_s3_deployment.s3.endpoint
+    relay = gateway_s3_deployment.gateway(
+        gateway_s3_deployment.models_file, "--public-downloads", "gateway"
+    ).start()
+    body = {"model": "tessera-demo", "prompt": "a quay", "image_size": "64x48", **FAST}
+    try:
+        with gateway_s3_deployment.client() as direct, relay.client() as relayed:
+            grant = direct.get("/images/signed-url").json()
+            assert grant["signed_url"].startswith(endpoint)
+            assert httpx.put(grant["signed_url"], content=png_bytes()).is_success
+            [item] = wait(direct, submit(direct, body))["result"]["data"]
+            assert item["url"].startswith(endpoint)
+            relayed_grant = relayed.get("/images/signed-url").json()
+            assert relayed_grant["signed_url"].startswith(relay.api_url)
+            [relayed_item] = wait(relayed, submit(relayed, body))["result"]["data"]
+            assert relayed_item["url"].startswith(relay.api_url)
+            assert image_of(download(relayed_item["url"])).size == (64, 48)
+            # Either replica reads the store's presigned URL from the store, as the default
+            # rules would refuse to fetch from a loopback address.
+            edit = {**body, "model": "tessera-demo-edit", "image_url": item["url"]}
+            edited = wait(relayed, submit(relayed, edit, "/images/edits"))
+            assert edited["status"] == "completed", edited
+    finally:
+        relay.stop()

@@ -4,49 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from tessera.runtime.errors import JobNotFound, QueueFull
 from tessera.runtime.jobs.base import (
     ImageFile,
+    Job,
     JobResult,
     JobStatus,
     JobStore,
     LeaseLost,
-    StorePolicy,
 )
-from tessera.runtime.jobs.redis import RedisJobStore
-from tessera.runtime.jobs.sqlite import SQLiteJobStore
+from tests.store.conftest import SHORT_LEASE
 from tests.support.params import job_params
-from tests.support.redis_server import RedisServer
 
 PARAMS = job_params(prompt="p")
 RESULT = JobResult(
     images=(ImageFile("results/1/0.png", 64, 48, "image/png"),), patches=12, price=Decimal("0.01")
 )
-SHORT_LEASE = StorePolicy(lease_seconds=0.3, max_attempts=2)
 
 BACKENDS = ["sqlite_store", "redis_store"]
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    store = SQLiteJobStore(tmp_path / "jobs.db", SHORT_LEASE)
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def redis_store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
-    # A key prefix per test keeps tests apart on one server.
-    store = RedisJobStore(redis_server.url, SHORT_LEASE, prefix=f"test-{uuid.uuid4().hex[:8]}")
-    yield store
-    await store.close()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -102,8 +81,10 @@ async def test_complete_is_atomic_and_bills_once(store: JobStore) -> None:
     assert (await store.get(job.id)).progress == 50
     done = await store.complete(job.id, "w", RESULT)
     assert done.status is JobStatus.COMPLETED and done.result == RESULT
+    # A retried completion (its reply lost to a dropped connection) changes nothing.
+    assert await store.complete(job.id, "w", RESULT) == done
     with pytest.raises(LeaseLost):
-        await store.complete(job.id, "w", RESULT)
+        await store.complete(job.id, "another worker", RESULT)
     records = await store.usage()
     assert [(r.job_id, r.key_id, r.patches, r.price) for r in records] == [
         (job.id, "key_a", 12, Decimal("0.01"))
@@ -225,3 +206,62 @@ async def test_expire_reclaims_lapsed_leases_with_no_worker_leasing(store: JobSt
     assert await store.expire("m", 3600, "unused") == 0
     back = await store.get(job.id)
     assert back.status is JobStatus.QUEUED and back.worker_id is None
+
+
+async def test_finished_jobs_are_listed_after_the_retention_then_deleted(
+    store: JobStore,
+) -> None:
+    completed = await store.submit("m", "key_a", PARAMS)
+    failed = await store.submit("other", "k", PARAMS)
+    queued = await store.submit("m", "k", PARAMS)
+    await store.lease(["m"], "w")
+    await store.complete(completed.id, "w", RESULT)
+    await store.lease(["other"], "w")
+    await store.fail(failed.id, "w", "boom")
+    assert await store.finished_before(3600) == []
+    due = await store.finished_before(0)
+    assert [job.id for job in due] == [completed.id, failed.id]
+    assert due[0].result == RESULT
+    assert [job.id for job in await store.finished_before(0, limit=1)] == [completed.id]
+    await store.delete(due)
+    await store.delete(due)  # an overlapping sweep
+    for job in due:
+        with pytest.raises(JobNotFound):
+            await store.get(job.id)
+    assert await store.finished_before(0) == []
+    assert (await store.get(queued.id)).status is JobStatus.QUEUED
+    assert [record.job_id for record in await store.usage()] == [completed.id]  # the ledger stays
+
+
+async def test_a_long_poll_wakes_for_its_own_job_not_for_every_change(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched = await store.submit("m", "k", PARAMS)
+    reads = 0
+    get = store.get
+
+    async def counting_get(job_id: int) -> Job:
+        nonlocal reads
+        reads += job_id == watched.id
+        return await get(job_id)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    started = time.monotonic()
+    waiter = asyncio.create_task(store.wait_for_change(watched.id, JobStatus.QUEUED, 30))
+    await asyncio.sleep(0.05)
+    others = 0
+    for _ in range(10):
+        other = await store.submit("other", "k", PARAMS)
+        await store.lease(["other"], "w")
+        await store.complete(other.id, "w", RESULT)
+        others += 3
+    assert not waiter.done()
+    await store.lease(["m"], "w")
+    changed = await asyncio.wait_for(waiter, 5)
+    assert changed.status is JobStatus.IN_PROGRESS
+    # The first read, perhaps one for a subscription that came up meanwhile, one for its own
+    # change, and the store's timer re-reads (SQLite's, for other processes): never one per
+    # change of another job.
+    timer_reads = (time.monotonic() - started) / store._changes.poll_seconds  # type: ignore[attr-defined]
+    assert reads <= 3 + int(timer_reads), (reads, others, timer_reads)
+    assert reads < others / 3

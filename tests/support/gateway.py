@@ -145,6 +145,13 @@ class GatewayDeployment:
         """The gateways count submissions; the workers count what they ran and billed."""
         return [p.base_url + "/metrics/" for p in [*self.gateways, *self.workers]]
 
+    @property
+    def results_url(self) -> str:
+        """Where result URLs point: the S3 store itself (presigned), or the gateway."""
+        if self.s3 is not None:
+            return f"{self.s3.endpoint}/{self.s3.bucket}/{self.directory.name}/results/"
+        return self.gateways[0].results_url
+
     def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
         return self.gateways[0].client(key, timeout)
 

@@ -95,6 +95,11 @@ class ServerProcess:
     def api_key(self) -> str:
         return self.keys[0]
 
+    @property
+    def results_url(self) -> str:
+        """Where result URLs point: this server's signed file URLs."""
+        return self.api_url + "/files/"
+
     def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
         return httpx.Client(
             base_url=self.api_url,

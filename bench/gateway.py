@@ -1,0 +1,207 @@
+"""What the gateway keeps of Redis's limit: prints figures, asserts nothing.
+
+Against a real redis-server (AOF, appendfsync always, as the chart runs it) and two real
+`tessera gateway` processes (no workers; a model's queue takes them all):
+
+1. Submissions per second and p50/p99 submit latency of C concurrent clients posting N
+   generations, half to each gateway.
+2. The same load generator calling Redis directly with the same atomic submit script
+   (``RedisJobStore.submit``): the limit on this machine. Then the ratio of the two.
+3. Gateway CPU-seconds per 1,000 jobs (user + system time of both gateway processes,
+   from /proc, over phase 1).
+4. (Run first, on an empty queue.) Time from a job's completion (this process completes it
+   as a worker would) to a client long-polling its task through a gateway seeing it:
+   p50/p99, while other long-polls wait on jobs that do not change.
+
+The load generator shares the machine with everything it measures: on a small machine its
+own CPU is part of the limit, for both phases alike.
+
+Usage: .venv/bin/python bench/gateway.py [--jobs 5000] [--clients 64] [--polls 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+
+# The repository root, for tests.support; bench/ itself, for common.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from common import demo_params
+from serving_overhead import percentile
+
+from tessera.runtime.jobs.base import JobResult, StorePolicy
+from tessera.runtime.jobs.redis import RedisJobStore
+from tests.support.gateway import GatewayDeployment, demo_image_models, write_models
+from tests.support.redis_server import RedisServer
+from tests.support.server import KEYS, ServerProcess
+
+MODEL = "tessera-demo"
+BODY = {"model": MODEL, "prompt": "a lighthouse at dusk", "image_size": "square"}
+
+
+async def timed_load(
+    jobs: int, clients: int, submit: Callable[[int], Awaitable[None]]
+) -> tuple[float, list[float]]:
+    """``jobs`` calls of ``submit(i)`` from ``clients`` concurrent loops: seconds, latencies."""
+    latencies: list[float] = []
+    counter = iter(range(jobs))
+
+    async def client_loop() -> None:
+        for index in counter:
+            started = time.perf_counter()
+            await submit(index)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(clients)))
+    return time.perf_counter() - started, latencies
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+async def through_gateways(
+    gateways: list[ServerProcess], jobs: int, clients: int
+) -> tuple[float, list[float]]:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"api_key": KEYS[0]}
+    pools = [
+        httpx.AsyncClient(base_url=g.api_url, headers=headers, limits=limits, timeout=60)
+        for g in gateways
+    ]
+
+    async def submit(index: int) -> None:
+        response = await pools[index % len(pools)].post("/images/generations", json=BODY)
+        response.raise_for_status()
+
+    try:
+        await timed_load(min(200, jobs), clients, submit)  # warm-up: connections, caches
+        return await timed_load(jobs, clients, submit)
+    finally:
+        for pool in pools:
+            await pool.aclose()
+
+
+async def straight_to_redis(url: str, jobs: int, clients: int) -> tuple[float, list[float]]:
+    store = RedisJobStore(url, prefix="bench-direct")
+    params = demo_params(512, 4)
+
+    async def submit(_: int) -> None:
+        await store.submit(MODEL, "bench", params, max_queued=1_000_000)
+
+    try:
+        await timed_load(min(200, jobs), clients, submit)
+        return await timed_load(jobs, clients, submit)
+    finally:
+        await store.close()
+
+
+async def completion_seen(url: str, gateway: ServerProcess, polls: int) -> list[float]:
+    """Seconds from ``complete`` to the long-poll's answer, one job at a time, while 50
+    other long-polls wait on jobs in progress that never change. Run on an empty queue."""
+    store = RedisJobStore(url, StorePolicy(lease_seconds=3600))
+    result = JobResult(images=(), patches=1024, price=Decimal("0.001"))
+    async with httpx.AsyncClient(
+        base_url=gateway.api_url, headers={"api_key": KEYS[0]}, timeout=60
+    ) as client:
+
+        async def submit_and_lease() -> int:
+            job_id = int((await client.post("/images/generations", json=BODY)).json()["job_id"])
+            leased = await store.lease([MODEL], "bench-worker")
+            if leased is None or leased.id != job_id:
+                raise RuntimeError("the queue was not empty")
+            return job_id
+
+        async def long_poll(job_id: int) -> float:
+            response = await client.get(f"/images/tasks/{job_id}", params={"wait": 30})
+            response.raise_for_status()
+            return time.perf_counter()
+
+        quiet = [asyncio.create_task(long_poll(await submit_and_lease())) for _ in range(50)]
+        delays = []
+        for _ in range(polls):
+            job_id = await submit_and_lease()
+            waiting = asyncio.create_task(long_poll(job_id))
+            await asyncio.sleep(0.02)  # let the request reach the gateway and wait there
+            finished = time.perf_counter()
+            await store.complete(job_id, "bench-worker", result)
+            delays.append(await waiting - finished)
+        for task in quiet:
+            task.cancel()
+        await asyncio.gather(*quiet, return_exceptions=True)
+    await store.close()
+    return delays
+
+
+def line(name: str, seconds: float, latencies: list[float], jobs: int) -> float:
+    rate = jobs / seconds
+    print(
+        f"{name:<34} {rate:8.0f} submits/s   p50 {percentile(latencies, 0.5) * 1000:6.2f} ms"
+        f"   p99 {percentile(latencies, 0.99) * 1000:6.2f} ms"
+    )
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--polls", type=int, default=200)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-gateway-") as folder:
+        root = Path(folder)
+        redis = RedisServer(root / "redis").start()
+        # Queues that hold the whole run: no worker drains them.
+        queue = {"maxQueued": 1_000_000, "timeoutSeconds": 86400}
+        models = write_models(root / "models.yaml", demo_image_models(queue=queue))
+        deployment = GatewayDeployment(root, root / "no-pipelines", redis)
+        gateways = [deployment.gateway(models) for _ in range(2)]
+        try:
+            for gateway in gateways:
+                gateway.spawn()
+            for gateway in gateways:
+                gateway.wait_ready()
+            print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            # First, while the queue is empty: the bench leases the jobs it submits.
+            delays = asyncio.run(completion_seen(redis.url, gateways[0], args.polls))
+            pids = [g.process.pid for g in gateways if g.process is not None]
+            cpu_before = cpu_seconds(pids)
+            seconds, latencies = asyncio.run(through_gateways(gateways, args.jobs, args.clients))
+            cpu = cpu_seconds(pids) - cpu_before
+            gateway_rate = line("two gateways (HTTP)", seconds, latencies, args.jobs)
+            seconds, latencies = asyncio.run(straight_to_redis(redis.url, args.jobs, args.clients))
+            redis_rate = line("Redis directly (same script)", seconds, latencies, args.jobs)
+            print(f"{'ratio gateway / Redis':<34} {gateway_rate / redis_rate:8.2f}")
+            print(f"{'gateway CPU-seconds per 1,000 jobs':<34} {cpu / args.jobs * 1000:8.2f}")
+            print(
+                f"{'completion -> long-poll sees it':<34}"
+                f"          p50 {percentile(delays, 0.5) * 1000:6.2f} ms"
+                f"   p99 {percentile(delays, 0.99) * 1000:6.2f} ms   ({len(delays)} jobs)"
+            )
+            print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+            redis.stop()
+
+
+if __name__ == "__main__":
+    main()
