@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -41,24 +40,28 @@ class ChangeSignal:
     ) -> T | None:
         """``check()`` until it returns something, re-run on each change; None at timeout.
 
+        The first check always runs; later ones are cut at the deadline, so a waiter answers
+        on time even when the store is slow to answer checks (hundreds of waiters share it).
         The version is read before each check, so a change that lands between the check and
         the sleep still wakes this waiter at once.
         """
-        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         condition = self._cond()
-        while True:
-            seen = self._version
-            value = await check()
-            remaining = deadline - time.monotonic()
-            if value is not None or remaining <= 0:
-                return value
-            async with condition:
-                if self._version != seen:
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        condition.wait(), timeout=min(remaining, self.poll_seconds)
-                    )
+        seen = self._version
+        value = await check()
+        try:
+            async with asyncio.timeout_at(deadline):
+                while value is None:
+                    async with condition:
+                        if self._version == seen:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(condition.wait(), self.poll_seconds)
+                    seen = self._version
+                    value = await check()
+        except TimeoutError:
+            return None
+        return value
 
     async def wait_for_status(
         self,
@@ -67,10 +70,16 @@ class ChangeSignal:
         status: JobStatus,
         timeout: float,
     ) -> Job:
-        """The job once its status is no longer ``status``, or as it is at the timeout."""
+        """The job once its status is no longer ``status``, or as last read at the timeout."""
+        latest: Job | None = None
 
         async def changed() -> Job | None:
-            job = await get(job_id)
-            return job if job.status is not status else None
+            nonlocal latest
+            latest = await get(job_id)
+            return latest if latest.status is not status else None
 
-        return await self.wait_until(changed, timeout) or await get(job_id)
+        found = await self.wait_until(changed, timeout)
+        if found is not None:
+            return found
+        assert latest is not None  # the first check always completes
+        return latest
