@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from tessera.runtime.api.deps import CurrentKey, Service
+from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.params import Task
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=KeyFirstRoute)
 
 
 @router.get("/base_models", summary="List the models, optionally by modality")

@@ -7,15 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from tessera.runtime.api.deps import CurrentKey, Service
+from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.jobs.base import MAX_JOB_ID, JobStatus
 from tessera.runtime.params import GenerationRequest
-from tessera.runtime.service import MAX_WAIT_SECONDS
-from tessera.runtime.sources import new_upload_name
+from tessera.runtime.service import MAX_WAIT_SECONDS, UPLOAD_URL_TTL_SECONDS
 
-router = APIRouter(prefix="/images", tags=["images"])
-
-UPLOAD_URL_TTL_SECONDS = 900
+router = APIRouter(prefix="/images", tags=["images"], route_class=KeyFirstRoute)
 
 
 class JobAccepted(BaseModel):
@@ -70,6 +67,5 @@ async def get_task(
     summary="A URL to PUT a source image to; pass the filename as image_url",
 )
 async def create_upload_url(key: CurrentKey, service: Service) -> SignedUpload:
-    name = new_upload_name()
-    url = service.signer.sign(f"/v1/uploads/{key.id}/{name}", UPLOAD_URL_TTL_SECONDS)
+    url, name = await service.upload_url(key)
     return SignedUpload(signed_url=url, filename=name, expires_in=UPLOAD_URL_TTL_SECONDS)
