@@ -16,7 +16,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tessera.runtime import client_cli
+from tessera.runtime.api.protocol import ClientDeadlines
+from tessera.runtime.config import DEFAULT_MAX_JSON_BYTES, ServerConfig
 from tessera.runtime.params import IntRange, ParameterLimits, Task
+from tessera.runtime.ratelimit import RateLimits
 
 DEFAULT_DATA_DIR = Path(os.environ.get("TESSERA_DATA_DIR", "~/.local/share/tessera")).expanduser()
 DEMO_MODELS = {"tessera-demo": Task.TEXT_TO_IMAGE, "tessera-demo-edit": Task.IMAGE_TO_IMAGE}
@@ -54,17 +57,38 @@ def _origin_argument(value: str) -> str:
     return origin
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
+    return number
+
+
+def _rate_argument(value: str) -> str:
+    """A ``limits`` rate string, checked now rather than at the first request."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{value!r}: {error}") from None
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tessera.runtime.api.app import create_app
-    from tessera.runtime.config import ServerConfig
+    from tessera.runtime.api.protocol import DeadlineProtocol
+    from tessera.runtime.config import load_or_create_secret, prepare_data_dir
     from tessera.runtime.keys import KeyRing, new_key, write_key_file
     from tessera.runtime.models import ModelSpec
     from tessera.runtime.sources import SourceLimits
 
-    data_dir: Path = args.data_dir.expanduser()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything this process writes (the job database and its WAL, images, secrets) is
+    # its user's alone.
+    os.umask(0o077)
+    data_dir = prepare_data_dir(args.data_dir.expanduser())
     models = []
     if args.demo:
         from tessera.runtime.demo import ensure_demo_pipeline
@@ -92,18 +116,19 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     created_key = None
+    id_secret = load_or_create_secret(data_dir / "key-id.key")
     if args.api_keys_file:
-        keys = KeyRing.from_file(args.api_keys_file)
+        keys = KeyRing.from_file(args.api_keys_file, id_secret)
     elif os.environ.get("TESSERA_API_KEYS"):
-        keys = KeyRing.from_keys(k.strip() for k in os.environ["TESSERA_API_KEYS"].split(","))
+        keys = KeyRing.from_keys(
+            (k.strip() for k in os.environ["TESSERA_API_KEYS"].split(",")), id_secret
+        )
     else:
         key_file = data_dir / "api-keys.json"
-        if key_file.exists():
-            keys = KeyRing.from_file(key_file)
-        else:
+        if not key_file.exists():
             created_key = new_key()
             write_key_file(key_file, [created_key])
-            keys = KeyRing.from_keys([created_key])
+        keys = KeyRing.from_file(key_file, id_secret)
     if not len(keys):
         print("error: no API keys configured", file=sys.stderr)
         return 2
@@ -118,9 +143,23 @@ def _serve(args: argparse.Namespace) -> int:
         sources=SourceLimits(allow_private_addresses=args.allow_private_image_urls),
         device=args.device,
         cors_origins=tuple(args.cors_origin),
+        max_json_bytes=args.max_json_bytes,
+        rate_limits=RateLimits(
+            submit=args.rate_limit_submit, poll=args.rate_limit_poll, b64_mib=args.rate_limit_b64
+        ),
+        upload_ttl_seconds=args.upload_ttl,
+        client_deadlines=ClientDeadlines(
+            header_seconds=args.header_timeout,
+            body_grace_seconds=args.header_timeout,
+            min_body_bytes_per_second=args.min_body_rate,
+        ),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     print(f"Tessera image API: {public_url}/v1  (docs: {public_url}/docs)", flush=True)
     print(f"models: {', '.join(m.name for m in models)}", flush=True)
+    if args.metrics_port is not None:
+        print(f"metrics: http://{args.metrics_host}:{args.metrics_port}/metrics", flush=True)
     if created_key:
         print(f"API key (shown once, stored hashed in {data_dir}): {created_key}", flush=True)
     elif not args.api_keys_file and not os.environ.get("TESSERA_API_KEYS"):
@@ -135,6 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=args.log_level == "debug",
+        http=DeadlineProtocol.with_deadlines(config.client_deadlines),
     )
     return 0
 
@@ -211,6 +251,70 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="let web pages from ORIGIN (e.g. https://app.example.com) call the API from a "
         "browser; repeatable, '*' for any",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port, apart from the API (default: not served)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics listener (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-json-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_JSON_BYTES,
+        metavar="N",
+        help="largest JSON request body; larger ones get 413 (default: %(default)s; edits "
+        "may add one source image as a data URL)",
+    )
+    serve.add_argument(
+        "--rate-limit-submit",
+        type=_rate_argument,
+        default=RateLimits.submit,
+        metavar="LIMITS",
+        help="per-key limits on submissions and upload URLs, e.g. '100/10seconds;1200/minute' "
+        "(default: %(default)s); over them: 429 with Retry-After",
+    )
+    serve.add_argument(
+        "--rate-limit-poll",
+        type=_rate_argument,
+        default=RateLimits.poll,
+        metavar="LIMITS",
+        help="per-key limits on task polls (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--rate-limit-b64",
+        type=_rate_argument,
+        default=RateLimits.b64_mib,
+        metavar="LIMITS",
+        help="per-key limits, in MiB, on results sent inline as b64_json (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--upload-ttl",
+        type=float,
+        default=ServerConfig.upload_ttl_seconds,
+        metavar="SECONDS",
+        help="delete an uploaded source image this long after its upload "
+        "(default: %(default)s; jobs keep their own copy)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ClientDeadlines.header_seconds,
+        metavar="SECONDS",
+        help="cut a request whose headers take longer than this (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--min-body-rate",
+        type=int,
+        default=ClientDeadlines.min_body_bytes_per_second,
+        metavar="BYTES_PER_S",
+        help="cut a request body that arrives slower than this on average, after the first "
+        "--header-timeout seconds (default: %(default)s)",
     )
     serve.set_defaults(handler=_serve)
 

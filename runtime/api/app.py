@@ -12,16 +12,18 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
-from prometheus_client import make_asgi_app
+from prometheus_client import start_http_server
 
 from tessera.runtime import playground
 from tessera.runtime.api import catalog, errors, files, images
+from tessera.runtime.api.bodylimit import BodyLimit
 from tessera.runtime.config import ServerConfig, load_or_create_secret
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.models import ModelCatalog
+from tessera.runtime.ratelimit import KeyRateLimiter
 from tessera.runtime.service import ImageService
 from tessera.runtime.sources import SourceResolver
-from tessera.runtime.storage import LocalFileStore, UrlSigner
+from tessera.runtime.storage import FileStore, LocalFileStore, UrlSigner
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,16 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
     await worker.run(stop)
 
 
+async def _expire_uploads(files: FileStore, ttl_seconds: float) -> None:
+    """Delete uploaded source images once they are ``ttl_seconds`` old; a job that used one
+    keeps its own copy, so nothing that is queued or running loses an input."""
+    while True:
+        deleted = await files.delete_older_than("uploads", ttl_seconds)
+        if deleted:
+            log.info("deleted %d expired uploads", deleted)
+        await asyncio.sleep(min(ttl_seconds / 4, 300))
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +88,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             files=file_store,
             signer=signer,
             sources=SourceResolver(file_store, signer, config.sources),
+            limiter=KeyRateLimiter(config.rate_limits),
         )
         app.state.keys = config.keys
         app.state.ready = not config.embedded_worker
@@ -97,9 +110,17 @@ def create_app(config: ServerConfig) -> FastAPI:
 
         if worker_task is not None:
             worker_task.add_done_callback(record_failure)
+        sweeper = asyncio.create_task(_expire_uploads(file_store, config.upload_ttl_seconds))
+        metrics_server = None
+        if config.metrics_port is not None:
+            metrics_server, _ = start_http_server(config.metrics_port, config.metrics_host)
         try:
             yield
         finally:
+            sweeper.cancel()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             stop.set()
             if worker_task is not None:
                 try:
@@ -129,12 +150,21 @@ def create_app(config: ServerConfig) -> FastAPI:
             allow_headers=["api_key", "content-type"],
             max_age=600,
         )
+    # Every body is capped as it streams in: JSON at max_json_bytes, plus one source image
+    # as a data URL for edits; uploads at the source limit.
+    app.add_middleware(
+        BodyLimit,
+        default=config.max_json_bytes,
+        by_prefix={
+            "/v1/images/edits": config.max_edit_json_bytes,
+            "/v1/uploads/": config.sources.max_bytes,
+        },
+    )
     v1 = APIRouter(prefix="/v1")
     v1.include_router(images.router)
     v1.include_router(catalog.router)
     v1.include_router(files.router)
     app.include_router(v1)
-    app.mount("/metrics", make_asgi_app())
     playground.mount(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")

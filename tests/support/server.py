@@ -32,6 +32,8 @@ class ServerProcess:
     keys: tuple[str, ...] = KEYS
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # Another checkout's interpreter runs that checkout's server (benchmarks compare them).
+    python: str = sys.executable
 
     @property
     def base_url(self) -> str:
@@ -57,7 +59,7 @@ class ServerProcess:
         self.log_path = self.data_dir / f"server-{self.port}.log"
         env = {**os.environ, "TESSERA_API_KEYS": ",".join(self.keys), "PYTHONUNBUFFERED": "1"}
         command = [
-            sys.executable,
+            self.python,
             "-m",
             "tessera.runtime.cli",
             "serve",
