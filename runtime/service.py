@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,12 +61,16 @@ class ImageService:
 
         Another key's job answers exactly like a missing one.
         """
+        # The wait counts from here, not from after the first read: under load that read
+        # queues behind other requests, and the client's clock started before it.
+        deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
         await self.limiter.hit(Action.POLL, key)
         job = await self.store.get(job_id)
         if job.key_id != key.id:
             raise JobNotFound(job_id)
-        if wait > 0 and not job.status.finished:
-            job = await self.store.wait_for_change(job_id, job.status, min(wait, MAX_WAIT_SECONDS))
+        remaining = deadline - time.monotonic()
+        if remaining > 0 and not job.status.finished:
+            job = await self.store.wait_for_change(job_id, job.status, remaining)
         return job
 
     async def upload_url(self, key: ApiKey) -> tuple[str, str]:

@@ -1,8 +1,14 @@
 """Wake-ups for code that waits on the store: a worker for a job, a client for a status.
 
-Every local write bumps a version and wakes the waiters; a waiter re-checks the store after
-a short poll too, for writes it cannot hear (another process on the same SQLite file, a
-Redis notification lost while reconnecting).
+Every local write bumps a version and wakes the waiters. For writes a waiter cannot hear
+(another process on the same SQLite file, a Redis notification lost while reconnecting)
+there are two ways, chosen by the store:
+
+- with a ``probe`` (a cheap token that changes whenever anything changed, such as SQLite's
+  ``data_version``), one shared task reads it every ``poll_seconds`` while anyone waits and
+  wakes them all when it moves, so two hundred waiters cost one read per poll, not two
+  hundred;
+- without one, each waiter re-checks the store every ``poll_seconds``.
 """
 
 from __future__ import annotations
@@ -18,10 +24,15 @@ T = TypeVar("T")
 
 
 class ChangeSignal:
-    def __init__(self, poll_seconds: float = 0.25):
+    def __init__(
+        self, poll_seconds: float = 0.25, probe: Callable[[], Awaitable[object]] | None = None
+    ):
         self.poll_seconds = poll_seconds
+        self._probe = probe
         self._version = 0
         self._condition: asyncio.Condition | None = None
+        self._waiters = 0
+        self._poller: asyncio.Task[None] | None = None
 
     def _cond(self) -> asyncio.Condition:
         # Created on first use, inside the running loop.
@@ -34,6 +45,20 @@ class ChangeSignal:
         async with condition:
             self._version += 1
             condition.notify_all()
+
+    async def _poll_probe(self) -> None:
+        """While anyone waits: read the probe, and wake everyone when it moves."""
+        assert self._probe is not None
+        try:
+            last = await self._probe()
+            while self._waiters:
+                await asyncio.sleep(self.poll_seconds)
+                token = await self._probe()
+                if token != last:
+                    last = token
+                    await self.notify()
+        finally:
+            self._poller = None
 
     async def wait_until(
         self, check: Callable[[], Awaitable[T | None]], timeout: float
@@ -50,17 +75,26 @@ class ChangeSignal:
         condition = self._cond()
         seen = self._version
         value = await check()
+        if value is not None or timeout <= 0:
+            return value
+        # With a shared probe, a waiter sleeps until woken; without, it re-checks on a timer.
+        nap = None if self._probe is not None else self.poll_seconds
+        self._waiters += 1
+        if self._probe is not None and self._poller is None:
+            self._poller = loop.create_task(self._poll_probe())
         try:
             async with asyncio.timeout_at(deadline):
                 while value is None:
                     async with condition:
                         if self._version == seen:
                             with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(condition.wait(), self.poll_seconds)
+                                await asyncio.wait_for(condition.wait(), nap)
                     seen = self._version
                     value = await check()
         except TimeoutError:
             return None
+        finally:
+            self._waiters -= 1
         return value
 
     async def wait_for_status(

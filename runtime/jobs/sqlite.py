@@ -4,7 +4,7 @@ Every statement runs on one dedicated thread, which serialises writers the way S
 and keeps the event loop free. ``synchronous=FULL`` makes each commit survive a power cut,
 which is what "durable before the id is returned" means. Waiters are woken at once by writes
 from this process and, for writes from another process sharing the file (a separate
-``tessera worker``), by a short poll.
+``tessera worker``), by one shared poll of ``PRAGMA data_version``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class SQLiteJobStore:
         self.policy = policy or StorePolicy()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-sqlite")
         self._connection: sqlite3.Connection | None = None
-        self._changes = ChangeSignal(CROSS_PROCESS_POLL_SECONDS)
+        self._changes = ChangeSignal(CROSS_PROCESS_POLL_SECONDS, probe=self._data_version)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -129,15 +129,19 @@ class SQLiteJobStore:
         *,
         notify: bool,
         durable: bool = True,
+        write: bool = True,
     ) -> T:
         """Run ``operation`` in one transaction on the store's thread.
 
         ``durable=False`` skips the fsync for writes whose loss a crash makes harmless
-        (a lease taken or renewed, progress): the job simply runs again.
+        (a lease taken or renewed, progress): the job simply runs again. ``write=False``
+        is for one SELECT, atomic by itself: no write lock, no transaction.
         """
 
         def in_thread() -> T:
             connection = self._connect()
+            if not write:
+                return operation(connection)
             connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -212,7 +216,17 @@ class SQLiteJobStore:
         return await self._run(insert, notify=True)
 
     async def get(self, job_id: int) -> Job:
-        return await self._run(lambda connection: self._fetch(connection, job_id), notify=False)
+        return await self._run(
+            lambda connection: self._fetch(connection, job_id), notify=False, write=False
+        )
+
+    async def _data_version(self) -> int:
+        """Moves whenever another connection (another process) commits to the file."""
+
+        def read(connection: sqlite3.Connection) -> int:
+            return int(connection.execute("PRAGMA data_version").fetchone()[0])
+
+        return await self._run(read, notify=False, write=False)
 
     async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
         placeholders = ",".join("?" * len(models))
@@ -326,7 +340,7 @@ class SQLiteJobStore:
                 in_progress=counts.get(JobStatus.IN_PROGRESS.value, 0),
             )
 
-        return await self._run(count, notify=False)
+        return await self._run(count, notify=False, write=False)
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
         def read(connection: sqlite3.Connection) -> list[UsageRecord]:
@@ -347,7 +361,7 @@ class SQLiteJobStore:
                 for row in rows
             ]
 
-        return await self._run(read, notify=False)
+        return await self._run(read, notify=False, write=False)
 
     async def close(self) -> None:
         def shut() -> None:
