@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import start_http_server
 
 from tessera.runtime import playground
-from tessera.runtime.api import catalog, errors, files, images
+from tessera.runtime.api import catalog, errors, files, images, openapi
 from tessera.runtime.api.bodylimit import BodyLimit
 from tessera.runtime.config import ServerConfig, load_or_create_secret
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
@@ -140,6 +140,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         openapi_url="/openapi.json",
     )
     errors.install(app)
+    openapi.install(app, config.models)
     if config.cors_origins:
         # The key travels in the `api_key` header, so a cross-origin call is always preflighted;
         # result and upload URLs carry their own signatures and need no header.

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from tessera.runtime.api.deps import Service
+from tessera.runtime.api.openapi import errors
 from tessera.runtime.errors import FileNotFound, UploadUsed
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.sources import UPLOAD_NAME, check_image, upload_key
 from tessera.runtime.storage import content_type_for
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], responses=errors(404, 422))
 
 Expires = Annotated[str | None, Query()]
 Signature = Annotated[str | None, Query()]
@@ -31,7 +32,12 @@ async def get_file(
     )
 
 
-@router.put("/uploads/{key_id}/{name}", status_code=204, summary="Upload a source image")
+@router.put(
+    "/uploads/{key_id}/{name}",
+    status_code=204,
+    responses=errors(409, 413),
+    summary="Upload a source image",
+)
 async def put_upload(
     key_id: str,
     name: str,
