@@ -271,28 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest JSON request body; larger ones get 413 (default: %(default)s; edits "
         "may add one source image as a data URL)",
     )
-    serve.add_argument(
-        "--rate-limit-submit",
-        type=_rate_argument,
-        default=RateLimits.submit,
-        metavar="LIMITS",
-        help="per-key limits on submissions and upload URLs, e.g. '100/10seconds;1200/minute' "
-        "(default: %(default)s); over them: 429 with Retry-After",
-    )
-    serve.add_argument(
-        "--rate-limit-poll",
-        type=_rate_argument,
-        default=RateLimits.poll,
-        metavar="LIMITS",
-        help="per-key limits on task polls (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--rate-limit-b64",
-        type=_rate_argument,
-        default=RateLimits.b64_mib,
-        metavar="LIMITS",
-        help="per-key limits, in MiB, on results sent inline as b64_json (default: %(default)s)",
-    )
+    for flag, default, what in (
+        ("--rate-limit-submit", RateLimits.submit, "submissions and upload URLs"),
+        ("--rate-limit-poll", RateLimits.poll, "task polls"),
+        ("--rate-limit-b64", RateLimits.b64_mib, "MiB of results sent inline as b64_json"),
+    ):
+        serve.add_argument(
+            flag,
+            type=_rate_argument,
+            default=default,
+            metavar="LIMITS",
+            help=f"per-key limits on {what}, such as '20/second;600/minute' (default: "
+            "%(default)s); over them the answer is 429 with Retry-After",
+        )
     serve.add_argument(
         "--upload-ttl",
         type=float,
