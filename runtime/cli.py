@@ -7,6 +7,7 @@ Subcommands from other parts of the distribution (``tessera operator``) register
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -75,6 +76,15 @@ def _rate_argument(value: str) -> str:
     return value
 
 
+def _network_argument(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a network such as 10.20.0.0/16, not {value!r}"
+        ) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -140,7 +150,10 @@ def _serve(args: argparse.Namespace) -> int:
         models=models,
         keys=keys,
         public_url=public_url,
-        sources=SourceLimits(allow_private_addresses=args.allow_private_image_urls),
+        sources=SourceLimits(
+            allow_private_addresses=args.allow_private_image_urls,
+            allowed_networks=tuple(args.allow_image_network),
+        ),
         device=args.device,
         cors_origins=tuple(args.cors_origin),
         max_json_bytes=args.max_json_bytes,
@@ -242,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-private-image-urls",
         action="store_true",
         help="let image_url reach private and loopback addresses (off: SSRF protection)",
+    )
+    serve.add_argument(
+        "--allow-image-network",
+        action="append",
+        default=[],
+        type=_network_argument,
+        metavar="CIDR",
+        help="let image_url reach this network though it is not public (an internal image "
+        "host, e.g. 10.20.0.0/16); repeatable",
     )
     serve.add_argument(
         "--cors-origin",

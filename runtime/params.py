@@ -22,6 +22,9 @@ MIN_SIDE = 16
 # torch.Generator.manual_seed accepts exactly this range.
 MIN_SEED = -(2**63)
 MAX_SEED = 2**64 - 1
+# A source image's bytes; a data: URL carrying that much base64 fits in a reference field.
+MAX_SOURCE_BYTES = 20 * 1024 * 1024
+MAX_REFERENCE_CHARS = 4 * -(-MAX_SOURCE_BYTES // 3) + 256
 
 
 class Task(enum.StrEnum):
@@ -44,13 +47,14 @@ PRESETS: dict[str, tuple[int, int]] = {
     "landscape_16_9": (1024, 576),
 }
 
-_SIZE_STRING = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+# ASCII digits only, and few enough that no side can be absurd before the range check.
+_SIZE_STRING = re.compile(r"^ *([0-9]{1,6}) *[xX] *([0-9]{1,6}) *$")
 
 
 class ImageDimensions(BaseModel):
     """An explicit ``{width, height}``; the side limits are checked against the model later."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     width: int
     height: int
 
@@ -158,10 +162,11 @@ class ParameterLimits(_Limits):
 class GenerationRequest(BaseModel):
     """The body of ``POST /images/generations`` and ``/images/edits`` (Hyperstack's fields).
 
-    Types are checked here; ranges depend on the model and are checked by ``resolve``.
+    Types are checked here, strictly: ``true``, ``"2"`` or ``2.0`` is not an integer, and
+    ``"4.5"`` is not a number. Ranges depend on the model and are checked by ``resolve``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=256)
     prompt: str = Field(min_length=1, max_length=10_000)
@@ -171,10 +176,12 @@ class GenerationRequest(BaseModel):
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: Annotated[int, Field(ge=MIN_SEED, le=MAX_SEED)] | None = None
-    output_format: OutputFormat | None = None
+    # An enum's JSON form is its value: the one field where a string is the right type.
+    output_format: OutputFormat | None = Field(default=None, strict=False)
     response_format: Literal["url", "b64_json"] = "url"
-    image_url: str | None = Field(default=None, max_length=4096)
-    image_urls: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+    # Long enough for a data: URL of the largest source image (sources.SourceLimits).
+    image_url: str | None = Field(default=None, max_length=MAX_REFERENCE_CHARS)
+    image_urls: list[Annotated[str, Field(max_length=MAX_REFERENCE_CHARS)]] | None = Field(
         default=None, max_length=4
     )
     # Accepted for compatibility with Hyperstack clients; only their absence is supported.

@@ -50,7 +50,9 @@ class ImageService:
         model = self.catalog.get(request.model)
         params = resolve(request, model.limits, model.task, edit=edit)
         if params.source_images:
-            stored = await self.sources.store_inputs(key, params.source_images)
+            stored = await self.sources.store_inputs(
+                key, params.source_images, (params.width, params.height)
+            )
             params = params.model_copy(update={"source_images": stored})
         job = await self.store.submit(model.name, key.id, params)
         metrics.JOBS_SUBMITTED.labels(model.name).inc()

@@ -6,8 +6,14 @@ and workers (on GPU nodes) never need to reach the internet. A reference may be:
 - a ``filename`` from ``GET /images/signed-url`` (only the key that uploaded it may use it),
 - one of this server's own signed URLs (read from storage directly, not fetched),
 - a ``data:image/...;base64,`` URL,
-- an ``http(s)`` URL, fetched with size and time limits; addresses in private, loopback,
-  link-local and other non-public ranges are refused unless the server allows them.
+- an ``http(s)`` URL, fetched with size and time limits. Its host is resolved once, each
+  address is checked, and the connection goes to exactly the checked address (the Host
+  header and TLS server name stay the URL's), on every redirect hop: a name that answers
+  differently the second time (DNS rebinding) cannot reach what the check refused.
+  Addresses in any special-purpose range are refused unless the server allows them.
+
+Decoding runs in a worker thread, never on the event loop, and only PNG, JPEG, WebP and
+GIF (first frame) are decoded: every other Pillow decoder is code an attacker could reach.
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ import ipaddress
 import re
 import secrets
 import socket
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -28,18 +39,39 @@ from PIL import Image, UnidentifiedImageError
 
 from tessera.runtime.errors import FileNotFound, InvalidParameter, PayloadTooLarge
 from tessera.runtime.keys import ApiKey
+from tessera.runtime.params import MAX_SOURCE_BYTES, MIN_SIDE
 from tessera.runtime.storage import FileStore, UrlSigner
 
 UPLOAD_NAME = re.compile(r"^upload-[A-Za-z0-9_-]{16,64}$")
 _MAX_REDIRECTS = 3
+# What the API documents; Pillow would otherwise try every decoder it has (PPM, TGA, ICO...).
+SOURCE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+
+# Decoding the largest source takes about 100 MB and most of a core for a moment: two at a
+# time bound the memory and leave the event loop a core, however many clients upload at once.
+_DECODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tessera-decode")
+T = TypeVar("T")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A host name and port to the addresses it has now; a test may answer differently each call.
+Resolve = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Local-use NAT64 (RFC 8215) and Teredo: where they lead is not a public address.
+_TUNNELS = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("2001::/32"))
 
 
 @dataclass(frozen=True)
 class SourceLimits:
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 14142 * 14142
+    max_bytes: int = MAX_SOURCE_BYTES
+    # Sources are scaled to the output size at submit, so a larger one buys nothing; this
+    # also stays far below Pillow's own decompression-bomb limit (89 million pixels).
+    max_pixels: int = 4096 * 4096
     fetch_timeout_seconds: float = 10.0
     allow_private_addresses: bool = False
+    # Networks fetched from even though they are not public (an internal image host).
+    allowed_networks: tuple[IPNetwork, ...] = ()
 
 
 def upload_key(key: ApiKey, name: str) -> str:
@@ -50,8 +82,91 @@ def new_upload_name() -> str:
     return "upload-" + secrets.token_urlsafe(18)
 
 
-def check_image(data: bytes, limits: SourceLimits, field: str) -> Image.Image:
-    """Decode ``data`` as a real image within the limits, or raise a 4xx error."""
+def carried_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to (IPv4-mapped, NAT64, 6to4), if any."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def is_public(address: IPAddress) -> bool:
+    """True only for a globally reachable unicast address, judged by where it leads."""
+    carried = carried_ipv4(address)
+    if carried is not None:
+        return is_public(carried)
+    if isinstance(address, ipaddress.IPv6Address) and (
+        address.is_site_local or any(address in network for network in _TUNNELS)
+    ):
+        return False
+    return address.is_global and not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+async def system_resolve(host: str, port: int) -> list[IPAddress]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+
+def parse_url(reference: str, field: str) -> httpx.URL:
+    """An http(s) URL with a host and a valid port, or a 422 on ``field``."""
+    rule = InvalidParameter(
+        f"{field}: expected an http(s) URL with a host and a port in 1..65535, an uploaded "
+        "filename or a data URL",
+        field=field,
+        rule="url",
+    )
+    try:
+        url = httpx.URL(reference)
+    except (httpx.InvalidURL, ValueError):
+        raise rule from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise rule
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise rule
+    return url
+
+
+def _check_dimensions(width: int, height: int, limits: SourceLimits, field: str) -> None:
+    if width * height > limits.max_pixels:
+        raise InvalidParameter(
+            f"{field}: the image is {width}x{height}; sources may have at most "
+            f"{limits.max_pixels} pixels",
+            field=field,
+            rule="max_pixels",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise InvalidParameter(
+            f"{field}: the image is {width}x{height}; both sides of a source must be at least "
+            f"{MIN_SIDE} pixels",
+            field=field,
+            rule="min_side",
+        )
+
+
+def covering_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size with ``width:height``'s shape that still covers ``target``; never
+    larger than the image itself. A pipeline cannot use more source pixels than that."""
+    scale = max(target[0] / width, target[1] / height)
+    if scale >= 1:
+        return width, height
+    return max(target[0], round(width * scale)), max(target[1], round(height * scale))
+
+
+def check_image(
+    data: bytes, limits: SourceLimits, field: str, target: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode ``data`` as a source image within the limits (RGB, scaled down to cover
+    ``target`` if given), or raise a 4xx error. Blocking: call it in a worker thread."""
     if len(data) > limits.max_bytes:
         raise PayloadTooLarge(
             f"{field}: the image is {len(data)} bytes; the limit is {limits.max_bytes}",
@@ -59,45 +174,74 @@ def check_image(data: bytes, limits: SourceLimits, field: str) -> Image.Image:
             rule="max_bytes",
         )
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > limits.max_pixels:
-                raise InvalidParameter(
-                    f"{field}: the image is {width}x{height}; at most {limits.max_pixels} "
-                    "pixels are accepted",
-                    field=field,
-                    rule="max_pixels",
-                )
-            probe.verify()
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        with Image.open(io.BytesIO(data), formats=SOURCE_FORMATS) as image:
+            # The header alone gives the size: a bomb is refused before it is decoded.
+            _check_dimensions(image.width, image.height, limits, field)
+            size = covering_size(image.width, image.height, target) if target else image.size
+            image.draft("RGB", size)  # JPEG decodes straight to a smaller scale
+            image.load()
+            rgb = image.convert("RGB")
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        struct.error,
+    ):
         raise InvalidParameter(
             f"{field}: the data is not an image in a format this server reads "
-            "(png, jpeg, webp, gif, bmp, tiff)",
+            f"({', '.join(name.lower() for name in SOURCE_FORMATS)})",
             field=field,
             rule="image",
         ) from None
-    return image.convert("RGB")
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    return rgb
+
+
+async def off_the_loop(function: Callable[..., T], *args: Any) -> T:
+    """Run a blocking decode in the decoder threads."""
+    return await asyncio.get_running_loop().run_in_executor(_DECODERS, function, *args)
+
+
+def prepare_source(data: bytes, limits: SourceLimits, field: str, target: tuple[int, int]) -> bytes:
+    """The checked source as the PNG a worker reads; blocking, for a worker thread."""
+    buffer = io.BytesIO()
+    check_image(data, limits, field, target).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 class SourceResolver:
-    def __init__(self, files: FileStore, signer: UrlSigner, limits: SourceLimits | None = None):
+    def __init__(
+        self,
+        files: FileStore,
+        signer: UrlSigner,
+        limits: SourceLimits | None = None,
+        *,
+        resolve: Resolve = system_resolve,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.files = files
         self.signer = signer
         self.limits = limits or SourceLimits()
+        self.resolve = resolve
+        # Certificates are checked against the URL's host name; None: the system's CAs.
+        self.tls = tls
 
-    async def store_inputs(self, key: ApiKey, references: tuple[str, ...]) -> tuple[str, ...]:
-        """Read, check and store each reference as a PNG; return the stored keys."""
+    async def store_inputs(
+        self, key: ApiKey, references: tuple[str, ...], target: tuple[int, int]
+    ) -> tuple[str, ...]:
+        """Read, check and store each reference as a PNG no larger than needed to cover
+        ``target`` (the output size); return the stored keys."""
         stored = []
         for index, reference in enumerate(references):
             field = "image_url" if index == 0 else f"image_urls[{index - 1}]"
             data = await self.read(key, reference, field)
-            image = check_image(data, self.limits, field)
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
+            png = await off_the_loop(prepare_source, data, self.limits, field, target)
             name = f"inputs/{secrets.token_urlsafe(12)}.png"
-            await self.files.put(name, buffer.getvalue())
+            await self.files.put(name, png)
             stored.append(name)
         return tuple(stored)
 
@@ -113,28 +257,34 @@ class SourceResolver:
                     rule="upload_exists",
                 ) from None
         if reference.startswith("data:"):
-            return self._decode_data_url(reference, field)
-        own = self._own_file(reference)
-        if own is not None:
-            return await self.files.get(own)
+            return await self._decode_data_url(reference, field)
+        if reference.startswith(self.signer.public_url + "/"):
+            return await self._own_file(reference, field)
         return await self._fetch(reference, field)
 
-    def _own_file(self, reference: str) -> str | None:
-        """The storage key behind one of this server's signed URLs, checked; else None."""
-        base = self.signer.public_url
-        if not reference.startswith(base + "/"):
-            return None
+    async def _own_file(self, reference: str, field: str) -> bytes:
+        """One of this server's result URLs, read from storage once its signature checks."""
         parts = urlsplit(reference)
         query = parse_qs(parts.query)
-        self.signer.verify(
-            parts.path, query.get("expires", [None])[0], query.get("signature", [None])[0]
-        )
-        for prefix in ("/v1/files/",):
-            if parts.path.startswith(prefix):
-                return parts.path.removeprefix(prefix)
-        return None
+        prefix = urlsplit(self.signer.public_url).path + "/v1/files/"
+        try:
+            if not parts.path.startswith(prefix):
+                raise FileNotFound("not a result URL")
+            self.signer.verify(
+                parts.path.removeprefix(urlsplit(self.signer.public_url).path),
+                query.get("expires", [None])[0],
+                query.get("signature", [None])[0],
+            )
+            return await self.files.get(parts.path.removeprefix(prefix))
+        except FileNotFound:
+            raise InvalidParameter(
+                f"{field}: this server's URL is not a signed result URL, or its signature is "
+                "wrong or has expired",
+                field=field,
+                rule="signed_url",
+            ) from None
 
-    def _decode_data_url(self, reference: str, field: str) -> bytes:
+    async def _decode_data_url(self, reference: str, field: str) -> bytes:
         header, _, payload = reference.partition(",")
         if not header.startswith("data:image/") or not header.endswith(";base64"):
             raise InvalidParameter(
@@ -149,60 +299,81 @@ class SourceResolver:
                 rule="max_bytes",
             )
         try:
-            return base64.b64decode(payload, validate=True)
+            return await asyncio.to_thread(base64.b64decode, payload, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidParameter(
                 f"{field}: the data URL is not valid base64", field=field, rule="data_url"
             ) from None
 
-    async def _check_address(self, url: str, field: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidParameter(
-                f"{field}: expected an http(s) URL, an uploaded filename or a data URL",
-                field=field,
-                rule="url",
-            )
-        if self.limits.allow_private_addresses:
-            return
+    async def _checked_address(self, url: httpx.URL, field: str) -> IPAddress:
+        """The one address to connect to: resolved once, and every answer checked."""
+        host = url.host
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname,
-                parts.port or (443 if parts.scheme == "https" else 80),
-                type=socket.SOCK_STREAM,
-            )
-        except OSError:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                addresses = await self.resolve(
+                    host, url.port or (443 if url.scheme == "https" else 80)
+                )
+            except (OSError, UnicodeError, ValueError):
+                addresses = []
+        if not addresses:
             raise InvalidParameter(
-                f"{field}: cannot resolve host {parts.hostname!r}", field=field, rule="url"
-            ) from None
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if not address.is_global or address.is_multicast:
+                f"{field}: cannot resolve host {host!r}", field=field, rule="url"
+            )
+        for address in addresses:
+            if not self._may_fetch_from(address):
                 raise InvalidParameter(
-                    f"{field}: {parts.hostname} resolves to {address}, a private, loopback or "
-                    "link-local address; this server does not fetch from those",
+                    f"{field}: {host} resolves to {address}, which is not a public address "
+                    "(private, loopback, link-local, multicast, reserved, or leading to one); "
+                    "this server does not fetch from those",
                     field=field,
                     rule="public_address",
                 )
+        return addresses[0]
 
-    async def _fetch(self, url: str, field: str) -> bytes:
+    def _may_fetch_from(self, address: IPAddress) -> bool:
+        return (
+            self.limits.allow_private_addresses
+            or is_public(address)
+            or any(address in network for network in self.limits.allowed_networks)
+        )
+
+    async def _fetch(self, reference: str, field: str) -> bytes:
+        url = parse_url(reference, field)
         timeout = httpx.Timeout(self.limits.fetch_timeout_seconds)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            for _ in range(_MAX_REDIRECTS + 1):
-                await self._check_address(url, field)
-                try:
-                    async with asyncio.timeout(self.limits.fetch_timeout_seconds):
-                        async with client.stream("GET", url) as response:
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                async with asyncio.timeout(self.limits.fetch_timeout_seconds):
+                    address = await self._checked_address(url, field)
+                    # One client per hop: a pooled connection, made for one host name, must
+                    # never carry a request for another.
+                    async with httpx.AsyncClient(
+                        timeout=timeout,
+                        follow_redirects=False,
+                        verify=True if self.tls is None else self.tls,
+                    ) as client:
+                        request = client.build_request(
+                            "GET",
+                            url.copy_with(host=str(address)),
+                            headers={"Host": url.netloc.decode("ascii")},
+                            extensions={"sni_hostname": url.raw_host.decode("ascii")},
+                        )
+                        response = await client.send(request, stream=True)
+                        try:
                             if response.is_redirect and "location" in response.headers:
-                                url = str(response.url.join(response.headers["location"]))
+                                location = response.headers["location"]
+                                url = parse_url(str(url.join(location)), field)
                                 continue
                             return await self._read_body(response, field)
-                except (httpx.HTTPError, TimeoutError) as error:
-                    raise InvalidParameter(
-                        f"{field}: could not fetch the image: {error or type(error).__name__}",
-                        field=field,
-                        rule="fetch",
-                    ) from None
+                        finally:
+                            await response.aclose()
+            except (httpx.HTTPError, httpx.InvalidURL, TimeoutError) as error:
+                raise InvalidParameter(
+                    f"{field}: could not fetch the image: {str(error) or type(error).__name__}",
+                    field=field,
+                    rule="fetch",
+                ) from None
         raise InvalidParameter(
             f"{field}: more than {_MAX_REDIRECTS} redirects", field=field, rule="fetch"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -34,8 +35,31 @@ async def _tessera_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers())
 
 
+def _broken_json(error: RequestValidationError) -> JSONResponse | None:
+    """A body that is not JSON at all: say where it breaks, and name no field (FastAPI puts
+    the character offset where a field would be)."""
+    broken = [item for item in error.errors() if item.get("type") == "json_invalid"]
+    if not broken or not isinstance(error.body, str):
+        return None
+    offset = broken[0]["loc"][-1]
+    where = json.JSONDecodeError(
+        broken[0].get("ctx", {}).get("error", "invalid"), error.body, offset
+    )
+    return envelope(
+        422,
+        f"the body is not valid JSON: {where.msg} at line {where.lineno}, column {where.colno}",
+        "parameter.invalid",
+        field="body",
+        rule="json_invalid",
+        line=where.lineno,
+        column=where.colno,
+    )
+
+
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    if (response := _broken_json(error)) is not None:
+        return response
     problems = []
     for item in error.errors():
         field = _field_name(tuple(item.get("loc", ())))

@@ -10,7 +10,7 @@ from tessera.runtime.api.deps import Service
 from tessera.runtime.api.openapi import errors
 from tessera.runtime.errors import FileNotFound, UploadUsed
 from tessera.runtime.keys import ApiKey
-from tessera.runtime.sources import UPLOAD_NAME, check_image, upload_key
+from tessera.runtime.sources import UPLOAD_NAME, check_image, off_the_loop, upload_key
 from tessera.runtime.storage import content_type_for
 
 router = APIRouter(tags=["files"], responses=errors(404, 422))
@@ -51,7 +51,7 @@ async def put_upload(
         raise FileNotFound("this link is invalid or has expired")
     # The body is capped at the source limit as it streams in (bodylimit.BodyLimit).
     body = await request.body()
-    check_image(body, service.sources.limits, "body")
+    await off_the_loop(check_image, body, service.sources.limits, "body")
     if not await service.files.create(upload_key(ApiKey(key_id), name), body):
         raise UploadUsed("this upload URL was already used; ask for a new one")
     return Response(status_code=204)

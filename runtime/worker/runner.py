@@ -23,7 +23,7 @@ from tessera.runtime import billing, metrics
 from tessera.runtime.jobs.base import ImageFile, Job, JobResult, JobStore, LeaseLost
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.storage import FileStore
-from tessera.runtime.worker.pipeline import LoadedPipeline, encode
+from tessera.runtime.worker.pipeline import LoadedPipeline, UnsupportedParameter, encode
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Worker:
             return
         except Exception as error:
             log.exception("job %s failed", job.id)
-            reason = _describe(error)
+            reason = describe_failure(job.id, error)
             await self._finish(job, lambda: self.store.fail(job.id, self.worker_id, reason))
             metrics.JOBS_FINISHED.labels(job.model, "failed").inc()
             return
@@ -109,11 +109,9 @@ class Worker:
     async def _run(self, job: Job, progress: _Progress) -> JobResult:
         params = job.params
         pipeline = self.pipelines[job.model]
-        sources = [
-            Image.open(io.BytesIO(await self.files.get(key))).convert("RGB")
-            for key in params.source_images
-        ]
         loop = asyncio.get_running_loop()
+        stored_sources = [await self.files.get(key) for key in params.source_images]
+        sources = await loop.run_in_executor(self._compute, _decode, stored_sources)
 
         def on_step(step: int, total: int) -> None:
             progress.value = min(99, step * 100 // max(total, 1))
@@ -150,6 +148,15 @@ class Worker:
             await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
 
 
-def _describe(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return f"the pipeline failed: {text}"
+def _decode(sources: list[bytes]) -> list[Image.Image]:
+    """The stored sources (PNGs this server wrote, already checked at submit) as RGB."""
+    return [Image.open(io.BytesIO(data), formats=["PNG"]).convert("RGB") for data in sources]
+
+
+def describe_failure(job_id: int, error: Exception) -> str:
+    """What a failed task tells its client. Only our own errors about the request say
+    more than that it failed: the text of anything else (torch, diffusers, the store) is
+    internal, and goes to the log with the job's id."""
+    if isinstance(error, UnsupportedParameter):
+        return f"the pipeline cannot run this request: {error}"
+    return f"the pipeline failed with an internal error (logged with job id {job_id})"

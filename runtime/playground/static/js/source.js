@@ -13,7 +13,7 @@ export function createSourcePicker({ api }) {
   const urlId = uid("source-url");
 
   const file = h("input", {
-    type: "file", id: fileId, accept: "image/png,image/jpeg,image/webp,image/gif,image/bmp",
+    type: "file", id: fileId, accept: "image/png,image/jpeg,image/webp,image/gif",
     class: "visually-hidden", "aria-label": "Source image",
   });
   const dropzone = h("label", { for: fileId, class: "dropzone" },
