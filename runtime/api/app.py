@@ -118,6 +118,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
