@@ -11,7 +11,9 @@
     ├── UploadUsed            409  a signed upload URL that was already PUT to
     ├── PayloadTooLarge       413  a request body, upload or fetched image over its limit
     ├── RateLimited           429  too many requests from one key; says when to retry
-    └── StoreUnavailable      503  the job store cannot be reached; the request lost nothing
+    ├── QueueFull             429  the model's queue holds its limit; answered with Retry-After
+    ├── StoreUnavailable      503  the job store cannot be reached; the request lost nothing
+    └── StorageUnavailable    503  result storage (S3) stayed unreachable through every retry
 
 The API turns every one of them into the same JSON envelope in one place
 (``tessera.runtime.api.errors``); everything else is a bug and becomes a logged 500.
@@ -34,6 +36,10 @@ class TesseraError(Exception):
         self.field = field
         self.rule = rule
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries beside the envelope."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         """The Hyperstack error envelope, plus the machine code and offending field."""
         body: dict[str, Any] = {
@@ -47,10 +53,6 @@ class TesseraError(Exception):
         if self.rule is not None:
             body["rule"] = self.rule
         return body
-
-    def headers(self) -> dict[str, str]:
-        """HTTP headers that go with the error response."""
-        return {}
 
 
 class InvalidParameter(TesseraError):
@@ -125,6 +127,28 @@ class RateLimited(TesseraError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class QueueFull(TesseraError):
+    status_code = 429
+    code = "queue.full"
+
+    def __init__(self, model: str, limit: int, retry_after_seconds: int):
+        super().__init__(
+            f"the queue of model {model!r} is full ({limit} jobs waiting); "
+            f"retry in {retry_after_seconds} s",
+            field="model",
+            rule="max_queued",
+        )
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
 class StoreUnavailable(TesseraError):
     status_code = 503
     code = "store.unavailable"
+
+
+class StorageUnavailable(TesseraError):
+    status_code = 503
+    code = "storage.unavailable"

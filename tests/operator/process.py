@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tessera.operator import render
 from tests.cluster.harness import Cluster
 from tests.support import waiting
 from tests.support.server import free_port
@@ -52,11 +53,57 @@ def install_crds(cluster: Cluster) -> None:
     )
 
 
-def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token),
-    so the operator has exactly the ClusterRole's permissions."""
+def host_path_volume(cluster: Cluster, name: str, claim: tuple[str, str], folder: Path) -> None:
+    """A PersistentVolume on ``folder``, reserved for ``claim`` (namespace, name): there is
+    no storage provisioner on the test control plane."""
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": "200Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "claimRef": {"namespace": claim[0], "name": claim[1]},
+                "hostPath": {"path": str(folder)},
+            },
+        }
+    )
+
+
+def create_results_claim(cluster: Cluster, namespace: str, folder: Path) -> Path:
+    """The claim workers write results to (``tessera-results``), bound to a hostPath
+    volume on ``folder``: what the chart provides.
+
+    On local nodes the workers write into ``folder`` itself, so a test reads the images
+    there. Returns ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    claim = render.DEFAULT_RESULTS_CLAIM
+    host_path_volume(cluster, f"{namespace}-results", (namespace, claim), folder)
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "10Gi"}},
+                "storageClassName": "",
+                "volumeName": f"{namespace}-results",
+            },
+        }
+    )
+    return folder
+
+
+def service_account_kubeconfig(
+    cluster: Cluster, path: Path, account: str = OPERATOR_ACCOUNT
+) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount of tessera-system (a bound token;
+    the operator's by default), so the process has exactly its ClusterRole's permissions."""
     token = cluster.kubectl(
-        "create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
+        "create", "token", account, "-n", OPERATOR_NAMESPACE, "--duration=2h"
     ).stdout.strip()
     admin = json.loads(cluster.kubectl("config", "view", "--raw", "-o", "json").stdout)
     server = admin["clusters"][0]["cluster"]
@@ -70,9 +117,9 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
         "clusters": [
             {"name": "c", "cluster": {"server": server["server"], "certificate-authority-data": ca}}
         ],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "c", "user": OPERATOR_ACCOUNT}}],
-        "current-context": "operator",
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "c", "user": account}}],
+        "current-context": account,
     }
     path.write_text(json.dumps(config))
     path.chmod(0o600)
