@@ -84,30 +84,27 @@ class S3FileStore:
         self.presigned = public_downloads == "presigned"
 
     async def put(self, key: str, data: bytes) -> None:
+        await self._put(key, data, "overwrite")
+
+    async def create(self, key: str, data: bytes) -> bool:
+        # A conditional PUT (If-None-Match: *): the store, not this process, decides a race.
+        try:
+            await self._put(key, data, "create")
+        except StorageUnavailable as error:
+            if isinstance(error.__cause__, AlreadyExistsError | PreconditionError):
+                return False
+            raise
+        return True
+
+    async def _put(self, key: str, data: bytes, mode: Literal["overwrite", "create"]) -> None:
         with _translated(key):
             await obstore.put_async(
                 self._store,
                 check_key(key),
                 data,
                 attributes={"Content-Type": content_type_for(key)},
+                mode=mode,
             )
-
-    async def create(self, key: str, data: bytes) -> bool:
-        # A conditional PUT (If-None-Match: *): the store, not this process, decides a race.
-        try:
-            with _translated(key):
-                await obstore.put_async(
-                    self._store,
-                    check_key(key),
-                    data,
-                    attributes={"Content-Type": content_type_for(key)},
-                    mode="create",
-                )
-        except StorageUnavailable as error:
-            if isinstance(error.__cause__, AlreadyExistsError | PreconditionError):
-                return False
-            raise
-        return True
 
     async def delete_older_than(self, prefix: str, seconds: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
