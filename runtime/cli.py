@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -29,6 +30,7 @@ from tessera.runtime.settings import (
     parse_model_argument,
     parse_network,
     parse_origin,
+    parse_rates,
 )
 
 
@@ -44,6 +46,13 @@ def _network_argument(value: str) -> IPv4Network | IPv6Network:
         return parse_network(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rates_argument(value: str) -> str:
+    try:
+        return parse_rates(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{value!r}: {error}") from None
 
 
 def _model_argument(value: str) -> str:
@@ -75,24 +84,31 @@ def _run_api(config: ServerConfig, settings: ApiSettings, log_level: str) -> int
     import uvicorn
 
     from tessera.runtime.api.app import create_app
+    from tessera.runtime.api.protocol import DeadlineProtocol
 
     print(
         f"Tessera image API: {config.public_url}/v1  (docs: {config.public_url}/docs)", flush=True
     )
     print(f"OpenAI-compatible: {config.public_url}/openai/v1", flush=True)
     print(f"models: {', '.join(m.name for m in config.models)}", flush=True)
+    if config.metrics_port is not None:
+        print(f"metrics: http://{config.metrics_host}:{config.metrics_port}/metrics", flush=True)
     uvicorn.run(
         create_app(config),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=log_level == "debug",
+        http=DeadlineProtocol.with_deadlines(config.client_deadlines),
     )
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from(ServeSettings, args)
+    # Everything this process writes (the job database and its WAL, images, secrets) is
+    # its user's alone.
+    os.umask(0o077)
     if settings.demo:
         print("preparing demo models ...", file=sys.stderr, flush=True)
     try:
@@ -196,6 +212,54 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="/openai/v1 image requests one API key may hold open at once (default: 16)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port, apart from the API (default: not served)",
+    )
+    parser.add_argument(
+        "--metrics-host", help="address of the metrics listener (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--max-json-bytes",
+        type=int,
+        metavar="N",
+        help="largest JSON request body; larger ones get 413 (default 1 MiB; edits may add "
+        "one source image as a data URL)",
+    )
+    for flag, what in (
+        ("--rate-limit-submit", "submissions and upload URLs"),
+        ("--rate-limit-poll", "task polls"),
+        ("--rate-limit-b64", "MiB of results sent inline as b64_json"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_rates_argument,
+            metavar="LIMITS",
+            help=f"per-key limits on {what}, such as '20/second;600/minute'; over them the "
+            "answer is 429 with Retry-After (counted per process)",
+        )
+    parser.add_argument(
+        "--upload-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="delete an uploaded source image this long after its upload (default 3600; "
+        "jobs keep their own copy)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="cut a request whose headers take longer than this (default 5)",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=int,
+        metavar="BYTES_PER_S",
+        help="cut a request body that arrives slower than this on average, after the first "
+        "--header-timeout seconds (default 1024)",
     )
 
 

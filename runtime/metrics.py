@@ -1,5 +1,8 @@
 """Prometheus metrics. Usage counters here are for dashboards and alerts; the bill itself
-is the durable usage ledger in the job store, which these numbers mirror."""
+is the durable usage ledger in the job store, which these numbers mirror.
+
+Nothing here is labelled by key: who used what is the ledger's business, not a scraper's,
+and a per-key label would also grow the series without bound."""
 
 from __future__ import annotations
 
@@ -9,12 +12,12 @@ JOBS_SUBMITTED = Counter("tessera_jobs_submitted_total", "Jobs accepted by the A
 JOBS_FINISHED = Counter(
     "tessera_jobs_finished_total", "Jobs that reached a final status.", ["model", "status"]
 )
-PATCHES = Counter("tessera_patches_total", "16x16-pixel patches billed.", ["model", "key_id"])
+PATCHES = Counter("tessera_patches_total", "16x16-pixel patches billed.", ["model"])
 IMAGES = Counter("tessera_images_total", "Images delivered.", ["model"])
 BILLED = Counter(
     "tessera_billed_usd_total",
     "Amount billed, in US dollars (approximate; see the ledger).",
-    ["model", "key_id"],
+    ["model"],
 )
 JOB_SECONDS = Histogram(
     "tessera_job_seconds",

@@ -20,13 +20,18 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tessera.runtime.api.protocol import ClientDeadlines
 from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.storage.base import PublicDownloads
 from tessera.runtime.worker.options import PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
+# A prompt and its settings fit in a few kilobytes; edits' images travel as URLs, uploads
+# or data URLs (the last within the source limit, so that is the body limit of /v1/images).
+DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 
 
 def parse_origin(value: str) -> str:
@@ -67,6 +72,15 @@ def parse_network(value: str) -> IPv4Network | IPv6Network:
         raise ValueError(f"expected a network such as 10.20.0.0/16, not {value!r}") from None
 
 
+def parse_rates(value: str) -> str:
+    """A ``limits`` rate string (``20/second;600/minute``), checked now rather than at the
+    first request."""
+    from limits import parse_many
+
+    parse_many(value)
+    return value
+
+
 def _networks(value: Any) -> Any:
     return tuple(
         parse_network(item) if isinstance(item, str) else item for item in _comma_separated(value)
@@ -85,6 +99,7 @@ Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
 Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
 Networks = Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode, BeforeValidator(_networks)]
 StorageUrl = Annotated[str, AfterValidator(storage_url)]
+Rates = Annotated[str, AfterValidator(parse_rates)]
 
 
 class _Settings(BaseSettings):
@@ -116,6 +131,23 @@ class ApiSettings(_Settings):
     # many such requests one key may hold open at once (per process).
     openai_wait_seconds: float = Field(default=300.0, gt=0)
     openai_max_waiting: int = Field(default=16, gt=0)
+    # Largest JSON request body, counted as it streams in; an edit may add one source image
+    # as a data URL on top.
+    max_json_bytes: int = Field(default=DEFAULT_MAX_JSON_BYTES, ge=1)
+    # Per-key limits (``limits`` strings); over them the answer is 429 with Retry-After.
+    # Counted in each process: several gateway replicas each count on their own.
+    rate_limit_submit: Rates = RateLimits.submit
+    rate_limit_poll: Rates = RateLimits.poll
+    rate_limit_b64: Rates = RateLimits.b64_mib
+    # An uploaded source image is deleted this long after its upload (jobs keep a copy).
+    upload_ttl: float = Field(default=3600.0, gt=0)
+    # Cut a request whose headers take longer than this, or whose body then arrives slower
+    # than ``min_body_rate`` bytes a second on average.
+    header_timeout: float = Field(default=ClientDeadlines.header_seconds, gt=0)
+    min_body_rate: int = Field(default=ClientDeadlines.min_body_bytes_per_second, ge=0)
+    # Prometheus metrics on their own listener, apart from the API; None: not served.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("cors_origin", mode="after")
     @classmethod

@@ -3,16 +3,22 @@
 A waiter names what it waits for: one job (a long-poll) or any change (a worker waiting for
 work). A change to job N wakes the waiters of N and the waiters of anything, never the
 long-polls of other jobs; a change the store cannot attribute (a bulk sweep, a subscription
-that reconnected and may have missed messages) wakes everyone. A waiter also re-checks the
-store after ``poll_seconds``, for writes it cannot hear (another process on the same SQLite
-file).
+that reconnected and may have missed messages) wakes everyone.
+
+For writes a waiter cannot hear (another process on the same SQLite file) there are two
+ways, chosen by the store:
+
+- with a ``probe`` (a cheap token that changes whenever anything changed, such as SQLite's
+  ``data_version``), one shared task reads it every ``poll_seconds`` while anyone waits and
+  wakes them all when it moves, so two hundred waiters cost one read per poll, not two
+  hundred;
+- without one, each waiter re-checks the store every ``poll_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -22,8 +28,12 @@ T = TypeVar("T")
 
 
 class ChangeSignal:
-    def __init__(self, poll_seconds: float = 0.25):
+    def __init__(
+        self, poll_seconds: float = 0.25, probe: Callable[[], Awaitable[object]] | None = None
+    ):
         self.poll_seconds = poll_seconds
+        self._probe = probe
+        self._poller: asyncio.Task[None] | None = None
         # What each waiter waits for (a job id, or None for any change), to its wake-up.
         self._waiters: dict[asyncio.Event, int | None] = {}
 
@@ -32,6 +42,20 @@ class ChangeSignal:
         for event, waiting_for in self._waiters.items():
             if job_id is None or waiting_for is None or waiting_for == job_id:
                 event.set()
+
+    async def _poll_probe(self) -> None:
+        """While anyone waits: read the probe, and wake everyone when it moves."""
+        assert self._probe is not None
+        try:
+            last = await self._probe()
+            while self._waiters:
+                await asyncio.sleep(self.poll_seconds)
+                token = await self._probe()
+                if token != last:
+                    last = token
+                    self.notify()
+        finally:
+            self._poller = None
 
     async def wait_until(
         self,
@@ -42,23 +66,34 @@ class ChangeSignal:
         """``check()`` until it returns something, re-run when ``job_id`` (None: anything)
         changes; None at the timeout.
 
+        The first check always runs; later ones are cut at the deadline, so a waiter answers
+        on time even when the store is slow to answer checks (hundreds of waiters share it).
         The waiter is registered before each check, so a change that lands between the
         check and the sleep still wakes it at once.
         """
-        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         woken = asyncio.Event()
         self._waiters[woken] = job_id
+        # With a shared probe, a waiter sleeps until woken; without, it re-checks on a timer.
+        nap = None if self._probe is not None else self.poll_seconds
         try:
-            while True:
-                woken.clear()
-                value = await check()
-                remaining = deadline - time.monotonic()
-                if value is not None or remaining <= 0:
-                    return value
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout=min(remaining, self.poll_seconds))
+            value = await check()
+            if value is not None or timeout <= 0:
+                return value
+            if self._probe is not None and self._poller is None:
+                self._poller = loop.create_task(self._poll_probe())
+            async with asyncio.timeout_at(deadline):
+                while value is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), nap)
+                    woken.clear()
+                    value = await check()
+        except TimeoutError:
+            return None
         finally:
             del self._waiters[woken]
+        return value
 
     async def wait_for_status(
         self,
@@ -67,10 +102,16 @@ class ChangeSignal:
         status: JobStatus,
         timeout: float,
     ) -> Job:
-        """The job once its status is no longer ``status``, or as it is at the timeout."""
+        """The job once its status is no longer ``status``, or as last read at the timeout."""
+        latest: Job | None = None
 
         async def changed() -> Job | None:
-            job = await get(job_id)
-            return job if job.status is not status else None
+            nonlocal latest
+            latest = await get(job_id)
+            return latest if latest.status is not status else None
 
-        return await self.wait_until(changed, timeout, job_id) or await get(job_id)
+        found = await self.wait_until(changed, timeout, job_id)
+        if found is not None:
+            return found
+        assert latest is not None  # the first check always completes
+        return latest

@@ -21,8 +21,8 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import Message
 
+from tessera.runtime.api.bodylimit import BodyTooLarge
 from tessera.runtime.errors import InvalidParameter, PayloadTooLarge
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.openai.schema import EditFields, check_image_count
@@ -104,23 +104,16 @@ async def edit_form(request: Request, settings: OpenAISettings) -> AsyncIterator
     if declared.isdigit() and int(declared) > settings.max_body_bytes:
         raise _too_large(settings.max_body_bytes)
 
-    received = 0
-
-    async def counted() -> Message:
-        nonlocal received
-        message = await request.receive()
-        received += len(message.get("body", b""))
-        if received > settings.max_body_bytes:
-            raise _too_large(settings.max_body_bytes)
-        return message
-
     try:
         # One more file than images, for a mask (refused later, with the reason).
-        form = await Request(request.scope, counted).form(
+        # The app's BodyLimit counts the body as it streams (at max_body_bytes for this route).
+        form = await request.form(
             max_files=settings.max_files + 1,
             max_fields=settings.max_fields,
             max_part_size=settings.max_field_bytes,
         )
+    except BodyTooLarge:
+        raise _too_large(settings.max_body_bytes) from None
     except HTTPException as error:
         raise InvalidParameter(
             f"the multipart body is refused: {error.detail}", rule="multipart"

@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import httpx
 import obstore
-from obstore.exceptions import BaseError
+from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
 from obstore.store import S3Store
 
 from tessera.runtime.errors import FileNotFound, StorageUnavailable
@@ -86,13 +86,40 @@ class S3FileStore:
         self._signed_base: str | None = None
 
     async def put(self, key: str, data: bytes) -> None:
+        await self._put(key, data, "overwrite")
+
+    async def create(self, key: str, data: bytes) -> bool:
+        # A conditional PUT (If-None-Match: *): the store, not this process, decides a race.
+        try:
+            await self._put(key, data, "create")
+        except StorageUnavailable as error:
+            if isinstance(error.__cause__, AlreadyExistsError | PreconditionError):
+                return False
+            raise
+        return True
+
+    async def _put(self, key: str, data: bytes, mode: Literal["overwrite", "create"]) -> None:
         with _translated(key):
             await obstore.put_async(
                 self._store,
                 check_key(key),
                 data,
                 attributes={"Content-Type": content_type_for(key)},
+                mode=mode,
             )
+
+    async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
+        with _translated(prefix):
+            stale = [
+                meta["path"]
+                async for batch in obstore.list(self._store, check_key(prefix) + "/")
+                for meta in batch
+                if meta["last_modified"] < cutoff
+            ]
+            if stale:
+                await obstore.delete_async(self._store, stale)
+        return len(stale)
 
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         with _translated(key):

@@ -109,8 +109,8 @@ class Worker:
             metrics.JOB_SECONDS.labels(job.model, "run").observe(time.monotonic() - started)
             metrics.JOBS_FINISHED.labels(job.model, "completed").inc()
             metrics.IMAGES.labels(job.model).inc(len(result.images))
-            metrics.PATCHES.labels(job.model, job.key_id).inc(result.patches)
-            metrics.BILLED.labels(job.model, job.key_id).inc(float(result.price))
+            metrics.PATCHES.labels(job.model).inc(result.patches)
+            metrics.BILLED.labels(job.model).inc(float(result.price))
 
     async def _finish(self, job: Job, write: Callable[[], Awaitable[Job]]) -> bool:
         try:

@@ -19,7 +19,7 @@ from tessera.runtime.config import DEMO_DESCRIPTION, DEMO_LIMITS, DEMO_MODELS
 from tessera.runtime.imagemodel import API_VERSION, KIND
 from tests.support.redis_server import RedisServer
 from tests.support.s3_server import S3Server
-from tests.support.server import KEYS, ServerProcess, folder_files
+from tests.support.server import KEYS, ServerProcess, folder_files, free_port
 from tests.support.worker import WorkerProcess
 
 
@@ -89,6 +89,7 @@ class GatewayDeployment:
             keys=self.keys,
             command=(*command, "--models", str(models)),
             extra_args=extra,
+            metrics_port=free_port(),
             env={"TESSERA_SIGNING_SECRET": self.signing_secret, **self.storage_env},
         )
 
@@ -143,7 +144,8 @@ class GatewayDeployment:
     @property
     def metrics_urls(self) -> list[str]:
         """The gateways count submissions; the workers count what they ran and billed."""
-        return [p.base_url + "/metrics/" for p in [*self.gateways, *self.workers]]
+        workers = [worker.base_url + "/metrics/" for worker in self.workers]
+        return [url for gateway in self.gateways for url in gateway.metrics_urls] + workers
 
     @property
     def results_url(self) -> str:

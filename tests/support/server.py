@@ -82,6 +82,10 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     # The ``tessera`` of another environment (a clean install) instead of this one's.
     executable: str | None = None
+    # Another checkout's interpreter runs that checkout's server (benchmarks compare them).
+    python: str = sys.executable
+    # Where the server publishes Prometheus metrics (--metrics-port); None: nowhere.
+    metrics_port: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -113,8 +117,10 @@ class ServerProcess:
 
     @property
     def metrics_urls(self) -> list[str]:
-        """Every Prometheus endpoint of this deployment: one process here."""
-        return [self.base_url + "/metrics/"]
+        """Every Prometheus endpoint of this deployment: one process here, off its API port."""
+        return (
+            [] if self.metrics_port is None else [f"http://127.0.0.1:{self.metrics_port}/metrics"]
+        )
 
     def start(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
         self.spawn()
@@ -131,8 +137,9 @@ class ServerProcess:
         }
         arguments = self.command or ("serve", "--demo", "--data-dir", str(self.data_dir))
         launcher = (
-            [self.executable] if self.executable else [sys.executable, "-m", "tessera.runtime.cli"]
+            [self.executable] if self.executable else [self.python, "-m", "tessera.runtime.cli"]
         )
+        metrics = () if self.metrics_port is None else ("--metrics-port", str(self.metrics_port))
         command = [
             *launcher,
             *arguments,
@@ -140,6 +147,7 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *metrics,
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:

@@ -55,3 +55,15 @@ def test_an_openai_limit_that_would_refuse_everything_is_refused(
         settings_from(ServeSettings, build_parser().parse_args(["serve", flag, given]))
     assert exit_.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--rate-limit-submit", "--rate-limit-poll", "--rate-limit-b64"])
+def test_a_rate_limit_that_cannot_be_parsed_is_refused(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", flag, "ten per second"])
+    assert exit_.value.code == 2
+    assert "ten per second" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve", flag, "5/second;100/minute"])
+    assert "5/second;100/minute" in vars(args).values()
