@@ -172,10 +172,17 @@ def test_the_demo_worker_really_runs_and_completes_a_job(
     assert job.result is not None
     image = Image.open(io.BytesIO((results / job.result.images[0].key).read_bytes()))
     assert image.size == (96, 64)
-    status = json.loads(
-        local_cluster.kubectl("-n", namespace, "get", "im", MODEL, "-o", "json").stdout
-    )["status"]
-    assert status["readyReplicas"] == 1
+
+    def status() -> dict[str, Any]:
+        answer = local_cluster.kubectl("-n", namespace, "get", "im", MODEL, "-o", "json")
+        return dict(json.loads(answer.stdout)["status"])
+
+    # The operator writes status from the Deployment it watches, a moment after the pod.
+    wait_until(
+        "the ImageModel to count its ready worker",
+        lambda: status().get("readyReplicas") == 1,
+        explain=lambda: json.dumps(status()),
+    )
 
 
 def test_a_worker_killed_with_sigkill_is_restarted_and_its_job_completes(

@@ -64,6 +64,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Shared test servers answer many tests with one key; rate limits have tests of their own
+# (tests/api/test_hostile_clients.py), whose flags come later and win.
+UNTRIPPED_RATE_LIMITS = (
+    "--rate-limit-submit",
+    "100000/second",
+    "--rate-limit-poll",
+    "100000/second",
+    "--rate-limit-b64",
+    "100000/second",
+)
+
+
 @dataclass
 class ServerProcess:
     """``tessera serve --demo`` with known keys; ``start`` waits until jobs can run.
@@ -148,6 +160,7 @@ class ServerProcess:
             "--port",
             str(self.port),
             *metrics,
+            *UNTRIPPED_RATE_LIMITS,
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
