@@ -171,6 +171,7 @@ def _worker(args: argparse.Namespace) -> int:
         task=Task(args.task),
         storage=storage,
         port=args.port,
+        host=args.host,
         device=args.device,
         dtype=args.dtype,
     )
@@ -245,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", type=Path, help="folder for results (default: beside a sqlite queue)"
     )
     worker.add_argument("--port", type=int, default=8080, help="health and metrics port")
+    worker.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104 - a worker's probes come from outside its pod
+        help="address the health and metrics port listens on",
+    )
     worker.add_argument("--device", help="torch device (default: cuda if any, else cpu)")
     worker.add_argument("--dtype", help="torch dtype, e.g. bfloat16 (default per device)")
     worker.set_defaults(handler=_worker)

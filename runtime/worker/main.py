@@ -43,6 +43,9 @@ class WorkerSettings:
     task: Task
     storage: Path
     port: int = 8080
+    # All interfaces by default; in a pod, its own address ($(POD_IP)), so that workers
+    # sharing one network (local test nodes) can each take the same port.
+    host: str = "0.0.0.0"  # noqa: S104
     device: str | None = None
     dtype: str | None = None
     lease_seconds: float = 60.0
@@ -100,7 +103,9 @@ async def run_worker(settings: WorkerSettings) -> None:
     store = open_store(settings.queue, StorePolicy(lease_seconds=settings.lease_seconds))
     state: dict[str, Any] = {"ready": False}
     server = _HealthServer(
-        uvicorn.Config(health_app(state), host="0.0.0.0", port=settings.port, log_level="warning")  # noqa: S104
+        uvicorn.Config(
+            health_app(state), host=settings.host, port=settings.port, log_level="warning"
+        )
     )
     stop = asyncio.Event()
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tessera.operator import render
 from tests.cluster.harness import Cluster
 from tests.support import waiting
 from tests.support.server import free_port
@@ -50,6 +51,45 @@ def install_crds(cluster: Cluster) -> None:
         lambda: cluster.kubectl("get", "imagemodels", "-A", check=False).returncode == 0,
         timeout=30,
     )
+
+
+def create_results_claim(cluster: Cluster, namespace: str, folder: Path) -> Path:
+    """The claim workers write results to (``tessera-results``), bound to a hostPath
+    volume on ``folder``: what the chart provides, with no storage provisioner here.
+
+    On local nodes the workers write into ``folder`` itself, so a test reads the images
+    there. Returns ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = f"{namespace}-results"
+    claim = render.DEFAULT_RESULTS_CLAIM
+    cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "claimRef": {"namespace": namespace, "name": claim},
+                    "hostPath": {"path": str(folder)},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "resources": {"requests": {"storage": "10Gi"}},
+                    "storageClassName": "",
+                    "volumeName": volume,
+                },
+            },
+        ]
+    )
+    return folder
 
 
 def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:

@@ -25,6 +25,7 @@ from .process import (
     CRDS,
     OperatorError,
     OperatorProcess,
+    create_results_claim,
     install_crds,
     service_account_kubeconfig,
     wait_until,
@@ -45,13 +46,15 @@ def cluster(kube_cluster: Cluster) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def namespace(cluster: Cluster) -> Iterator[str]:
+def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = f"op-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     wait_until(
         f"the default service account in {name}",
         lambda: cluster.kubectl("-n", name, "get", "sa", "default", check=False).returncode == 0,
     )
+    # Workers mount the results claim: without it the scheduler would not place them.
+    create_results_claim(cluster, name, tmp_path_factory.mktemp("results"))
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
