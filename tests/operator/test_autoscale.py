@@ -1,0 +1,318 @@
+"""``decide``, rule by rule: each case names one rule and the smallest history that shows it.
+
+A case is a run of observations at given times, fed through ``decide`` with the state each
+decision leaves (and, like the Deployment, the replicas it asked for); the last decision is
+checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+
+from tessera.operator.autoscale import (
+    SCALE_UP_PERIOD_SECONDS,
+    Decision,
+    Observed,
+    Policy,
+    Recommendation,
+    ScalingReason,
+    State,
+    decide,
+)
+
+T0 = 1_800_000_000.0  # any clock: decide only subtracts
+POLICY = Policy(
+    min_replicas=0,
+    max_replicas=10,
+    target_per_replica=4,
+    scale_down_delay_seconds=300,
+    scale_up_step=10,
+    capacity_wait_seconds=120,
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """At ``at`` seconds: queued, in progress, and pods Pending with no node."""
+
+    at: float
+    queued: int
+    in_progress: int = 0
+    unschedulable: int = 0
+
+
+def run(
+    steps: list[Step], policy: Policy = POLICY, replicas: int = 0, state: State | None = None
+) -> Decision:
+    state = state or State()
+    decision = None
+    for step in steps:
+        observed = Observed(step.queued, step.in_progress, replicas, step.unschedulable)
+        decision = decide(observed, policy, state, T0 + step.at)
+        state, replicas = decision.state, decision.replicas
+    assert decision is not None
+    return decision
+
+
+CASES: dict[str, tuple[list[Step], Policy, int, int, str, str]] = {
+    # name: (observations, policy, starting replicas, replicas, reason, words in the message)
+    "a first job at zero starts a replica at once": (
+        [Step(0, 1)],
+        POLICY,
+        0,
+        1,
+        ScalingReason.SCALED_UP,
+        "Scaled 0 -> 1: 1 job in backlog, 4 per replica",
+    ),
+    "backlog counts queued and in progress: 19 jobs at 4 a replica is 5": (
+        [Step(0, 3, 16)],
+        POLICY,
+        3,
+        5,
+        ScalingReason.SCALED_UP,
+        "Scaled 3 -> 5: 19 jobs in backlog, 4 per replica",
+    ),
+    "in-progress jobs alone keep their replicas (not a queue-length scaler)": (
+        [Step(0, 8), Step(400, 0, 8)],
+        POLICY,
+        0,
+        2,
+        ScalingReason.STEADY,
+        "8 jobs in backlog",
+    ),
+    "wanted is clamped to maxReplicas": (
+        [Step(0, 100)],
+        POLICY,
+        0,
+        10,
+        ScalingReason.SCALED_UP,
+        "Scaled 0 -> 10",
+    ),
+    "minReplicas holds with nothing to do": (
+        [Step(0, 0), Step(10_000, 0)],
+        replace(POLICY, min_replicas=2),
+        2,
+        2,
+        ScalingReason.STEADY,
+        "2 replicas for 0 jobs",
+    ),
+    "minReplicas raised above the current count scales up": (
+        [Step(0, 0)],
+        replace(POLICY, min_replicas=3),
+        1,
+        3,
+        ScalingReason.SCALED_UP,
+        "Scaled 1 -> 3",
+    ),
+    "a burst beyond the step adds one step now": (
+        [Step(0, 40)],
+        replace(POLICY, scale_up_step=3),
+        0,
+        3,
+        ScalingReason.SCALED_UP,
+        "Scaled 0 -> 3",
+    ),
+    "more wake-ups within the period add nothing more": (
+        [Step(0, 40), Step(1, 40), Step(SCALE_UP_PERIOD_SECONDS - 1, 41)],
+        replace(POLICY, scale_up_step=3),
+        0,
+        3,
+        ScalingReason.STEP_LIMITED,
+        "at most 3 are added per 15 s",
+    ),
+    "the next period adds the next step": (
+        [Step(0, 40), Step(1, 40), Step(SCALE_UP_PERIOD_SECONDS, 40)],
+        replace(POLICY, scale_up_step=3),
+        0,
+        6,
+        ScalingReason.SCALED_UP,
+        "Scaled 3 -> 6",
+    ),
+    "a lull shorter than the window removes nothing": (
+        [Step(0, 20), Step(60, 4), Step(299, 4)],
+        POLICY,
+        0,
+        5,
+        ScalingReason.STABILIZING,
+        "1 wanted now, 5 within the last 300 s; keeping 5",
+    ),
+    "down to the most wanted within the window once it passes": (
+        [Step(0, 20), Step(60, 12), Step(120, 4), Step(359, 4)],
+        POLICY,
+        0,
+        3,
+        ScalingReason.SCALED_DOWN,
+        "Scaled 5 -> 3: 4 jobs in backlog, 4 per replica; 3 is the most wanted in the last 300 s",
+    ),
+    "to zero after a whole window idle": (
+        [Step(0, 1), Step(5, 0), Step(300, 0)],
+        POLICY,
+        0,
+        0,
+        ScalingReason.SCALED_TO_ZERO,
+        "Scaled 1 -> 0: no jobs for 300 s; releasing every GPU",
+    ),
+    "not to zero a moment before the window ends": (
+        [Step(0, 1), Step(5, 0), Step(299, 0)],
+        POLICY,
+        0,
+        1,
+        ScalingReason.STABILIZING,
+        "keeping 1",
+    ),
+    "never below the replicas still running jobs": (
+        [Step(0, 0, 3)],
+        replace(POLICY, scale_down_delay_seconds=0),
+        3,
+        3,
+        ScalingReason.BUSY,
+        "1 wanted, but 3 replicas still run jobs",
+    ),
+    "never below running jobs after the window either": (
+        [Step(0, 40), Step(10, 0, 2), Step(400, 0, 2)],
+        replace(POLICY, target_per_replica=8),
+        0,
+        2,
+        ScalingReason.SCALED_DOWN,
+        "Scaled 5 -> 2",
+    ),
+    "a long job keeps its replica past the window, at zero minReplicas": (
+        [Step(0, 0, 1), Step(1_000, 0, 1)],
+        POLICY,
+        1,
+        1,
+        ScalingReason.STEADY,
+        "1 replica for 1 job",
+    ),
+    "busy replicas hold a scale-down the window allows": (
+        [Step(0, 0, 2)],
+        replace(POLICY, scale_down_delay_seconds=0),
+        3,
+        2,
+        ScalingReason.SCALED_DOWN,
+        "Scaled 3 -> 2",
+    ),
+    "no delay: straight down with the backlog": (
+        [Step(0, 20), Step(1, 0)],
+        replace(POLICY, scale_down_delay_seconds=0),
+        0,
+        0,
+        ScalingReason.SCALED_TO_ZERO,
+        "Scaled 5 -> 0",
+    ),
+    "GPU shortage: Pending replicas stop the request growing": (
+        [Step(0, 20), Step(10, 40, 0, 3)],
+        POLICY,
+        0,
+        5,
+        ScalingReason.WAITING_FOR_CAPACITY,
+        "3 of 5 replicas Pending with no node for 0 s; asking for no more",
+    ),
+    "GPU shortage: Pending replicas are kept while nodes may come": (
+        [Step(0, 20), Step(10, 40, 0, 3), Step(129, 40, 0, 3)],
+        POLICY,
+        0,
+        5,
+        ScalingReason.WAITING_FOR_CAPACITY,
+        "keeping them 1 s more in case nodes are being added",
+    ),
+    "GPU shortage: after the wait, ask only for what fits": (
+        [Step(0, 20), Step(10, 40, 0, 3), Step(130, 40, 0, 3)],
+        POLICY,
+        0,
+        2,
+        ScalingReason.CAPACITY_EXHAUSTED,
+        "Scaled 5 -> 2: 3 of 5 replicas Pending with no node for 120 s",
+    ),
+    "GPU shortage: what fits is not grown again until the wait has passed": (
+        [Step(0, 20), Step(10, 40, 0, 3), Step(130, 40, 0, 3), Step(140, 40), Step(249, 40)],
+        POLICY,
+        0,
+        2,
+        ScalingReason.CAPACITY_EXHAUSTED,
+        "2 replicas is what fitted 119 s ago; trying for 10 in 1 s",
+    ),
+    "GPU shortage: then it tries again, one step": (
+        [Step(0, 20), Step(10, 40, 0, 3), Step(130, 40, 0, 3), Step(250, 40)],
+        POLICY,
+        0,
+        10,
+        ScalingReason.SCALED_UP,
+        "Scaled 2 -> 10",
+    ),
+    "GPU shortage: Pending replicas go when the work goes": (
+        [Step(0, 20), Step(10, 0, 0, 3), Step(310, 0, 0, 3)],
+        POLICY,
+        0,
+        0,
+        ScalingReason.SCALED_TO_ZERO,
+        "Scaled 5 -> 0",
+    ),
+    "GPU shortage: minReplicas is not shed": (
+        [Step(0, 0, 0, 2), Step(200, 0, 0, 2)],
+        replace(POLICY, min_replicas=2),
+        2,
+        2,
+        ScalingReason.WAITING_FOR_CAPACITY,
+        "all of them needed",
+    ),
+    "manual mode leaves the replicas alone and still reports demand": (
+        [Step(0, 40)],
+        replace(POLICY, manual=True),
+        1,
+        1,
+        ScalingReason.MANUAL,
+        "scaling.mode is Manual: 1 replica as set (40 jobs in backlog, 4 per replica)",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("steps", "policy", "start", "replicas", "reason", "words"),
+    list(CASES.values()),
+    ids=list(CASES),
+)
+def test_rule(
+    steps: list[Step], policy: Policy, start: int, replicas: int, reason: str, words: str
+) -> None:
+    decision = run(steps, policy, start)
+    assert (decision.replicas, decision.reason) == (replicas, reason), decision.message
+    assert words in decision.message
+
+
+def test_wanted_is_reported_before_the_rate_rules() -> None:
+    decision = run([Step(0, 40)], replace(POLICY, scale_up_step=3))
+    assert (decision.replicas, decision.wanted) == (3, 10)
+
+
+def test_the_window_keeps_one_entry_per_falling_maximum() -> None:
+    steps = [Step(float(t), q) for t, q in enumerate([20, 4, 12, 8, 8, 8, 4, 0])]
+    state = run(steps).state
+    assert [r.replicas for r in state.window] == [5, 3, 2, 1, 0]
+
+
+def test_state_survives_a_round_trip_through_status() -> None:
+    """What a restarted operator reads back decides exactly as the state it wrote."""
+    steps = [Step(0, 20), Step(10, 40, 0, 3), Step(130, 40, 0, 3), Step(140, 8)]
+    state = run(steps).state
+    assert state.capacity_ceiling == 2
+    restored = State.from_status(state.to_status())
+    for later in (Step(200, 8), Step(260, 40), Step(600, 0)):
+        observed = Observed(later.queued, later.in_progress, 2)
+        a = decide(observed, POLICY, state, T0 + later.at)
+        b = decide(observed, POLICY, restored, T0 + later.at)
+        assert (a.replicas, a.reason, a.message) == (b.replicas, b.reason, b.message)
+
+
+def test_unreadable_status_starts_afresh() -> None:
+    state = State.from_status(
+        {"lastActiveTime": "yesterday", "recommendations": [{"time": 3, "replicas": 2}]}
+    )
+    assert state == State()
+
+
+def test_times_keep_milliseconds() -> None:
+    state = State(last_active=T0 + 0.123, window=(Recommendation(T0 + 0.5, 1),))
+    assert State.from_status(state.to_status()) == state
