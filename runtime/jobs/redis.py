@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -237,19 +238,8 @@ class RedisJobStore:
             self._listener = asyncio.create_task(self._relay_events())
 
     async def _relay_events(self) -> None:
-        pattern = f"{self.prefix}:*:events"
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.psubscribe(pattern)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "pmessage":
-                            await self._changes.notify()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as error:
-                log.warning("lost the Redis event subscription (%s); retrying", error)
-                await asyncio.sleep(1)
+        async for _ in self.changed_models():
+            await self._changes.notify()
 
     async def _model_of(self, job_id: int) -> str:
         model = await self._call(self._redis.get(f"{self.prefix}:job:{job_id}:model"))
@@ -385,9 +375,35 @@ class RedisJobStore:
         return await self._changes.wait_for_status(self.get, job_id, status, timeout)
 
     async def queue_depth(self, model: str) -> QueueDepth:
-        queued = await self._call(self._redis.llen(self._model_key(model, "queue")))
-        running = await self._call(self._redis.zcard(self._model_key(model, "leases")))
-        return QueueDepth(queued=int(queued), in_progress=int(running))
+        return (await self.queue_depths([model]))[model]
+
+    async def queue_depths(self, models: Sequence[str]) -> dict[str, QueueDepth]:
+        """Every model's depth in one round trip: the autoscaler reads hundreds at once."""
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            pipe.llen(self._model_key(model, "queue"))
+            pipe.zcard(self._model_key(model, "leases"))
+        counts = await self._call(pipe.execute())
+        return {
+            model: QueueDepth(queued=int(counts[2 * i]), in_progress=int(counts[2 * i + 1]))
+            for i, model in enumerate(models)
+        }
+
+    async def changed_models(self) -> AsyncIterator[str]:
+        """The model of every job that is submitted or changes status, as it happens (from
+        the events channels; a reconnect may drop some, so callers also poll)."""
+        pattern = f"{self.prefix}:*:events"
+        start = len(self.prefix) + 2  # past "tessera:{"
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(pattern)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "pmessage":
+                            yield str(message["channel"])[start : -len("}:events")]
+            except (RedisError, OSError) as error:
+                log.warning("lost the Redis event subscription (%s); retrying", error)
+                await asyncio.sleep(1)
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
         records: list[dict[str, Any]] = []
