@@ -112,32 +112,45 @@ class State:
     capacity_found_at: float | None = None
 
     def to_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        """The fields of status.autoscaling that hold this state; None clears a field (the
+        status is written as a JSON merge patch).
+
+        The newest recommendation is stored without its time: it is always "now", and a
+        restarted operator takes it as wanted at the moment it restarts, which can only
+        delay a scale-down. Stored thus, a steady model's state does not change between
+        decisions, and costs no writes.
+        """
+        *earlier, newest = self.window or (Recommendation(0, 0),)
+        return {
             "lastActiveTime": _time(self.last_active),
             "scaleUpPeriodStart": _time(self.scale_up_at),
             "scaleUpBase": self.scale_up_base if self.scale_up_at is not None else None,
-            "recommendations": [{"time": _time(r.at), "replicas": r.replicas} for r in self.window],
+            "wantedReplicas": newest.replicas if self.window else None,
+            "recommendations": [{"time": _time(r.at), "replicas": r.replicas} for r in earlier],
             "unschedulableSince": _time(self.unschedulable_since),
             "capacityCeiling": self.capacity_ceiling,
             "capacityFoundTime": _time(self.capacity_found_at),
         }
-        return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
-    def from_status(cls, status: Mapping[str, Any] | None) -> State:
-        """The state an earlier decision stored; anything unreadable starts afresh."""
+    def from_status(cls, status: Mapping[str, Any] | None, now: float) -> State:
+        """The state an earlier decision stored, as of ``now``; anything unreadable is
+        left out."""
         status = status or {}
-        window = tuple(
+        window = [
             Recommendation(at, int(r["replicas"]))
             for r in status.get("recommendations") or ()
             if isinstance(r, Mapping) and (at := _seconds(r.get("time"))) is not None
-        )
+        ]
+        wanted = status.get("wantedReplicas")
+        if isinstance(wanted, int):
+            window.append(Recommendation(now, wanted))
         ceiling = status.get("capacityCeiling")
         return cls(
             last_active=_seconds(status.get("lastActiveTime")),
             scale_up_at=_seconds(status.get("scaleUpPeriodStart")),
             scale_up_base=int(status.get("scaleUpBase") or 0),
-            window=window,
+            window=tuple(window),
             unschedulable_since=_seconds(status.get("unschedulableSince")),
             capacity_ceiling=int(ceiling) if ceiling is not None else None,
             capacity_found_at=_seconds(status.get("capacityFoundTime")),
@@ -159,6 +172,11 @@ def _time(seconds: float | None) -> str | None:
         return None
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clock(seconds: float) -> str:
+    """A time of day for messages: they stay the same from one decision to the next."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%H:%M:%SZ")
 
 
 def _seconds(text: Any) -> float | None:
@@ -248,11 +266,12 @@ def decide(observed: Observed, policy: Policy, state: State, now: float) -> Deci
         waited = now - (state.unschedulable_since or now)
         pending = f"{observed.unschedulable} of {_replicas(current)} Pending with no node"
         if waited < policy.capacity_wait_seconds:
-            left = policy.capacity_wait_seconds - waited
+            since = state.unschedulable_since or now
             return hold(
                 ScalingReason.WAITING_FOR_CAPACITY,
-                f"{pending} for {waited:.0f} s; asking for no more and keeping them "
-                f"{left:.0f} s more in case nodes are being added ({demand})",
+                f"{pending} since {_clock(since)}; asking for no more, and keeping them until "
+                f"{_clock(since + policy.capacity_wait_seconds)} in case nodes are being added "
+                f"({demand})",
             )
         fits = max(current - observed.unschedulable, observed.busy, policy.min_replicas)
         if fits < current:
@@ -267,19 +286,21 @@ def decide(observed: Observed, policy: Policy, state: State, now: float) -> Deci
             )
         return hold(
             ScalingReason.WAITING_FOR_CAPACITY,
-            f"{pending} for {waited:.0f} s, all of them needed (minReplicas or running jobs)",
+            f"{pending} since {_clock(now - waited)}, all of them needed (minReplicas or "
+            "running jobs)",
         )
 
     # -- up --------------------------------------------------------------------------------
     if wanted > current:
         ceiling = state.capacity_ceiling
         if ceiling is not None and state.capacity_found_at is not None:
-            since = now - state.capacity_found_at
-            if since < policy.capacity_wait_seconds and current >= ceiling:
+            found = state.capacity_found_at
+            if now - found < policy.capacity_wait_seconds and current >= ceiling:
                 return hold(
                     ScalingReason.CAPACITY_EXHAUSTED,
-                    f"{_replicas(ceiling)} is what fitted {since:.0f} s ago; trying for "
-                    f"{wanted} in {policy.capacity_wait_seconds - since:.0f} s ({demand})",
+                    f"{_replicas(ceiling)} is what fitted at {_clock(found)}; trying for "
+                    f"{wanted} again at {_clock(found + policy.capacity_wait_seconds)} "
+                    f"({demand})",
                 )
         in_period = (
             state.scale_up_at is not None and now - state.scale_up_at < SCALE_UP_PERIOD_SECONDS

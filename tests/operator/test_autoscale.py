@@ -208,7 +208,7 @@ CASES: dict[str, tuple[list[Step], Policy, int, int, str, str]] = {
         0,
         5,
         ScalingReason.WAITING_FOR_CAPACITY,
-        "3 of 5 replicas Pending with no node for 0 s; asking for no more",
+        "3 of 5 replicas Pending with no node since 08:00:10Z; asking for no more",
     ),
     "GPU shortage: Pending replicas are kept while nodes may come": (
         [Step(0, 20), Step(10, 40, 0, 3), Step(129, 40, 0, 3)],
@@ -216,7 +216,7 @@ CASES: dict[str, tuple[list[Step], Policy, int, int, str, str]] = {
         0,
         5,
         ScalingReason.WAITING_FOR_CAPACITY,
-        "keeping them 1 s more in case nodes are being added",
+        "keeping them until 08:02:10Z in case nodes are being added",
     ),
     "GPU shortage: after the wait, ask only for what fits": (
         [Step(0, 20), Step(10, 40, 0, 3), Step(130, 40, 0, 3)],
@@ -232,7 +232,7 @@ CASES: dict[str, tuple[list[Step], Policy, int, int, str, str]] = {
         0,
         2,
         ScalingReason.CAPACITY_EXHAUSTED,
-        "2 replicas is what fitted 119 s ago; trying for 10 in 1 s",
+        "2 replicas is what fitted at 08:02:10Z; trying for 10 again at 08:04:10Z",
     ),
     "GPU shortage: then it tries again, one step": (
         [Step(0, 20), Step(10, 40, 0, 3), Step(130, 40, 0, 3), Step(250, 40)],
@@ -294,11 +294,12 @@ def test_the_window_keeps_one_entry_per_falling_maximum() -> None:
 
 
 def test_state_survives_a_round_trip_through_status() -> None:
-    """What a restarted operator reads back decides exactly as the state it wrote."""
+    """What a restarted operator reads back decides as the state it wrote."""
     steps = [Step(0, 20), Step(10, 40, 0, 3), Step(130, 40, 0, 3), Step(140, 8)]
     state = run(steps).state
     assert state.capacity_ceiling == 2
-    restored = State.from_status(state.to_status())
+    restored = State.from_status(state.to_status(), T0 + 140)
+    assert restored == state
     for later in (Step(200, 8), Step(260, 40), Step(600, 0)):
         observed = Observed(later.queued, later.in_progress, 2)
         a = decide(observed, POLICY, state, T0 + later.at)
@@ -306,13 +307,33 @@ def test_state_survives_a_round_trip_through_status() -> None:
         assert (a.replicas, a.reason, a.message) == (b.replicas, b.reason, b.message)
 
 
-def test_unreadable_status_starts_afresh() -> None:
+def test_a_restart_can_only_delay_a_scale_down() -> None:
+    """The newest recommendation comes back as wanted at the restart, not earlier."""
+    state = run([Step(0, 20), Step(10, 20)]).state
+    restored = State.from_status(state.to_status(), T0 + 200)
+    observed = Observed(0, 0, 5)
+    assert decide(observed, POLICY, state, T0 + 311).reason == ScalingReason.SCALED_TO_ZERO
+    assert decide(observed, POLICY, restored, T0 + 311).reason == ScalingReason.STABILIZING
+    assert decide(observed, POLICY, restored, T0 + 500).reason == ScalingReason.SCALED_TO_ZERO
+
+
+def test_a_steady_state_stores_the_same_status_at_every_decision() -> None:
+    """No write for an idle model: hundreds of them cost nothing."""
+    idle = replace(POLICY, min_replicas=1)
+    first = run([Step(0, 0)], idle, replicas=1).state
+    later = run([Step(0, 0), Step(30, 0), Step(600, 0)], idle, replicas=1).state
+    assert first.to_status() == later.to_status()
+
+
+def test_unreadable_status_is_left_out() -> None:
     state = State.from_status(
-        {"lastActiveTime": "yesterday", "recommendations": [{"time": 3, "replicas": 2}]}
+        {"lastActiveTime": "yesterday", "recommendations": [{"time": 3, "replicas": 2}]}, T0
     )
     assert state == State()
 
 
 def test_times_keep_milliseconds() -> None:
     state = State(last_active=T0 + 0.123, window=(Recommendation(T0 + 0.5, 1),))
-    assert State.from_status(state.to_status()) == state
+    restored = State.from_status(state.to_status(), T0 + 9)
+    assert restored.last_active == state.last_active
+    assert restored.window == (Recommendation(T0 + 9, 1),)
