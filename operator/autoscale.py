@@ -126,7 +126,7 @@ class State:
             "scaleUpPeriodStart": _time(self.scale_up_at),
             "scaleUpBase": self.scale_up_base if self.scale_up_at is not None else None,
             "wantedReplicas": newest.replicas if self.window else None,
-            "recommendations": [{"time": _time(r.at), "replicas": r.replicas} for r in earlier],
+            "recommendations": [{"time": iso_time(r.at), "replicas": r.replicas} for r in earlier],
             "unschedulableSince": _time(self.unschedulable_since),
             "capacityCeiling": self.capacity_ceiling,
             "capacityFoundTime": _time(self.capacity_found_at),
@@ -167,11 +167,13 @@ class Decision:
     state: State = field(default_factory=State)
 
 
-def _time(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
+def iso_time(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _time(seconds: float | None) -> str | None:
+    return None if seconds is None else iso_time(seconds)
 
 
 def _clock(seconds: float) -> str:
@@ -263,15 +265,15 @@ def decide(observed: Observed, policy: Policy, state: State, now: float) -> Deci
 
     # -- GPU shortage ----------------------------------------------------------------------
     if observed.unschedulable:
-        waited = now - (state.unschedulable_since or now)
+        pending_since = state.unschedulable_since or now
+        waited = now - pending_since
         pending = f"{observed.unschedulable} of {_replicas(current)} Pending with no node"
         if waited < policy.capacity_wait_seconds:
-            since = state.unschedulable_since or now
+            until = pending_since + policy.capacity_wait_seconds
             return hold(
                 ScalingReason.WAITING_FOR_CAPACITY,
-                f"{pending} since {_clock(since)}; asking for no more, and keeping them until "
-                f"{_clock(since + policy.capacity_wait_seconds)} in case nodes are being added "
-                f"({demand})",
+                f"{pending} since {_clock(pending_since)}; asking for no more, and keeping them "
+                f"until {_clock(until)} in case nodes are being added ({demand})",
             )
         fits = max(current - observed.unschedulable, observed.busy, policy.min_replicas)
         if fits < current:
@@ -286,7 +288,7 @@ def decide(observed: Observed, policy: Policy, state: State, now: float) -> Deci
             )
         return hold(
             ScalingReason.WAITING_FOR_CAPACITY,
-            f"{pending} since {_clock(now - waited)}, all of them needed (minReplicas or "
+            f"{pending} since {_clock(pending_since)}, all of them needed (minReplicas or "
             "running jobs)",
         )
 
