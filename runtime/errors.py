@@ -9,7 +9,8 @@
     │   ├── JobNotFound           also raised for another key's job, so ids leak nothing
     │   └── FileNotFound          unknown, expired or badly signed file URL
     ├── PayloadTooLarge       413  an upload or fetched image over the size limit
-    └── StoreUnavailable      503  the job store cannot be reached; the request lost nothing
+    ├── StoreUnavailable      503  the job store cannot be reached; the request lost nothing
+    └── StorageUnavailable    503  result storage (S3) stayed unreachable through every retry
 
 The API turns every one of them into the same JSON envelope in one place
 (``tessera.runtime.api.errors``); everything else is a bug and becomes a logged 500.
@@ -102,3 +103,8 @@ class PayloadTooLarge(TesseraError):
 class StoreUnavailable(TesseraError):
     status_code = 503
     code = "store.unavailable"
+
+
+class StorageUnavailable(TesseraError):
+    status_code = 503
+    code = "storage.unavailable"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.redis_server import RedisServer
+from tests.support.s3_server import S3Server
 from tests.support.server import ServerProcess, free_port
 
 pytest_plugins = ["tests.cluster.fixtures"]
@@ -18,6 +19,14 @@ pytest_plugins = ["tests.cluster.fixtures"]
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server with append-only fsync-always persistence."""
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS) with one bucket and its own credentials."""
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
     yield server
     server.stop()
 

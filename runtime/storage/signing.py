@@ -1,4 +1,4 @@
-"""Where images live (results, uploads, edit inputs) and the signed URLs that reach them.
+"""The gateway's own signed URLs, for files that clients cannot fetch from the store.
 
 A URL is signed with HMAC-SHA256 over its path and expiry, so it can be fetched with a plain
 GET by anyone who holds it, until it expires, and by no one who guessed a path.
@@ -6,70 +6,12 @@ GET by anyone who holds it, until it expires, and by no one who guessed a path.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import mimetypes
-import os
-import re
-import tempfile
 import time
-from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlencode
 
 from tessera.runtime.errors import FileNotFound
-
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
-
-
-def content_type_for(key: str) -> str:
-    return mimetypes.guess_type(key)[0] or "application/octet-stream"
-
-
-def _check_key(key: str) -> str:
-    if not _SAFE_KEY.match(key) or ".." in key:
-        raise FileNotFound(f"no file named {key!r}")
-    return key
-
-
-class FileStore(Protocol):
-    async def put(self, key: str, data: bytes) -> None: ...
-
-    async def get(self, key: str) -> bytes:
-        """The bytes, or ``FileNotFound``."""
-        ...
-
-
-class LocalFileStore:
-    """Files under one folder; writes go through a temporary file and a rename."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        return self.root / _check_key(key)
-
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, key, data)
-
-    def _put(self, key: str, data: bytes) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.replace(staging, target)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
-
-    async def get(self, key: str) -> bytes:
-        try:
-            return await asyncio.to_thread(self.path(key).read_bytes)
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFound(f"no file named {key!r}") from None
 
 
 class UrlSigner:
