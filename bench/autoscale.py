@@ -180,10 +180,8 @@ class KPALike:
         current = seen.replicas
         if current and panic / current >= 2:
             self.panicking_until = seen.now + self.stable
-        if seen.now < self.panicking_until:
-            wanted = max(current, panic, stable)
-        else:
-            wanted = stable
+        panicking = seen.now < self.panicking_until
+        wanted = max(current, panic, stable) if panicking else stable
         wanted = max(wanted, math.ceil(current / 2))
         if wanted == 0:
             if self.zero_since is None:
@@ -312,10 +310,9 @@ def simulate(arrivals: Sequence[float], scaler: Scaler, cluster: Cluster) -> Res
             replicas += [Replica(created=now) for _ in range(want - len(live))]
         elif want is not None and want < len(live):
             # The ReplicaSet controller's order: Pending, then not ready, then idle.
-            def rank(r: Replica) -> tuple[bool, bool, bool]:
-                return (r.gpu is not None, r.ready(now), r.busy(now))
-
-            for replica in sorted(live, key=rank)[: len(live) - want]:
+            at = now
+            ranked = sorted(live, key=lambda r: (r.gpu is not None, r.ready(at), r.busy(at)))
+            for replica in ranked[: len(live) - want]:
                 replica.stopping = True
                 if replica.gpu is None:
                     replicas.remove(replica)
@@ -376,9 +373,7 @@ def draw(results: dict[str, list[Result]], path: Path) -> None:
             ax.set_ylabel("backlog", color="tab:orange", fontsize=8)
             twin = ax.twinx()
             twin.step(hours, result.replicas, where="post", color="tab:blue", linewidth=0.9)
-            twin.step(
-                hours, result.on_gpus, where="post", color="black", linewidth=0.6, alpha=0.6
-            )
+            twin.step(hours, result.on_gpus, where="post", color="black", linewidth=0.6, alpha=0.6)
             twin.set_ylabel("replicas (on GPUs)", color="tab:blue", fontsize=8)
             twin.set_ylim(0, max(max(result.replicas, default=1), 1) * 1.15)
             ax.set_title(
