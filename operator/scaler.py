@@ -36,6 +36,7 @@ from tessera.operator.autoscale import (
 from tessera.operator.reasons import Condition
 from tessera.operator.reconcile import Inventory, Key, Reconciler, revision
 from tessera.operator.spec import ImageModel, InvalidSpec, parse
+from tessera.runtime.conditions import find_condition
 from tessera.runtime.errors import StoreUnavailable
 from tessera.runtime.jobs.base import QueueDepth
 
@@ -81,7 +82,7 @@ class _Held:
 
 def _weights_ready(body: Mapping[str, Any]) -> bool:
     conditions = (body.get("status") or {}).get("conditions")
-    found = status.find_condition(conditions, Condition.WEIGHTS_READY)
+    found = find_condition(conditions, Condition.WEIGHTS_READY)
     return bool(found and found.get("status") == "True")
 
 
