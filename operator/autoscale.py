@@ -115,10 +115,10 @@ class State:
         """The fields of status.autoscaling that hold this state; None clears a field (the
         status is written as a JSON merge patch).
 
-        The newest recommendation is stored without its time: it is always "now", and a
-        restarted operator takes it as wanted at the moment it restarts, which can only
-        delay a scale-down. Stored thus, a steady model's state does not change between
-        decisions, and costs no writes.
+        The newest recommendation is stored without its time: it held until the next
+        decision sees otherwise, so a restarted operator takes it as wanted when it
+        restarts. Stored thus, a steady model's state does not change between decisions,
+        and costs no writes.
         """
         *earlier, newest = self.window or (Recommendation(0, 0),)
         return {
@@ -208,7 +208,12 @@ def _windowed(
     window: tuple[Recommendation, ...], wanted: int, now: float, span: float
 ) -> tuple[Recommendation, ...]:
     """The window with ``wanted`` added and entries older than ``span`` dropped: a
-    sliding-window maximum, so the first entry is the most wanted within the window."""
+    sliding-window maximum, so the first entry is the most wanted within the window.
+
+    Demand is seen only when a decision runs: a recommendation that was higher than this
+    one held until now, so it is stamped now (a scale-down never starts early)."""
+    if window and window[-1].replicas > wanted:
+        window = (*window[:-1], Recommendation(now, window[-1].replicas))
     kept = [r for r in window if r.at > now - span and r.replicas > wanted]
     return (*kept, Recommendation(now, wanted))
 
@@ -253,9 +258,11 @@ def decide(observed: Observed, policy: Policy, state: State, now: float) -> Deci
             )
         # The ReplicaSet controller removes Pending pods first.
         if to == 0:
-            idle = now - state.last_active if state.last_active is not None else None
-            since = f" for {idle:.0f} s" if idle is not None else ""
-            return scale(0, ScalingReason.SCALED_TO_ZERO, f"no jobs{since}; releasing every GPU")
+            return scale(
+                0,
+                ScalingReason.SCALED_TO_ZERO,
+                f"no jobs in the last {policy.scale_down_delay_seconds:.0f} s; releasing every GPU",
+            )
         return scale(
             to,
             ScalingReason.SCALED_DOWN,

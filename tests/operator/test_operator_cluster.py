@@ -389,7 +389,8 @@ def test_a_spec_change_rolls_out(
 
 
 def test_kubectl_scale(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
-    cluster.apply(image_model("scaled", namespace, scaling={"minReplicas": 1, "maxReplicas": 3}))
+    scaling = {"mode": "Manual", "minReplicas": 1, "maxReplicas": 3}
+    cluster.apply(image_model("scaled", namespace, scaling=scaling))
     wait_condition(cluster, namespace, "scaled", operator)
     cluster.kubectl("-n", namespace, "scale", "im/scaled", "--replicas=2")
 
