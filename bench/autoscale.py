@@ -422,7 +422,7 @@ def main() -> None:
                 f"{r.quantile(0.95):7.1f} {r.quantile(0.99):7.1f} {r.long_waits:6d}"
             )
         assert all(len(r.waits) == len(arrivals) for r in runs), "a job was never served"
-    print("\nTessera on bursty by scaleDownDelaySeconds (the CRD's default is 600)")
+    print("\nTessera on bursty by scaleDownDelaySeconds (the CRD's default is 60)")
     arrivals = load(TRACES / "bursty.csv")
     for delay in (0, 30, 60, 120, 300, 600):
         r = simulate(arrivals, scalers(args.max_replicas, args.fixed, delay)[-1], cluster)
