@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +56,10 @@ class Demand(Protocol):
 
     def changed_models(self) -> AsyncIterator[str]: ...
 
+    async def starts(
+        self, model: str, worker_ids: Sequence[str]
+    ) -> dict[str, dict[str, float]]: ...
+
 
 def policy_of(model: ImageModel) -> Policy:
     scaling = model.spec.scaling
@@ -78,6 +84,8 @@ class _Held:
     # The replicas last set through the scale subresource, and the resourceVersion after.
     asked: int | None = None
     asked_revision: int = 0
+    # The last scale-up being timed: when it was decided, and the pods that existed then.
+    timing: tuple[float, frozenset[str]] | None = None
 
 
 def _weights_ready(body: Mapping[str, Any]) -> bool:
@@ -207,6 +215,14 @@ class Autoscaler:
             }
         if scales:
             autoscaling["lastScaleTime"] = iso_time(now)
+        if scales and decision.replicas > current:
+            held.timing = (now, frozenset(p["metadata"]["name"] for p in pods))
+        if held.timing is not None:
+            cold = await self._cold_start(model, pods, *held.timing)
+            if cold is not None:
+                autoscaling["coldStart"] = cold
+                if "firstImageSeconds" in cold:
+                    held.timing = None  # measured to the end
         written = {**held.written, **autoscaling}
         due = now - held.written_at >= STATUS_INTERVAL_SECONDS
         if written != held.written and (scales or turned or due):
@@ -227,6 +243,48 @@ class Autoscaler:
             kind: Literal["Normal", "Warning"] = "Warning" if warn else "Normal"
             await self.reconciler.event(body, kind, decision.reason, decision.message)
         return decision
+
+    async def _cold_start(
+        self,
+        model: ImageModel,
+        pods: Sequence[Mapping[str, Any]],
+        decided: float,
+        before: frozenset[str],
+    ) -> dict[str, Any] | None:
+        """Seconds from a scale-up decision to the first new pod's milestones: scheduled
+        (the pod's condition), worker process started, pipeline loaded and first image
+        (the worker's record)."""
+        new = [p for p in pods if p["metadata"]["name"] not in before]
+        if not new:
+            return None
+        records = await self.demand.starts(model.model_name, [p["metadata"]["name"] for p in new])
+
+        def order(pod: Mapping[str, Any]) -> tuple[float, float]:
+            record = records.get(pod["metadata"]["name"], {})
+            return record.get("firstImage", math.inf), record.get("loaded", math.inf)
+
+        pod = min(new, key=order)
+        record = records.get(pod["metadata"]["name"], {})
+        cold: dict[str, Any] = {"pod": pod["metadata"]["name"]}
+        scheduled = find_condition(pod.get("status", {}).get("conditions"), "PodScheduled")
+        if scheduled and scheduled.get("status") == "True" and scheduled.get("lastTransitionTime"):
+            at = datetime.datetime.fromisoformat(
+                str(scheduled["lastTransitionTime"]).replace("Z", "+00:00")
+            ).timestamp()
+            # The condition has whole seconds; the decision, milliseconds.
+            cold["scheduledSeconds"] = round(max(0.0, at - decided), 1)
+        milestones = (
+            ("startedSeconds", "started"),
+            ("loadedSeconds", "loaded"),
+            ("firstImageSeconds", "firstImage"),
+        )
+        for field, phase in milestones:
+            if phase in record:
+                cold[field] = round(record[phase] - decided, 2)
+        for field in ("importSeconds", "pipelineSeconds"):
+            if field in record:
+                cold[field] = round(record[field], 2)
+        return cold
 
     def forget(self, key: Key) -> None:
         self._held.pop(key, None)

@@ -17,6 +17,7 @@ Keys, for a model M and job N:
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
 - ``tessera:{M}:leases``              ids in progress, scored by lease expiry
 - ``tessera:{M}:usage``               usage records, scored by job id
+- ``tessera:{M}:start:W``             worker W's start-up phases (JSON), for 24 hours
 - channel ``tessera:{M}:events``      a job id on every status change
 """
 
@@ -26,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -437,6 +438,20 @@ class RedisJobStore:
             model: QueueDepth(queued=int(counts[2 * i]), in_progress=int(counts[2 * i + 1]))
             for i, model in enumerate(models)
         }
+
+    async def record_start(self, model: str, worker_id: str, phases: Mapping[str, float]) -> None:
+        """A worker's start-up, phase by phase (wall-clock seconds), for the autoscaler to
+        report as the model's cold start; kept a day."""
+        key = self._model_key(model, f"start:{worker_id}")
+        await self._call(self._redis.set(key, json.dumps(dict(phases)), ex=86400))
+
+    async def starts(self, model: str, worker_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """The recorded start-ups of these workers (those that recorded one)."""
+        if not worker_ids:
+            return {}
+        keys = [self._model_key(model, f"start:{w}") for w in worker_ids]
+        values = await self._call(self._redis.mget(keys))
+        return {w: json.loads(v) for w, v in zip(worker_ids, values, strict=True) if v}
 
     async def changed_models(self) -> AsyncIterator[str]:
         """The model of every job that is submitted or changes status, as it happens (from

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,10 @@ class LoadedPipeline:
     strength: float | None
     # One pipeline call at a time: diffusers pipelines keep per-call state on themselves.
     lock: threading.Lock
+    # How long loading took: importing torch and diffusers, then reading the weights into
+    # the pipeline (the autoscaler reports both as part of a cold start).
+    import_seconds: float = 0.0
+    pipeline_seconds: float = 0.0
 
     @classmethod
     def load(
@@ -107,9 +112,12 @@ class LoadedPipeline:
         ``dtype`` (the worker's flag) wins over ``options.dtype``; an option the pipeline
         cannot honour is an error here, at start-up, not a silently slower worker.
         """
+        started = time.monotonic()
         quiet_libraries()
         import diffusers
         import torch
+
+        imported = time.monotonic()
 
         options = options or PipelineOptions()
         device = pick_device(device)
@@ -158,6 +166,8 @@ class LoadedPipeline:
             accepted=frozenset(parameters),
             strength=strength if isinstance(strength, float) and strength > 0 else None,
             lock=threading.Lock(),
+            import_seconds=imported - started,
+            pipeline_seconds=time.monotonic() - imported,
         )
 
     def arguments(
