@@ -11,6 +11,7 @@ import inspect
 import io
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +75,31 @@ def quiet_libraries() -> None:
     diffusers.logging.disable_progress_bar()
 
 
+# What from_pretrained reads: the weights and the small files beside them.
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf"})
+
+
+def prefetch(path: Path) -> int:
+    """Ask the kernel to start reading the pipeline's weight files now, so that the disk
+    works while torch and diffusers import (seconds of CPU) instead of after; returns the
+    bytes asked for. Only advice: nothing waits for it, and it is skipped where the
+    platform has no ``posix_fadvise``."""
+    advise = getattr(os, "posix_fadvise", None)
+    asked = 0
+    if advise is None:
+        return asked
+    for file in sorted(path.rglob("*")):
+        if file.suffix not in WEIGHT_SUFFIXES or not file.is_file():
+            continue
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            asked += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return asked
+
+
 def pick_device(requested: str | None = None) -> str:
     import torch
 
@@ -113,6 +139,8 @@ class LoadedPipeline:
         cannot honour is an error here, at start-up, not a silently slower worker.
         """
         started = time.monotonic()
+        # In a thread of its own: advice on many large files may block while it queues.
+        threading.Thread(target=prefetch, args=(path,), name="prefetch", daemon=True).start()
         quiet_libraries()
         import diffusers
         import torch
