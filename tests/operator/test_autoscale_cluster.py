@@ -12,7 +12,6 @@ import asyncio
 import datetime
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -20,16 +19,16 @@ import pytest
 
 from tessera.runtime.jobs.base import Job
 from tessera.runtime.jobs.redis import RedisJobStore
+from tests.cluster.fixtures import fresh_namespace
 from tests.cluster.harness import Cluster
 from tests.support.params import job_params
 from tests.support.redis_server import RedisServer
 
 from .process import (
-    OperatorError,
     OperatorProcess,
     create_results_claim,
     install_crds,
-    service_account_kubeconfig,
+    running_operator,
     wait_until,
 )
 
@@ -47,15 +46,9 @@ def cluster(kube_cluster: Cluster) -> Cluster:
 
 @pytest.fixture(scope="module")
 def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"as-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    wait_until(
-        f"the default service account in {name}",
-        lambda: cluster.kubectl("-n", name, "get", "sa", "default", check=False).returncode == 0,
-    )
-    create_results_claim(cluster, name, tmp_path_factory.mktemp("results"))
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(cluster) as name:
+        create_results_claim(cluster, name, tmp_path_factory.mktemp("results"))
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +59,9 @@ def operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     work = tmp_path_factory.mktemp("operator")
-    process = OperatorProcess(
-        service_account_kubeconfig(cluster, work / "kubeconfig.json"),
-        work / "operator.log",
-        namespaces=[namespace],
-        env={"TESSERA_QUEUE_URL": redis_server.url},
-    )
-    try:
-        process.start()
-    except OperatorError as error:
-        pytest.fail(str(error), pytrace=False)
-    yield process
-    process.stop()
-    assert "Forbidden" not in process.output(since_start=False), process.tail()
+    env = {"TESSERA_QUEUE_URL": redis_server.url}
+    with running_operator(cluster, namespace, work, env) as process:
+        yield process
 
 
 def store_call(redis: RedisServer, call: Callable[[RedisJobStore], Awaitable[T]]) -> T:
@@ -239,7 +222,8 @@ def test_the_decision_state_survives_an_operator_restart(
     )
 
     before = [e["message"] for e in scaled_events(cluster, namespace, "steady")]
-    assert before[-1].endswith(" -> 2: 8 jobs in backlog, 4 per replica"), before
+    # The 8 submissions are separate writes: the autoscaler may wake between them.
+    assert " -> 2: " in before[-1], before
     operator.stop()
     time.sleep(delay / 2)  # half the window passes with no operator at all
     operator.start()

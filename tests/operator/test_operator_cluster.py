@@ -23,10 +23,10 @@ from tests.cluster.harness import Cluster, KubectlError
 
 from .process import (
     CRDS,
-    OperatorError,
     OperatorProcess,
     create_results_claim,
     install_crds,
+    running_operator,
     service_account_kubeconfig,
     wait_until,
 )
@@ -63,16 +63,8 @@ def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def operator(
     cluster: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    work = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(cluster, work / "kubeconfig.json")
-    process = OperatorProcess(kubeconfig, work / "operator.log", namespaces=[namespace])
-    try:
-        process.start()
-    except OperatorError as error:
-        pytest.fail(str(error), pytrace=False)
-    yield process
-    process.stop()
-    assert "Forbidden" not in process.output(since_start=False), process.tail()
+    with running_operator(cluster, namespace, tmp_path_factory.mktemp("operator")) as process:
+        yield process
 
 
 def get(cluster: Cluster, namespace: str, *what: str) -> Any:
