@@ -33,6 +33,7 @@ from tessera.operator.render import ANNOTATION_APPLIED_HASH, MANAGED_BY, content
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = MANAGED_BY
+AUTOSCALER_FIELD_MANAGER = f"{MANAGED_BY}-autoscaler"
 POOL_SIZE = 32
 
 # kind -> (path prefix, plural); namespaced kinds only.
@@ -189,6 +190,17 @@ class Kube:
             body=dict(obj),
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
+        )
+
+    def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """A Deployment's replicas through its scale subresource (the autoscaler's one write
+        to it, under a field manager of its own); returns the Scale."""
+        return self.request(
+            "PATCH",
+            resource_path("apps/v1", "Deployment", namespace, name, "scale"),
+            body={"spec": {"replicas": replicas}},
+            query=[("fieldManager", AUTOSCALER_FIELD_MANAGER)],
+            content_type="application/merge-patch+json",
         )
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:

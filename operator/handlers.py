@@ -29,7 +29,9 @@ import kopf
 
 from tessera.operator import apply, render
 from tessera.operator.reconcile import Key, Reconciler, key_of
+from tessera.operator.scaler import Autoscaler
 from tessera.operator.spec import GROUP, PLURAL, VERSION
+from tessera.runtime.jobs.redis import RedisJobStore
 
 OWNED: dict[str, Any] = {
     render.LABEL_MANAGED_BY: render.MANAGED_BY,
@@ -66,6 +68,12 @@ def _reconciler(memo: kopf.Memo) -> Reconciler:
     reconciler = memo["reconciler"]
     assert isinstance(reconciler, Reconciler)
     return reconciler
+
+
+def _autoscaler(memo: kopf.Memo) -> Autoscaler:
+    autoscaler = memo["autoscaler"]
+    assert isinstance(autoscaler, Autoscaler)
+    return autoscaler
 
 
 def _handling(memo: kopf.Memo) -> Reconciler:
@@ -114,10 +122,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     reconciler = _reconciler(memo)
     reconciler.inventory.attach(kwargs)
     reconciler.start()
+    if "autoscaler" not in memo:
+        # The workers' queue: the same Redis the operator renders into their command.
+        queues = RedisJobStore(reconciler.config.queue_url)
+        memo["autoscaler"] = Autoscaler(reconciler, queues)
+    _autoscaler(memo).start()
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    if "autoscaler" in memo:
+        await _autoscaler(memo).stop()
     if "reconciler" in memo:
         await _reconciler(memo).stop()
 
@@ -138,6 +153,8 @@ async def model_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **
     reconciler.seen("ImageModel", body)
     if event.get("type") == "DELETED":
         reconciler.forget(key_of(body))
+        if "autoscaler" in memo:
+            _autoscaler(memo).forget(key_of(body))
     else:
         # Created, changed, or seen for the first time since start: reconcile it.
         reconciler.consider(body)

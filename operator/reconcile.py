@@ -57,7 +57,7 @@ def key_of(body: Mapping[str, Any]) -> Key:
     return meta.get("namespace") or "default", meta["name"]
 
 
-def _revision(obj: Mapping[str, Any] | None) -> int:
+def revision(obj: Mapping[str, Any] | None) -> int:
     try:
         return int((obj or {}).get("metadata", {}).get("resourceVersion") or 0)
     except ValueError:  # resourceVersions are opaque; etcd's happen to be integers
@@ -68,7 +68,7 @@ def _fresher(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Mappin
     """Whichever copy of one object is newer (None loses)."""
     if a is None or b is None:
         return a or b
-    return a if _revision(a) >= _revision(b) else b
+    return a if revision(a) >= revision(b) else b
 
 
 class Inventory:
@@ -110,10 +110,17 @@ class Inventory:
 
     def _one(self, index: str, key: Key) -> Mapping[str, Any] | None:
         values = self._values(index, key)
-        return max(values, key=_revision) if values else None
+        return max(values, key=revision) if values else None
 
     def model(self, key: Key) -> Mapping[str, Any] | None:
         return self._one(self.MODELS, key)
+
+    def models(self) -> list[tuple[Key, Mapping[str, Any]]]:
+        """Every ImageModel in the index, newest copy of each."""
+        found = self._indices.get(self.MODELS)
+        if found is None:
+            return []
+        return [(key, max(values, key=revision)) for key, values in found.items() if values]
 
     def find(self, key: Key, obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The indexed copy of a child like ``obj`` (same kind and name), if any."""
@@ -152,12 +159,12 @@ class _Written:
         meta = body.get("metadata", {})
         ref = (kind, meta.get("namespace", ""), meta.get("name", ""))
         written = self.objects.get(ref)
-        if written is not None and _revision(body) >= _revision(written):
+        if written is not None and revision(body) >= revision(written):
             del self.objects[ref]
         if kind == "ImageModel":
             key = (ref[1], ref[2])
             model = self.statuses.get(key)
-            if model is not None and _revision(body) >= _revision(model):
+            if model is not None and revision(body) >= revision(model):
                 del self.statuses[key]
 
 
@@ -412,7 +419,7 @@ class Reconciler:
     def _model_body(self, key: Key) -> Mapping[str, Any] | None:
         body = self.inventory.model(key)
         written = self._written.statuses.get(key)
-        if body is not None and written is not None and _revision(written) > _revision(body):
+        if body is not None and written is not None and revision(written) > revision(body):
             return {**body, "status": written.get("status") or {}}
         return body
 
@@ -439,7 +446,7 @@ class Reconciler:
             name = job["metadata"]["name"]
             if name != keep and not job["metadata"].get("deletionTimestamp"):
                 await self._call(self.kube.delete, "batch/v1", "Job", model.namespace, name)
-                await self._event(
+                await self.event(
                     body,
                     "Normal",
                     EventReason.DELETED,
@@ -452,7 +459,7 @@ class Reconciler:
                 await self._call(
                     self.kube.delete, "v1", "PersistentVolumeClaim", model.namespace, name
                 )
-                await self._event(
+                await self.event(
                     body,
                     "Normal",
                     EventReason.DELETED,
@@ -470,9 +477,9 @@ class Reconciler:
         created = [o for o in outcomes if o.action == "created"]
         if created:
             what = ", ".join(f"{o.obj['kind']} {o.obj['metadata']['name']}" for o in created)
-            await self._event(body, "Normal", EventReason.CREATED, f"created {what}")
+            await self.event(body, "Normal", EventReason.CREATED, f"created {what}")
             if any(o.obj["kind"] == "Deployment" for o in created) and not weights_ready:
-                await self._event(
+                await self.event(
                     body,
                     "Normal",
                     EventReason.WAITING_FOR_WEIGHTS,
@@ -486,12 +493,12 @@ class Reconciler:
             if kind == "Deployment" and fields == [".spec.replicas"]:
                 replicas = outcome.obj["spec"].get("replicas")
                 message = f"scaled Deployment {name} to {replicas} replicas"
-                await self._event(body, "Normal", EventReason.SCALED, message)
+                await self.event(body, "Normal", EventReason.SCALED, message)
             else:
                 rolls = any(p.startswith(".spec.template") for p in fields)
                 message = f"updated {kind} {name}: {', '.join(fields)}"
                 message += " (rolling out)" if rolls else ""
-                await self._event(body, "Normal", EventReason.UPDATED, message)
+                await self.event(body, "Normal", EventReason.UPDATED, message)
 
     async def _publish(
         self, body: Mapping[str, Any], model: ImageModel, observed: status.Observed, generation: int
@@ -511,7 +518,7 @@ class Reconciler:
     ) -> None:
         key = key_of(body)
         written = self._written.statuses.get(key)
-        if written is not None and _revision(written) > _revision(body):
+        if written is not None and revision(written) > revision(body):
             previous = written.get("status") or {}
         if status.owned(previous) == new:
             return
@@ -524,9 +531,9 @@ class Reconciler:
         result = await self._call(self.kube.patch_status, body, new)
         self._written.statuses[key] = result
         for notice in status.transitions(previous, new):
-            await self._event(body, notice.type, notice.reason, notice.message)
+            await self.event(body, notice.type, notice.reason, notice.message)
 
-    async def _event(
+    async def event(
         self, body: Mapping[str, Any], type: Literal["Normal", "Warning"], reason: str, message: str
     ) -> None:
         """Post an Event in the background: an event lost is not worth failing a reconcile."""

@@ -146,6 +146,15 @@ def _unschedulable_message(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def unschedulable_pods(pods: Sequence[Mapping[str, Any]]) -> int:
+    """Pods the scheduler found no node for (the autoscaler stops asking for more)."""
+    return sum(
+        1
+        for pod in pods
+        if not pod.get("metadata", {}).get("deletionTimestamp") and _unschedulable_message(pod)
+    )
+
+
 def check_unschedulable(model: ImageModel, observed: Observed) -> Check:
     """True while a worker pod cannot be placed, quoting the scheduler's reason."""
     stuck = [(p, m) for p in observed.live_pods if (m := _unschedulable_message(p))]

@@ -179,10 +179,13 @@ class Worker(_Spec):
 
 
 class Scaling(_Spec):
+    mode: Literal["Auto", "Manual"] = "Auto"
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=1, ge=1, le=1000)
     target_queue_per_replica: int = Field(default=4, ge=1, le=10000)
-    scale_down_delay_seconds: int = Field(default=600, ge=0, le=86400)
+    scale_down_delay_seconds: int = Field(default=60, ge=0, le=86400)
+    scale_up_step: int = Field(default=10, ge=1, le=1000)
+    capacity_wait_seconds: int = Field(default=600, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -239,6 +242,8 @@ class ImageModel:
     # metadata.creationTimestamp (RFC 3339, so strings sort by time): the older of two
     # resources that claim one public name keeps it.
     created: str = ""
+    # The autoscaler's last decision (status.autoscaling.desiredReplicas), read in mode Auto.
+    autoscaled_replicas: int | None = None
 
     @property
     def model_name(self) -> str:
@@ -247,9 +252,11 @@ class ImageModel:
 
     @property
     def desired_replicas(self) -> int:
-        """``spec.replicas`` (scale subresource) or ``minReplicas``, clamped to the bounds."""
+        """The autoscaler's decision (mode Auto) or ``spec.replicas`` (mode Manual, the scale
+        subresource), else ``minReplicas``; clamped to the bounds."""
         scaling = self.spec.scaling
-        wanted = scaling.min_replicas if self.spec.replicas is None else self.spec.replicas
+        chosen = self.autoscaled_replicas if scaling.mode == "Auto" else self.spec.replicas
+        wanted = scaling.min_replicas if chosen is None else chosen
         return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
 
     @property
@@ -313,7 +320,13 @@ def parse(body: Mapping[str, Any]) -> ImageModel:
         labels=dict(metadata.get("labels") or {}),
         created=str(metadata.get("creationTimestamp") or ""),
         spec=parse_spec(body.get("spec") or {}),
+        autoscaled_replicas=_autoscaled(body),
     )
+
+
+def _autoscaled(body: Mapping[str, Any]) -> int | None:
+    decided = ((body.get("status") or {}).get("autoscaling") or {}).get("desiredReplicas")
+    return decided if isinstance(decided, int) else None
 
 
 def load_documents(path: Path) -> list[ImageModel]:

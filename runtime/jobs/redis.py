@@ -23,6 +23,7 @@ Keys, for a model M and job N:
 - ``tessera:{M}:leases``              ids in progress, scored by lease expiry
 - ``tessera:{M}:usage``               usage records, scored by job id
 - ``tessera:{M}:finished``            finished ids, scored by finish time (retention sweeps)
+- ``tessera:{M}:start:W``             worker W's start-up phases (JSON), for 24 hours
 - channel ``tessera:{M}:events``      a job id on every status change
 """
 
@@ -32,7 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -342,21 +343,8 @@ class RedisJobStore:
     async def _relay_events(self) -> None:
         """Each message carries the id of the job that changed: only its waiters wake (and
         workers, who wait for any change)."""
-        pattern = f"{self.prefix}:*:events"
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.psubscribe(pattern)
-                    # Changes made while unsubscribed went unheard: everyone looks again.
-                    self._changes.notify()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "pmessage":
-                            self._changes.notify(_job_id(message.get("data")))
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as error:
-                log.warning("lost the Redis event subscription (%s); retrying", error)
-                await asyncio.sleep(1)
+        async for _, job_id in self.changes():
+            self._changes.notify(job_id)
 
     async def _model_of(self, job_id: int) -> str:
         model = await self._call(self._redis.get(f"{self.prefix}:job:{job_id}:model"))
@@ -514,9 +502,63 @@ class RedisJobStore:
         return await self._changes.wait_for_status(self.get, job_id, status, timeout)
 
     async def queue_depth(self, model: str) -> QueueDepth:
-        queued = await self._call(self._redis.llen(self._model_key(model, "queue")))
-        running = await self._call(self._redis.zcard(self._model_key(model, "leases")))
-        return QueueDepth(queued=int(queued), in_progress=int(running))
+        return (await self.queue_depths([model]))[model]
+
+    async def queue_depths(self, models: Sequence[str]) -> dict[str, QueueDepth]:
+        """Every model's depth in one round trip: the autoscaler reads hundreds at once."""
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            pipe.llen(self._model_key(model, "queue"))
+            pipe.zcard(self._model_key(model, "leases"))
+        counts = await self._call(pipe.execute())
+        return {
+            model: QueueDepth(queued=int(counts[2 * i]), in_progress=int(counts[2 * i + 1]))
+            for i, model in enumerate(models)
+        }
+
+    async def record_start(self, model: str, worker_id: str, phases: Mapping[str, float]) -> None:
+        """A worker's start-up, phase by phase (wall-clock seconds), for the autoscaler to
+        report as the model's cold start; kept a day."""
+        key = self._model_key(model, f"start:{worker_id}")
+        await self._call(self._redis.set(key, json.dumps(dict(phases)), ex=86400))
+
+    async def starts(self, model: str, worker_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """The recorded start-ups of these workers (those that recorded one)."""
+        if not worker_ids:
+            return {}
+        keys = [self._model_key(model, f"start:{w}") for w in worker_ids]
+        values = await self._call(self._redis.mget(keys))
+        return {w: json.loads(v) for w, v in zip(worker_ids, values, strict=True) if v}
+
+    async def changes(self) -> AsyncIterator[tuple[str | None, int | None]]:
+        """(model, job id) of every job that is submitted or changes status, as it happens.
+
+        (None, None) each time the subscription starts again: changes made while
+        unsubscribed went unheard, so a caller looks at everything once more.
+        """
+        pattern = f"{self.prefix}:*:events"
+        start = len(self.prefix) + 2  # past "tessera:{"
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(pattern)
+                    yield None, None
+                    async for message in pubsub.listen():
+                        if message.get("type") == "pmessage":
+                            model = str(message["channel"])[start : -len("}:events")]
+                            yield model, _job_id(message.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as error:
+                log.warning("lost the Redis event subscription (%s); retrying", error)
+                await asyncio.sleep(1)
+
+    async def changed_models(self) -> AsyncIterator[str]:
+        """The model of every job that is submitted or changes status (a reconnect may drop
+        some, so callers also poll)."""
+        async for model, _ in self.changes():
+            if model is not None:
+                yield model
 
     async def expire(self, model: str, queued_for: float, reason: str) -> int:
         keys, args = self._reclaim_args(model)

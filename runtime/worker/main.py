@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from prometheus_client import make_asgi_app
 
 from tessera.runtime.config import ConfigError
 from tessera.runtime.jobs import open_store
-from tessera.runtime.jobs.base import StorePolicy
+from tessera.runtime.jobs.base import Job, StorePolicy
+from tessera.runtime.jobs.redis import RedisJobStore
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.settings import WorkerSettings
 from tessera.runtime.storage import InvalidStorageUrl, open_storage
@@ -47,6 +50,20 @@ def _storage_url(settings: WorkerSettings) -> str:
     if settings.queue.startswith("sqlite:///"):
         return f"file://{Path(settings.queue.removeprefix('sqlite://')).parent / 'files'}"
     raise ConfigError("--storage (TESSERA_STORAGE) is required with this queue")
+
+
+def process_started() -> float:
+    """When this process began (wall clock), from /proc; now where there is no /proc."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 class _HealthServer(uvicorn.Server):
@@ -110,6 +127,23 @@ async def run_worker(settings: WorkerSettings) -> None:
             settings.dtype,
             settings.pipeline,
         )
+        # The cold start, for the autoscaler to show in the model's status.
+        phases = {
+            "started": process_started(),
+            "loaded": time.time(),
+            "importSeconds": pipeline.import_seconds,
+            "pipelineSeconds": pipeline.pipeline_seconds,
+        }
+
+        async def record(job: Job | None = None) -> None:
+            if job is not None:
+                if "firstImage" in phases:
+                    return
+                phases["firstImage"] = time.time()
+            if isinstance(store, RedisJobStore):
+                await store.record_start(spec.name, settings.worker_id, phases)
+
+        await record()
         worker = Worker(
             store,
             files,
@@ -117,6 +151,7 @@ async def run_worker(settings: WorkerSettings) -> None:
             {spec.name: pipeline},
             settings.worker_id,
             lease_seconds=settings.lease_seconds,
+            on_completed=record,
         )
         state.update(ready=True, worker=worker)
         log.info("worker for %s ready", spec.name)

@@ -51,12 +51,14 @@ class Worker:
         worker_id: str,
         *,
         lease_seconds: float = 60.0,
+        on_completed: Callable[[Job], Awaitable[None]] | None = None,
     ):
         self.store = store
         self.files = files
         self.models = models
         self.pipelines = pipelines
         self.worker_id = worker_id
+        self.on_completed = on_completed
         self.heartbeat_seconds = max(lease_seconds / 3, 0.05)
         self.busy = False
         # One thread for all pipeline work: torch's OpenMP pool belongs to the thread that
@@ -111,6 +113,8 @@ class Worker:
             metrics.IMAGES.labels(job.model).inc(len(result.images))
             metrics.PATCHES.labels(job.model).inc(result.patches)
             metrics.BILLED.labels(job.model).inc(float(result.price))
+            if self.on_completed is not None:
+                await self.on_completed(job)
 
     async def _finish(self, job: Job, write: Callable[[], Awaitable[Job]]) -> bool:
         try:

@@ -8,15 +8,18 @@ failure to start is a failure with the operator's own output, never a skip.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from tessera.operator import render
 from tests.cluster.harness import Cluster
@@ -231,3 +234,27 @@ class OperatorProcess:
             int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")
         )
         return {"cpu_seconds": cpu, "peak_rss_mib": peak / 1024}
+
+
+@contextlib.contextmanager
+def running_operator(
+    cluster: Cluster, namespace: str, work: Path, env: dict[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    """``tessera operator`` for ``namespace`` as its own ServiceAccount, stopped afterwards;
+    a start that fails fails the test with the operator's output, and so does any
+    Forbidden in it (the ClusterRole must be enough)."""
+    process = OperatorProcess(
+        service_account_kubeconfig(cluster, work / "kubeconfig.json"),
+        work / "operator.log",
+        namespaces=[namespace],
+        env=env,
+    )
+    try:
+        process.start()
+    except OperatorError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield process
+    finally:
+        process.stop()
+    assert "Forbidden" not in process.output(since_start=False), process.tail()

@@ -23,11 +23,11 @@ from tests.cluster.harness import Cluster, KubectlError
 
 from .process import (
     CRDS,
-    OperatorError,
     OperatorProcess,
     create_results_claim,
     host_path_volume,
     install_crds,
+    running_operator,
     service_account_kubeconfig,
     wait_until,
 )
@@ -64,16 +64,8 @@ def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def operator(
     cluster: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    work = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(cluster, work / "kubeconfig.json")
-    process = OperatorProcess(kubeconfig, work / "operator.log", namespaces=[namespace])
-    try:
-        process.start()
-    except OperatorError as error:
-        pytest.fail(str(error), pytrace=False)
-    yield process
-    process.stop()
-    assert "Forbidden" not in process.output(since_start=False), process.tail()
+    with running_operator(cluster, namespace, tmp_path_factory.mktemp("operator")) as process:
+        yield process
 
 
 def get(cluster: Cluster, namespace: str, *what: str) -> Any:
@@ -320,7 +312,7 @@ def test_gpu_shortage_reports_the_schedulers_reason(
             namespace,
             replicas=3,
             gpu={"count": 8},
-            scaling={"minReplicas": 1, "maxReplicas": 3},
+            scaling={"mode": "Manual", "minReplicas": 1, "maxReplicas": 3},
         )
     )
     try:
@@ -390,7 +382,8 @@ def test_a_spec_change_rolls_out(
 
 
 def test_kubectl_scale(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
-    cluster.apply(image_model("scaled", namespace, scaling={"minReplicas": 1, "maxReplicas": 3}))
+    scaling = {"mode": "Manual", "minReplicas": 1, "maxReplicas": 3}
+    cluster.apply(image_model("scaled", namespace, scaling=scaling))
     wait_condition(cluster, namespace, "scaled", operator)
     cluster.kubectl("-n", namespace, "scale", "im/scaled", "--replicas=2")
 
@@ -467,7 +460,12 @@ def test_operator_restart_makes_no_writes(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     cluster.apply(
-        image_model("steady", namespace, replicas=2, scaling={"minReplicas": 1, "maxReplicas": 2})
+        image_model(
+            "steady",
+            namespace,
+            replicas=2,
+            scaling={"mode": "Manual", "minReplicas": 1, "maxReplicas": 2},
+        )
     )
     wait_condition(cluster, namespace, "steady", operator)
     wait_until(

@@ -222,7 +222,7 @@ def test_status_follows_the_pods_and_events_follow_transitions(cluster: Cluster)
 
 
 def test_a_scale_change_is_one_apply_and_one_scaled_event(cluster: Cluster) -> None:
-    cluster.model["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    cluster.model["spec"]["scaling"] = {"mode": "Manual", "minReplicas": 1, "maxReplicas": 3}
 
     async def go() -> None:
         await cluster.create()

@@ -431,18 +431,25 @@ RENDER_CASES: dict[str, tuple[dict[str, Any], bool, Check]] = {
         True,
         _replicas(2),
     ),
-    "spec.replicas from the scale subresource": (
-        merged(HUB, {"replicas": 3, "scaling": {"minReplicas": 1, "maxReplicas": 4}}),
+    "spec.replicas from the scale subresource, in mode Manual": (
+        merged(
+            HUB, {"replicas": 3, "scaling": {"mode": "Manual", "minReplicas": 1, "maxReplicas": 4}}
+        ),
         True,
         _replicas(3),
     ),
+    "spec.replicas is not read in mode Auto": (
+        merged(HUB, {"replicas": 3, "scaling": {"minReplicas": 1, "maxReplicas": 4}}),
+        True,
+        _replicas(1),
+    ),
     "replicas clamped to maxReplicas": (
-        merged(HUB, {"replicas": 9, "scaling": {"maxReplicas": 2}}),
+        merged(HUB, {"replicas": 9, "scaling": {"mode": "Manual", "maxReplicas": 2}}),
         True,
         _replicas(2),
     ),
     "scaled to zero": (
-        merged(HUB, {"replicas": 0, "scaling": {"minReplicas": 0}}),
+        merged(HUB, {"replicas": 0, "scaling": {"mode": "Manual", "minReplicas": 0}}),
         True,
         _replicas(0),
     ),
@@ -502,6 +509,26 @@ RENDER_CASES: dict[str, tuple[dict[str, Any], bool, Check]] = {
 def test_deployment(case: str) -> None:
     spec, weights_ready, check = RENDER_CASES[case]
     check(render.deployment(model(copy.deepcopy(spec)), CONFIG, weights_ready=weights_ready))
+
+
+@pytest.mark.parametrize(
+    ("mode", "decided", "replicas"),
+    [("Auto", 3, 3), ("Auto", 9, 4), ("Auto", None, 0), ("Manual", 3, 2)],
+    ids=["decided", "clamped", "undecided: minReplicas", "manual ignores the decision"],
+)
+def test_the_autoscalers_decision_renders_in_mode_auto(
+    mode: str, decided: int | None, replicas: int
+) -> None:
+    """The reconciler renders what the autoscaler decided, so the two never pull apart."""
+    body = {
+        "metadata": {"name": "flux", "namespace": "ml"},
+        "spec": merged(
+            HUB, {"replicas": 2, "scaling": {"mode": mode, "minReplicas": 0, "maxReplicas": 4}}
+        ),
+        "status": {"autoscaling": {"desiredReplicas": decided}},
+    }
+    dep = render.deployment(parse(body), CONFIG, weights_ready=True)
+    assert dep["spec"]["replicas"] == replicas
 
 
 @pytest.mark.parametrize(
@@ -874,7 +901,7 @@ STATUS_CASES: dict[str, tuple[dict[str, Any], status.Observed, str, dict[str, tu
         },
     ),
     "one replica short of GPUs": (
-        merged(DEMO, {"replicas": 2, "scaling": {"maxReplicas": 2}}),
+        merged(DEMO, {"replicas": 2, "scaling": {"mode": "Manual", "maxReplicas": 2}}),
         status.Observed(
             deployment=_deployment(2, ready=1), pods=[_pod("a"), _pod("b", scheduled=False)]
         ),
@@ -912,7 +939,7 @@ STATUS_CASES: dict[str, tuple[dict[str, Any], status.Observed, str, dict[str, tu
         {Condition.PROGRESSING: ("True", Reason.ROLLING_OUT)},
     ),
     "scaled to zero": (
-        merged(DEMO, {"replicas": 0, "scaling": {"minReplicas": 0}}),
+        merged(DEMO, {"replicas": 0, "scaling": {"mode": "Manual", "minReplicas": 0}}),
         status.Observed(deployment=_deployment(0)),
         Phase.SCALED_TO_ZERO,
         {Condition.READY: ("True", Reason.SCALED_TO_ZERO)},

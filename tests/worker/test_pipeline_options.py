@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from tessera.runtime.worker.options import PipelineOptions
-from tessera.runtime.worker.pipeline import LoadedPipeline
+from tessera.runtime.worker.pipeline import WEIGHT_SUFFIXES, LoadedPipeline, prefetch
 from tests.support.params import job_params
 
 PARAMS = job_params(prompt="a kite", width=96, height=64, seed=9)
@@ -51,3 +51,10 @@ def test_options_the_pipeline_cannot_honour_fail_at_load(
 def test_unknown_options_are_rejected() -> None:
     with pytest.raises(ValidationError):
         PipelineOptions.model_validate({"turbo": True})
+
+
+def test_prefetch_asks_for_every_weight_file(demo_models_dir: Path) -> None:
+    folder = demo_models_dir / "tessera-demo"
+    weights = [f for f in folder.rglob("*") if f.suffix in WEIGHT_SUFFIXES]
+    assert weights
+    assert prefetch(folder) == sum(f.stat().st_size for f in weights)

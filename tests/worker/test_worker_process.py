@@ -18,6 +18,7 @@ from PIL import Image
 
 from tessera.runtime.jobs import open_store
 from tessera.runtime.jobs.base import JobStatus, StorePolicy
+from tessera.runtime.jobs.redis import RedisJobStore
 from tessera.runtime.params import OutputFormat
 from tests.support.params import job_params
 from tests.support.redis_server import RedisServer
@@ -58,6 +59,7 @@ def test_worker_process_runs_jobs_and_reports_health(
             "--storage", str(storage),
             "--port", str(port),
             "--device", "cpu",
+            "--worker-id", "worker-under-test",
         ],
         env={**__import__("os").environ, "TESSERA_PRICE_PER_PATCH": env_price},
         stdout=subprocess.PIPE,
@@ -93,6 +95,17 @@ def test_worker_process_runs_jobs_and_reports_health(
                     assert picture.format == "WEBP"
                 usage = [r for r in await store.usage() if r.job_id == job.id]
                 assert len(usage) == 1
+                if isinstance(store, RedisJobStore):
+                    # The cold start, for the autoscaler: recorded once the first image is.
+                    record: dict[str, float] = {}
+                    for _ in range(100):
+                        found = await store.starts(model, ["worker-under-test"])
+                        record = found.get("worker-under-test", {})
+                        if "firstImage" in record:
+                            break
+                        await asyncio.sleep(0.1)
+                    assert record["started"] <= record["loaded"] <= record["firstImage"]
+                    assert record["importSeconds"] > 0 and record["pipelineSeconds"] > 0
             finally:
                 await store.close()
 

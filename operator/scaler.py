@@ -1,0 +1,290 @@
+"""The autoscaler's I/O: one loop reads every model's queue, decides, and scales.
+
+- Inputs: the ImageModels, their worker Deployments and pods from the operator's kopf
+  indices (``Inventory``, no API reads), and queue depths from the job store, for every
+  model in one Redis round trip.
+- When: at once for the models the store names (a job submitted or changing status, told
+  over Redis pub/sub, so a gateway wakes the operator with no Kubernetes rights of its
+  own), and for every model each ``SWEEP_SECONDS`` (a wake-up lost in a reconnect costs at
+  most one sweep). Two hundred models are one loop and one round trip per pass.
+- Per model, ``autoscale.decide`` chooses; then, only when something changed,
+  ``status.autoscaling`` is written first (a restarted operator renders the decision and
+  resumes from its state), the Deployment's scale subresource second, and an Event says
+  why: ``Scaled 3 -> 5: 19 jobs in backlog, 4 per replica``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from tessera.operator import apply, status
+from tessera.operator.autoscale import (
+    Decision,
+    Observed,
+    Policy,
+    ScalingReason,
+    State,
+    decide,
+    iso_time,
+)
+from tessera.operator.reasons import Condition
+from tessera.operator.reconcile import Inventory, Key, Reconciler, revision
+from tessera.operator.spec import ImageModel, InvalidSpec, parse
+from tessera.runtime.conditions import find_condition
+from tessera.runtime.errors import StoreUnavailable
+from tessera.runtime.jobs.base import QueueDepth
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 5.0
+# A model whose backlog moves but whose replicas do not writes status at most this often.
+STATUS_INTERVAL_SECONDS = 2.0
+
+
+class Demand(Protocol):
+    """What the autoscaler reads from the job store (``RedisJobStore`` provides it)."""
+
+    async def queue_depths(self, models: Sequence[str]) -> dict[str, QueueDepth]: ...
+
+    def changed_models(self) -> AsyncIterator[str]: ...
+
+    async def starts(
+        self, model: str, worker_ids: Sequence[str]
+    ) -> dict[str, dict[str, float]]: ...
+
+
+def policy_of(model: ImageModel) -> Policy:
+    scaling = model.spec.scaling
+    return Policy(
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_per_replica=scaling.target_queue_per_replica,
+        scale_down_delay_seconds=scaling.scale_down_delay_seconds,
+        scale_up_step=scaling.scale_up_step,
+        capacity_wait_seconds=scaling.capacity_wait_seconds,
+        manual=scaling.mode == "Manual",
+    )
+
+
+@dataclass
+class _Held:
+    """One model's autoscaling as this process last left it (ahead of the watch)."""
+
+    state: State
+    written: dict[str, Any]
+    written_at: float
+    # The replicas last set through the scale subresource, and the resourceVersion after.
+    asked: int | None = None
+    asked_revision: int = 0
+    # The last scale-up being timed: when it was decided, and the pods that existed then.
+    timing: tuple[float, frozenset[str]] | None = None
+
+
+def _weights_ready(body: Mapping[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions")
+    found = find_condition(conditions, Condition.WEIGHTS_READY)
+    return bool(found and found.get("status") == "True")
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        demand: Demand,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # The reconciler's client, indices and events; it renders what this decides.
+        self.reconciler = reconciler
+        self.kube: apply.Kube = reconciler.kube
+        self.inventory: Inventory = reconciler.inventory
+        self.demand = demand
+        self.clock = clock
+        self._held: dict[Key, _Held] = {}
+        self._woken: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._listen(), name="tessera autoscaler wake-ups"),
+                asyncio.create_task(self._run(), name="tessera autoscaler"),
+            ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _listen(self) -> None:
+        async for model in self.demand.changed_models():
+            self._woken.add(model)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        next_sweep = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=max(0.0, next_sweep - time.monotonic())
+                )
+            self._wake.clear()
+            # Until kopf's indices hold the whole cluster, a missing Deployment may exist.
+            if not self.reconciler.ready:
+                continue
+            only: set[str] | None = set(self._woken)
+            self._woken.clear()
+            if time.monotonic() >= next_sweep:
+                only, next_sweep = None, time.monotonic() + SWEEP_SECONDS
+            try:
+                await self.step(only)
+            except StoreUnavailable as error:
+                log.warning("autoscaler: cannot read the queues (%s); trying again", error)
+            except Exception:
+                log.exception("autoscaler pass failed; trying again at the next sweep")
+
+    async def step(self, only: set[str] | None = None) -> list[Decision]:
+        """One pass: decide for every model (or those named in ``only``) and act."""
+        models: dict[str, tuple[Key, Mapping[str, Any], ImageModel]] = {}
+        for key, body in self.inventory.models():
+            try:
+                model = parse(body)
+            except InvalidSpec:
+                continue  # the reconciler reports it
+            if only is None or model.model_name in only:
+                models[model.model_name] = (key, body, model)
+        if not models:
+            return []
+        depths = await self.demand.queue_depths(list(models))
+        decisions = await asyncio.gather(
+            *(self._scale(*found, depths[name]) for name, found in models.items())
+        )
+        return [d for d in decisions if d is not None]
+
+    # -- one model -------------------------------------------------------------------------
+
+    async def _scale(
+        self, key: Key, body: Mapping[str, Any], model: ImageModel, depth: QueueDepth
+    ) -> Decision | None:
+        deployment = self.inventory.deployment(key)
+        if deployment is None or not _weights_ready(body):
+            return None  # the reconciler holds it at zero until the weights are there
+        now = self.clock()
+        previous = (body.get("status") or {}).get("autoscaling") or {}
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = _Held(State.from_status(previous, now), {}, 0.0)
+        current = int(deployment.get("spec", {}).get("replicas") or 0)
+        if held.asked is not None and held.asked_revision > revision(deployment):
+            current = held.asked  # our scale, not yet in the watch
+        pods = self.inventory.pods(key)
+        observed = Observed(
+            depth.queued, depth.in_progress, current, status.unschedulable_pods(pods)
+        )
+        decision = decide(observed, policy_of(model), held.state, now)
+        held.state = decision.state
+        last = previous.get("lastDecision") or held.written.get("lastDecision") or {}
+        turned = decision.reason != last.get("reason")
+        scales = decision.replicas != current
+        autoscaling = {
+            "queued": depth.queued,
+            "inProgress": depth.in_progress,
+            "desiredReplicas": decision.replicas,
+            "unschedulableReplicas": observed.unschedulable,
+            **decision.state.to_status(),
+        }
+        if scales or turned:
+            autoscaling["lastDecision"] = {
+                "time": iso_time(now),
+                "reason": decision.reason,
+                "message": decision.message,
+            }
+        if scales:
+            autoscaling["lastScaleTime"] = iso_time(now)
+        if scales and decision.replicas > current:
+            held.timing = (now, frozenset(p["metadata"]["name"] for p in pods))
+        if held.timing is not None:
+            cold = await self._cold_start(model, pods, *held.timing)
+            if cold is not None:
+                autoscaling["coldStart"] = cold
+                if "firstImageSeconds" in cold:
+                    held.timing = None  # measured to the end
+        written = {**held.written, **autoscaling}
+        due = now - held.written_at >= STATUS_INTERVAL_SECONDS
+        if written != held.written and (scales or turned or due):
+            await asyncio.to_thread(
+                self.kube.patch_status,
+                body,
+                {"queueDepth": depth.total, "autoscaling": autoscaling},
+            )
+            held.written, held.written_at = written, now
+        if scales:
+            scale = await asyncio.to_thread(
+                self.kube.scale, model.namespace, model.name, decision.replicas
+            )
+            held.asked, held.asked_revision = decision.replicas, revision(scale)
+            log.info("%s/%s: %s", *key, decision.message)
+        if scales or (turned and decision.reason in ScalingReason.SHORTAGE):
+            warn = decision.reason in ScalingReason.SHORTAGE
+            kind: Literal["Normal", "Warning"] = "Warning" if warn else "Normal"
+            await self.reconciler.event(body, kind, decision.reason, decision.message)
+        return decision
+
+    async def _cold_start(
+        self,
+        model: ImageModel,
+        pods: Sequence[Mapping[str, Any]],
+        decided: float,
+        before: frozenset[str],
+    ) -> dict[str, Any] | None:
+        """Seconds from a scale-up decision to the first new pod's milestones: scheduled
+        (the pod's condition), worker process started, pipeline loaded and first image
+        (the worker's record)."""
+        new = [p for p in pods if p["metadata"]["name"] not in before]
+        if not new:
+            return None
+        records = await self.demand.starts(model.model_name, [p["metadata"]["name"] for p in new])
+
+        def order(pod: Mapping[str, Any]) -> tuple[float, float]:
+            record = records.get(pod["metadata"]["name"], {})
+            return record.get("firstImage", math.inf), record.get("loaded", math.inf)
+
+        pod = min(new, key=order)
+        record = records.get(pod["metadata"]["name"], {})
+        cold: dict[str, Any] = {"pod": pod["metadata"]["name"]}
+        scheduled = find_condition(pod.get("status", {}).get("conditions"), "PodScheduled")
+        if scheduled and scheduled.get("status") == "True" and scheduled.get("lastTransitionTime"):
+            at = datetime.datetime.fromisoformat(
+                str(scheduled["lastTransitionTime"]).replace("Z", "+00:00")
+            ).timestamp()
+            # The condition has whole seconds; the decision, milliseconds.
+            cold["scheduledSeconds"] = round(max(0.0, at - decided), 1)
+        milestones = (
+            ("startedSeconds", "started"),
+            ("loadedSeconds", "loaded"),
+            ("firstImageSeconds", "firstImage"),
+        )
+        for field, phase in milestones:
+            if phase in record:
+                cold[field] = round(record[phase] - decided, 2)
+        for field in ("importSeconds", "pipelineSeconds"):
+            if field in record:
+                cold[field] = round(record[field], 2)
+        return cold
+
+    def forget(self, key: Key) -> None:
+        self._held.pop(key, None)

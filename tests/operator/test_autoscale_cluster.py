@@ -1,0 +1,345 @@
+"""The autoscaler on a real control plane with simulated H100 nodes and a real redis-server.
+
+The operator runs as its own ServiceAccount with ``TESSERA_QUEUE_URL`` pointing at the
+test's Redis; jobs are submitted to, leased from and failed in that Redis with the job
+store's own calls, as the gateway and the workers make them. KWOK makes scheduled pods
+Running and Ready but runs nothing, so here a "running job" is one leased by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from tessera.runtime.jobs.base import Job
+from tessera.runtime.jobs.redis import RedisJobStore
+from tests.cluster.fixtures import fresh_namespace
+from tests.cluster.harness import Cluster
+from tests.support.params import job_params
+from tests.support.redis_server import RedisServer
+
+from .process import (
+    OperatorProcess,
+    create_results_claim,
+    install_crds,
+    running_operator,
+    wait_until,
+)
+
+pytestmark = pytest.mark.cluster
+
+PARAMS = job_params(prompt="p")
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def cluster(kube_cluster: Cluster) -> Cluster:
+    install_crds(kube_cluster)
+    return kube_cluster
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with fresh_namespace(cluster) as name:
+        create_results_claim(cluster, name, tmp_path_factory.mktemp("results"))
+        yield name
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster,
+    namespace: str,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    work = tmp_path_factory.mktemp("operator")
+    env = {"TESSERA_QUEUE_URL": redis_server.url}
+    with redis.Redis.from_url(redis_server.url) as client:
+        before = int(client.execute_command("PUBSUB", "NUMPAT"))
+        with running_operator(cluster, namespace, work, env) as process:
+            # A submit before the autoscaler subscribes would be found by a sweep, not heard.
+            wait_until(
+                "the autoscaler to subscribe to the queues' events",
+                lambda: int(client.execute_command("PUBSUB", "NUMPAT")) > before,
+            )
+            yield process
+
+
+def store_call(redis: RedisServer, call: Callable[[RedisJobStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = RedisJobStore(redis.url)
+        try:
+            return await call(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def submit(redis: RedisServer, model: str, count: int = 1) -> float:
+    """Submit ``count`` jobs; the wall-clock time of the first submission."""
+
+    async def go(store: RedisJobStore) -> float:
+        started = time.time()
+        for _ in range(count):
+            await store.submit(model, "key_test", PARAMS)
+        return started
+
+    return store_call(redis, go)
+
+
+def lease(redis: RedisServer, model: str) -> Job:
+    """Take one job as a worker would: it is in progress until failed or completed."""
+
+    async def go(store: RedisJobStore) -> Job:
+        job = await store.lease([model], "test-worker")
+        assert job is not None
+        return job
+
+    return store_call(redis, go)
+
+
+def get(cluster: Cluster, namespace: str, *what: str) -> Any:
+    result = cluster.kubectl("-n", namespace, "get", *what, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def autoscaling(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj = get(cluster, namespace, "imagemodel", name) or {}
+    return (obj.get("status") or {}).get("autoscaling") or {}  # type: ignore[no-any-return]
+
+
+def scaled_events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The autoscaler's events on the model, oldest first."""
+    events = get(cluster, namespace, "events", "--field-selector", f"involvedObject.name={name}")
+    found = [
+        e
+        for e in (events or {}).get("items", [])
+        if e["involvedObject"]["kind"] == "ImageModel" and e["message"].startswith("Scaled ")
+    ]
+    # resourceVersions are etcd revisions here: they order creations (timestamps are seconds).
+    return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+
+def seconds(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def model(name: str, namespace: str, **scaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tessera.dev/v1alpha1",
+        "kind": "ImageModel",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "weights": {"demo": {}},
+            "scaling": {"minReplicas": 0, "maxReplicas": 4, **scaling},
+        },
+    }
+
+
+def wait_replicas(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    replicas: int,
+    operator: OperatorProcess,
+    timeout: float = 30,
+) -> dict[str, Any]:
+    """The model's status.autoscaling once the Deployment asks for ``replicas``."""
+
+    def probe() -> dict[str, Any] | None:
+        operator.check_alive()
+        deployment = get(cluster, namespace, "deployment", name)
+        if deployment and deployment["spec"].get("replicas") == replicas:
+            return autoscaling(cluster, namespace, name)
+        return None
+
+    def explain() -> str:
+        events = [e["message"] for e in scaled_events(cluster, namespace, name)]
+        return f"{autoscaling(cluster, namespace, name)}\n{events}\n{operator.tail(30)}"
+
+    return wait_until(f"{name} at {replicas} replicas", probe, timeout, explain)
+
+
+def test_from_zero_in_a_second_and_back_to_zero_but_never_under_a_running_job(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> None:
+    for name in ("busy", "idle"):
+        cluster.apply(model(name, namespace, scaleDownDelaySeconds=3))
+        wait_replicas(cluster, namespace, name, 0, operator)
+
+    submitted = {name: submit(redis_server, name) for name in ("busy", "idle")}
+    for name, at in submitted.items():
+        status = wait_replicas(cluster, namespace, name, 1, operator)
+        took = seconds(status["lastScaleTime"]) - at
+        print(f"{name}: submit -> scale decision {took:.3f} s")
+        assert took < 1.0, status
+        assert status["lastDecision"]["message"] == "Scaled 0 -> 1: 1 job in backlog, 4 per replica"
+
+    # A burst: 12 jobs at 4 a replica is 3.
+    submit(redis_server, "busy", 11)
+    wait_replicas(cluster, namespace, "busy", 3, operator)
+
+    # busy: one job stays in progress; the rest of both queues fails.
+    running = lease(redis_server, "busy")
+    for name in ("busy", "idle"):
+        store_call(redis_server, lambda s, n=name: s.expire(n, 0, "cancelled by the test"))
+    status = wait_replicas(cluster, namespace, "idle", 0, operator)
+    assert status["lastDecision"]["reason"] == "ScaledToZero"
+    # The same window has passed for busy: down to the one replica its job needs, not zero.
+    busy = wait_replicas(cluster, namespace, "busy", 1, operator)
+    assert (busy["queued"], busy["inProgress"]) == (0, 1)
+    messages = [e["message"] for e in scaled_events(cluster, namespace, "busy")]
+    # The 11 submissions are separate writes: the autoscaler may wake between them.
+    assert messages[0] == "Scaled 0 -> 1: 1 job in backlog, 4 per replica"
+    assert messages[-2].startswith("Scaled ") and messages[-2].endswith(
+        " -> 3: 12 jobs in backlog, 4 per replica"
+    )
+    assert messages[-1] == (
+        "Scaled 3 -> 1: 1 job in backlog, 4 per replica; 1 is the most wanted in the last 3 s"
+    )
+
+    finished = time.time()
+    store_call(redis_server, lambda s: s.fail(running.id, "test-worker", "done"))
+    status = wait_replicas(cluster, namespace, "busy", 0, operator)
+    assert seconds(status["lastScaleTime"]) - finished >= 3.0
+    assert "no jobs in the last 3 s" in status["lastDecision"]["message"]
+
+
+def test_the_decision_state_survives_an_operator_restart(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> None:
+    delay = 20
+    cluster.apply(model("steady", namespace, scaleDownDelaySeconds=delay))
+    wait_replicas(cluster, namespace, "steady", 0, operator)
+    submit(redis_server, "steady", 8)
+    wait_replicas(cluster, namespace, "steady", 2, operator)
+    store_call(redis_server, lambda s: s.expire("steady", 0, "cancelled by the test"))
+    emptied = time.time()
+    wait_until(
+        "the empty queue in status",
+        lambda: autoscaling(cluster, namespace, "steady").get("queued") == 0,
+        timeout=10,
+    )
+
+    before = [e["message"] for e in scaled_events(cluster, namespace, "steady")]
+    # The 8 submissions are separate writes: the autoscaler may wake between them.
+    assert " -> 2: " in before[-1], before
+    operator.stop()
+    time.sleep(delay / 2)  # half the window passes with no operator at all
+    operator.start()
+
+    status = wait_replicas(cluster, namespace, "steady", 0, operator, timeout=delay * 2)
+    # The window ran from the last demand, across the restart, not afresh from the restart.
+    gone = seconds(status["lastScaleTime"])
+    assert emptied + delay - 1 <= gone < emptied + delay + 6, (gone - emptied, status)
+    # Nothing re-decided by the new operator: one event, the scale to zero.
+    after = [e["message"] for e in scaled_events(cluster, namespace, "steady")]
+    assert after == [
+        *before,
+        f"Scaled 2 -> 0: no jobs in the last {delay} s; releasing every GPU",
+    ]
+
+
+def test_a_gpu_shortage_is_explained_and_does_not_run_away(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> None:
+    """One 8-GPU node and 4 GPUs a replica: 2 replicas fit, whatever the queue says."""
+    node = cluster.add_nodes(gpu_nodes=1, prefix=f"{namespace}-pool")[0]
+    body = model("big", namespace, maxReplicas=10, capacityWaitSeconds=6)
+    body["spec"]["gpu"] = {"count": 4, "nodeSelector": {"kubernetes.io/hostname": node}}
+    cluster.apply(body)
+    wait_replicas(cluster, namespace, "big", 0, operator)
+
+    submit(redis_server, "big", 24)
+    wait_replicas(cluster, namespace, "big", 6, operator)
+
+    def waiting() -> dict[str, Any] | None:
+        status = autoscaling(cluster, namespace, "big")
+        return status if status.get("unschedulableReplicas") == 4 else None
+
+    status = wait_until("4 replicas Pending in status", waiting, timeout=20)
+    assert status["lastDecision"]["reason"] == "WaitingForCapacity"
+    assert "4 of 6 replicas Pending with no node since" in status["lastDecision"]["message"]
+    # More work arrives: the request does not grow while replicas wait for a node.
+    submit(redis_server, "big", 16)
+    wait_until(
+        "40 jobs in status",
+        lambda: autoscaling(cluster, namespace, "big").get("queued") == 40,
+        timeout=10,
+    )
+    assert get(cluster, namespace, "deployment", "big")["spec"]["replicas"] == 6
+
+    # After capacityWaitSeconds: only what fits; then one try for more per wait.
+    status = wait_replicas(cluster, namespace, "big", 2, operator, timeout=30)
+    assert status["lastDecision"]["reason"] == "CapacityExhausted"
+    ups = len(scaled_events(cluster, namespace, "big")) - 1
+    started = time.time()
+    wait_until(
+        "a second try and a second give-up",
+        lambda: len(scaled_events(cluster, namespace, "big")) >= ups + 3,
+        timeout=40,
+    )
+    elapsed = time.time() - started
+    messages = [e["message"] for e in scaled_events(cluster, namespace, "big")]
+    # The 24 submissions are separate writes: the autoscaler may wake between them.
+    assert messages[ups - 1].endswith(" -> 6: 24 jobs in backlog, 4 per replica"), messages
+    assert messages[ups].startswith("Scaled 6 -> 2: 4 of 6 replicas Pending with no node")
+    assert messages[ups + 1] == "Scaled 2 -> 10: 40 jobs in backlog, 4 per replica"
+    assert messages[ups + 2].startswith("Scaled 10 -> 2: 8 of 10 replicas Pending with no node")
+    # No runaway: one try and one give-up per capacityWaitSeconds at most.
+    assert len(messages) - ups <= 1 + 2 * (elapsed // 6 + 1), messages
+    warnings = get(
+        cluster, namespace, "events", "--field-selector", "involvedObject.name=big,type=Warning"
+    )
+    reasons = {e["reason"] for e in warnings["items"]}
+    assert {"WaitingForCapacity", "CapacityExhausted"} <= reasons
+
+
+def test_manual_mode_keeps_kubectl_scale(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> None:
+    cluster.apply(model("manual", namespace, mode="Manual"))
+    wait_replicas(cluster, namespace, "manual", 0, operator)
+    submit(redis_server, "manual", 12)
+    wait_until(
+        "the queue reported in Manual mode",
+        lambda: autoscaling(cluster, namespace, "manual").get("queued") == 12,
+        timeout=10,
+    )
+    cluster.kubectl("-n", namespace, "scale", "im/manual", "--replicas=2")
+    wait_replicas(cluster, namespace, "manual", 2, operator)
+    status = autoscaling(cluster, namespace, "manual")
+    assert status["lastDecision"]["reason"] == "Manual"
+    assert scaled_events(cluster, namespace, "manual") == []
+    explained = cluster.kubectl("explain", "imagemodel.spec.scaling.mode").stdout
+    assert "kubectl scale im/NAME" in explained
+    columns = cluster.kubectl("-n", namespace, "get", "im", "manual").stdout
+    assert "QUEUE" in columns and "DESIRED" in columns
+
+
+def test_the_printer_columns_show_the_backlog(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> None:
+    cluster.apply(model("shown", namespace))
+    wait_replicas(cluster, namespace, "shown", 0, operator)
+    submit(redis_server, "shown", 5)
+    wait_replicas(cluster, namespace, "shown", 2, operator)
+    wait_until(
+        "the queue depth in status",
+        lambda: (
+            (get(cluster, namespace, "im", "shown") or {}).get("status", {}).get("queueDepth") == 5
+        ),
+        timeout=10,
+    )
+    table = cluster.kubectl("-n", namespace, "get", "im", "shown", "-o", "wide").stdout.split("\n")
+    header, row = table[0].split(), table[1].split()
+    values = dict(zip(header, row, strict=False))
+    assert (values["QUEUE"], values["DESIRED"], values["SCALING"]) == ("5", "2", "ScaledUp")
