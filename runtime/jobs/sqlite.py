@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
 from tessera.runtime.jobs.base import (
+    BATCH_LOOKAHEAD,
     MAX_JOB_ID,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
     Job,
@@ -31,6 +32,7 @@ from tessera.runtime.jobs.base import (
     QueueDepth,
     StorePolicy,
     UsageRecord,
+    batch_key,
     check_transition,
     result_from_json,
     result_to_json,
@@ -259,18 +261,7 @@ class SQLiteJobStore:
             ).fetchone()
             if row is None:
                 return None
-            connection.execute(
-                "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
-                " worker_id = ?, lease_until = ?, progress = 0 WHERE id = ?",
-                (
-                    JobStatus.IN_PROGRESS.value,
-                    now,
-                    worker_id,
-                    now + self.policy.lease_seconds,
-                    row["id"],
-                ),
-            )
-            return self._fetch(connection, row["id"])
+            return self._take(connection, row["id"], worker_id, now)
 
         job = await self._changes.wait_until(
             lambda: self._run(take, notify=False, durable=False), wait
@@ -278,6 +269,57 @@ class SQLiteJobStore:
         if job is not None:
             self._changes.notify(job.id)
         return job
+
+    def _take(self, connection: sqlite3.Connection, job_id: int, worker_id: str, now: float) -> Job:
+        """Put one queued job in progress for ``worker_id``, under a lease of its own."""
+        connection.execute(
+            "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
+            " worker_id = ?, lease_until = ?, progress = 0 WHERE id = ?",
+            (JobStatus.IN_PROGRESS.value, now, worker_id, now + self.policy.lease_seconds, job_id),
+        )
+        return self._fetch(connection, job_id)
+
+    async def lease_batch(
+        self,
+        models: list[str],
+        worker_id: str,
+        max_jobs: int,
+        wait: float = 0.0,
+        key: str | None = None,
+    ) -> list[Job]:
+        def take_compatible(connection: sqlite3.Connection) -> list[Job] | None:
+            now = time.time()
+            self._reclaim_expired(connection, now)
+            for model in models:
+                rows = connection.execute(
+                    "SELECT id, params FROM jobs WHERE status = ? AND model = ?"
+                    " ORDER BY id LIMIT ?",
+                    (JobStatus.QUEUED.value, model, BATCH_LOOKAHEAD + 1),
+                ).fetchall()
+                keys = (batch_key(JobParams.model_validate_json(row["params"])) for row in rows)
+                chosen: list[int] = []
+                wanted = key
+                for row, row_key in zip(rows, keys, strict=True):
+                    if key is None and not chosen:
+                        # The oldest job leads, even one that can only run alone.
+                        wanted = row_key
+                    elif wanted is None or row_key != wanted:
+                        continue
+                    chosen.append(row["id"])
+                    if len(chosen) == max_jobs or wanted is None:
+                        break
+                if chosen:
+                    return [self._take(connection, job_id, worker_id, now) for job_id in chosen]
+            return None
+
+        jobs = await self._changes.wait_until(
+            lambda: self._run(take_compatible, notify=False, durable=False), wait
+        )
+        if jobs is None:
+            return []
+        for job in jobs:
+            self._changes.notify(job.id)
+        return jobs
 
     async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
         def renew(connection: sqlite3.Connection) -> None:
