@@ -99,6 +99,10 @@ def _job_from_row(row: sqlite3.Row) -> Job:
     )
 
 
+def _batch_key_of(row: sqlite3.Row) -> str | None:
+    return batch_key(JobParams.model_validate_json(row["params"]))
+
+
 class SQLiteJobStore:
     """``JobStore`` over one SQLite file."""
 
@@ -288,29 +292,32 @@ class SQLiteJobStore:
         key: str | None = None,
     ) -> list[Job]:
         def take_compatible(connection: sqlite3.Connection) -> list[Job] | None:
+            def queued(among: list[str], after: int, limit: int) -> list[sqlite3.Row]:
+                placeholders = ",".join("?" * len(among))
+                return connection.execute(
+                    "SELECT id, model, params FROM jobs WHERE status = ? AND id > ?"  # noqa: S608
+                    f" AND model IN ({placeholders}) ORDER BY id LIMIT ?",
+                    (JobStatus.QUEUED.value, after, *among, limit),
+                ).fetchall()
+
             now = time.time()
             self._reclaim_expired(connection, now)
-            for model in models:
-                rows = connection.execute(
-                    "SELECT id, params FROM jobs WHERE status = ? AND model = ?"
-                    " ORDER BY id LIMIT ?",
-                    (JobStatus.QUEUED.value, model, BATCH_LOOKAHEAD + 1),
-                ).fetchall()
-                keys = (batch_key(JobParams.model_validate_json(row["params"])) for row in rows)
-                chosen: list[int] = []
-                wanted = key
-                for row, row_key in zip(rows, keys, strict=True):
-                    if key is None and not chosen:
-                        # The oldest job leads, even one that can only run alone.
-                        wanted = row_key
-                    elif wanted is None or row_key != wanted:
-                        continue
-                    chosen.append(row["id"])
-                    if len(chosen) == max_jobs or wanted is None:
-                        break
-                if chosen:
-                    return [self._take(connection, job_id, worker_id, now) for job_id in chosen]
-            return None
+            chosen: list[int] = []
+            wanted, among, after = key, models, 0
+            if key is None:
+                # The oldest job of any of the models leads, even one that can only run alone.
+                lead = queued(models, 0, 1)
+                if not lead:
+                    return None
+                chosen.append(lead[0]["id"])
+                wanted, among, after = _batch_key_of(lead[0]), [lead[0]["model"]], lead[0]["id"]
+            if wanted is not None and len(chosen) < max_jobs:
+                for row in queued(among, after, BATCH_LOOKAHEAD):
+                    if _batch_key_of(row) == wanted:
+                        chosen.append(row["id"])
+                        if len(chosen) == max_jobs:
+                            break
+            return [self._take(connection, job_id, worker_id, now) for job_id in chosen] or None
 
         jobs = await self._changes.wait_until(
             lambda: self._run(take_compatible, notify=False, durable=False), wait
