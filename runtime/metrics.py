@@ -25,3 +25,9 @@ JOB_SECONDS = Histogram(
     ["model", "phase"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+BATCH_JOBS = Histogram(
+    "tessera_batch_jobs",
+    "Jobs run together in one pipeline call.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
