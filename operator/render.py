@@ -184,6 +184,13 @@ def worker_command(model: ImageModel, config: RenderConfig) -> list[str]:
     ]
     if spec.pipeline.dtype != "auto":
         command += ["--dtype", spec.pipeline.dtype]
+    if spec.batch.max_size > 1:  # one job per call is the worker's default
+        command += [
+            "--batch-max-size",
+            str(spec.batch.max_size),
+            "--batch-max-wait-ms",
+            str(spec.batch.max_wait_ms),
+        ]
     return command + list(spec.worker.args)
 
 

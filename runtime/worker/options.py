@@ -1,7 +1,9 @@
-"""How a worker loads its pipeline: what an ImageModel's ``spec.pipeline`` says.
+"""How a worker loads its pipeline and batches its jobs: an ImageModel's ``spec.pipeline``
+and ``spec.batch``.
 
-The operator passes these to the worker as JSON in ``TESSERA_PIPELINE`` and validates the
-resource with this same model, so the two can never disagree on a field.
+The operator passes the pipeline options to the worker as JSON in ``TESSERA_PIPELINE`` and
+the batch as ``--batch-max-size``/``--batch-max-wait-ms``, and validates the resource with
+these same models, so the two can never disagree on a field.
 """
 
 from __future__ import annotations

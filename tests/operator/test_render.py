@@ -31,9 +31,11 @@ from tessera.operator.spec import (
     parse_spec,
 )
 from tessera.runtime import conditions
-from tessera.runtime.cli import build_parser
+from tessera.runtime.cli import build_parser, settings_from
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits
+from tessera.runtime.settings import WorkerSettings
+from tessera.runtime.worker.options import BatchOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "imagemodel.yaml").read_text())
@@ -234,6 +236,8 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "float price": (merged(DEMO, {"pricePerPatch": 0.1}), "pricePerPatch must be a decimal"),
     "unknown field": (merged(DEMO, {"gpus": 2}), "spec.gpus"),
     "bad task": (merged(DEMO, {"task": "text-to-video"}), "spec.task"),
+    "empty batch": (merged(DEMO, {"batch": {"maxSize": 0}}), "spec.batch.maxSize"),
+    "long batch wait": (merged(DEMO, {"batch": {"maxWaitMs": 60000}}), "spec.batch.maxWaitMs"),
 }
 
 
@@ -621,6 +625,14 @@ def test_the_worker_command_is_one_tessera_worker_accepts(queue: str) -> None:
     assert str(args.storage) == render.RESULTS_MOUNT
     assert args.host == "$(POD_IP)"  # expanded by the kubelet from the POD_IP variable
     assert "POD_IP" in env_of(container)
+
+
+def test_the_batch_reaches_the_worker_as_flags() -> None:
+    assert "--batch-max-size" not in worker(render.deployment(model(), CONFIG))["command"]
+    batched = model(merged(HUB, {"batch": {"maxSize": 8, "maxWaitMs": 20}}))
+    command = worker(render.deployment(batched, CONFIG))["command"]
+    settings = settings_from(WorkerSettings, build_parser().parse_args(command[1:]))
+    assert settings.batch == batched.spec.batch == BatchOptions(max_size=8, max_wait_ms=20)
 
 
 def test_service_selects_the_worker_pods() -> None:
