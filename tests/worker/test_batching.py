@@ -9,6 +9,7 @@ the same job made alone by at most 1 level of 8-bit colour in any channel of any
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -159,6 +160,18 @@ def _worker(
     )
 
 
+@contextlib.asynccontextmanager
+async def working(worker: Worker) -> AsyncIterator[None]:
+    """The worker works its queue inside the block, and finishes what it holds after it."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await running
+
+
 async def _finished(store: SQLiteJobStore, jobs: list[Job], timeout: float = 60) -> list[Job]:
     async def all_done() -> list[Job]:
         while True:
@@ -187,12 +200,8 @@ async def test_a_worker_runs_compatible_jobs_as_one_call_and_bills_each(
     small = [job_params(prompt=f"scene {n}", seed=n) for n in range(5)]
     jobs = [await store.submit(MODEL, "key_a", params) for params in small]
     odd = await store.submit(MODEL, "key_b", job_params(width=96, seed=9))
-    worker = _worker(store, files, loaded, "w", BatchOptions(max_size=4))
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    done = await _finished(store, [*jobs, odd])
-    stop.set()
-    await running
+    async with working(_worker(store, files, loaded, "w", BatchOptions(max_size=4))):
+        done = await _finished(store, [*jobs, odd])
     # The oldest four share a call; the fifth waits for the next one, after the odd job,
     # which came earlier and cannot join them.
     assert counter.calls == [4, 1, 1]
@@ -214,14 +223,11 @@ async def test_a_batch_waits_max_wait_ms_for_jobs_to_join(
 ) -> None:
     loaded, counter = counting
     worker = _worker(store, files, loaded, "w", BatchOptions(max_size=3, max_wait_ms=2000))
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    first = await store.submit(MODEL, "k", job_params(seed=1))
-    await asyncio.sleep(0.2)
-    later = [await store.submit(MODEL, "k", job_params(seed=s)) for s in (2, 3)]
-    await _finished(store, [first, *later])
-    stop.set()
-    await running
+    async with working(worker):
+        first = await store.submit(MODEL, "k", job_params(seed=1))
+        await asyncio.sleep(0.2)
+        later = [await store.submit(MODEL, "k", job_params(seed=s)) for s in (2, 3)]
+        await _finished(store, [first, *later])
     assert counter.calls == [3]
 
 
@@ -239,12 +245,8 @@ async def test_one_bad_job_fails_alone(
         jobs.append(await store.submit(MODEL, "k", params))
     # The middle job's source is gone before it runs (as if its retention had run out).
     await files.delete("sources/1.png")
-    worker = _worker(store, files, loaded, "w", BatchOptions(max_size=3))
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    done = await _finished(store, jobs)
-    stop.set()
-    await running
+    async with working(_worker(store, files, loaded, "w", BatchOptions(max_size=3))):
+        done = await _finished(store, jobs)
     assert [job.status for job in done] == [
         JobStatus.COMPLETED,
         JobStatus.FAILED,
@@ -275,14 +277,9 @@ async def test_a_crashed_batch_returns_every_job_and_bills_each_once(
     with pytest.raises(asyncio.CancelledError):
         await doomed
     survivor = LoadedPipeline.load(pipelines_dir / "flux", "cpu")
-    stop = asyncio.Event()
-    running = asyncio.create_task(
-        _worker(store, files, survivor, "survivor", BatchOptions(max_size=4)).run(stop)
-    )
-    done = await _finished(store, jobs)
+    async with working(_worker(store, files, survivor, "survivor", BatchOptions(max_size=4))):
+        done = await _finished(store, jobs)
     counter.hold.set()  # the dead worker's call finishes; its results go nowhere
-    stop.set()
-    await running
     assert [(job.status, job.worker_id, job.attempts) for job in done] == [
         (JobStatus.COMPLETED, "survivor", 2)
     ] * 3
