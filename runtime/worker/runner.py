@@ -121,8 +121,11 @@ class Worker:
         return joined
 
     async def process(self, job: Job) -> None:
-        self.busy = True
         self._observe_queue(job)
+        await self._process_alone(job)
+
+    async def _process_alone(self, job: Job) -> None:
+        self.busy = True
         started = time.monotonic()
         progress = _Progress()
         heartbeat = asyncio.create_task(self._heartbeat(job, progress))
@@ -154,10 +157,10 @@ class Worker:
                     len(jobs),
                     ", ".join(str(job.id) for job in jobs),
                 )
-                for heartbeat in heartbeats:
+                # Each lease is renewed by the batch until the job's own run takes over.
+                for job, heartbeat in zip(jobs, heartbeats, strict=True):
                     await _stop(heartbeat)
-                for job in jobs:
-                    await self.process(job)
+                    await self._process_alone(job)
                 return
             for job, made, heartbeat in zip(jobs, images, heartbeats, strict=True):
                 await self._settle(
