@@ -1,285 +1,55 @@
-"""The ImageModel resource as typed, validated models.
+"""The ImageModel resource for the operator: the runtime's typed models, with kopf's errors.
 
-The CRD (``crds/imagemodel.yaml``) is the source of truth; these models mirror it field for
-field, with the same defaults, so that an object the API server accepted parses here and a
-bare dict in a unit test means the same as the defaulted object. ``spec.parameters`` *is*
-the runtime's ``ParameterLimits``, so the gateway and the workers enforce exactly what the
-resource says.
-
-``parse`` turns a resource body into an ``ImageModel`` or raises ``InvalidSpec``, a
+The models themselves live in ``tessera.runtime.imagemodel`` (the gateway reads the same
+documents and must not need kopf); here an invalid spec becomes ``InvalidSpec``, a
 ``kopf.PermanentError``: retrying an invalid spec cannot help, only an edit can.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any, Literal, Self
+from typing import Any
 
 import kopf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
 
-from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
-from tessera.runtime.params import ParameterLimits, Task
-from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime import imagemodel
+from tessera.runtime.imagemodel import (
+    GROUP,
+    H100_PRODUCT,
+    PLURAL,
+    VERSION,
+    ImageModel,
+    ImageModelSpec,
+)
 
-GROUP = "tessera.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ImageModel"
-PLURAL = "imagemodels"
-
-H100_PRODUCT = "NVIDIA-H100-80GB-HBM3"
-GPU_RESOURCE = "nvidia.com/gpu"
-
-PullPolicy = Literal["Always", "IfNotPresent", "Never"]
-WeightsSource = Literal["huggingFace", "pvc", "image", "demo"]
-
-_DECIMAL = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,18})?$")
+__all__ = [
+    "GROUP",
+    "H100_PRODUCT",
+    "PLURAL",
+    "VERSION",
+    "ImageModel",
+    "ImageModelSpec",
+    "InvalidSpec",
+    "parse",
+    "parse_spec",
+]
 
 
 class InvalidSpec(kopf.PermanentError):
     """The resource cannot be served as written; the message names the field and the rule."""
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-class SecretKeyRef(_Spec):
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(default="token", min_length=1, max_length=253)
-
-
-class WeightsCache(_Spec):
-    size: str = "200Gi"
-    storage_class_name: str | None = None
-    access_modes: tuple[str, ...] = ("ReadWriteMany",)
-
-
-class HuggingFaceWeights(_Spec):
-    repo: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
-    revision: str = Field(default="main", min_length=1, max_length=200)
-    token_secret_ref: SecretKeyRef | None = None
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    cache: WeightsCache = WeightsCache()
-
-
-class PVCWeights(_Spec):
-    claim_name: str = Field(min_length=1, max_length=253)
-    path: str = Field(default="", pattern=r"^([^/.][^:]*)?$")
-
-
-class ImageWeights(_Spec):
-    reference: str = Field(min_length=1, max_length=512)
-    path: str = Field(default="/weights", pattern=r"^/")
-    mode: Literal["copy", "volume"] = "copy"
-    pull_policy: PullPolicy = "IfNotPresent"
-
-
-class DemoWeights(_Spec):
-    pass
-
-
-class Weights(_Spec):
-    hugging_face: HuggingFaceWeights | None = None
-    pvc: PVCWeights | None = None
-    image: ImageWeights | None = None
-    demo: DemoWeights | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        given = [name for name in ("hugging_face", "pvc", "image", "demo") if getattr(self, name)]
-        if len(given) != 1:
-            raise ValueError(
-                "spec.weights must name exactly one source: huggingFace, pvc, image or demo"
-            )
-        return self
-
-    @property
-    def source(self) -> WeightsSource:
-        if self.hugging_face is not None:
-            return "huggingFace"
-        if self.pvc is not None:
-            return "pvc"
-        if self.image is not None:
-            return "image"
-        return "demo"
-
-
-# Shared with the worker, which reads it back from TESSERA_PIPELINE.
-Pipeline = PipelineOptions
-
-
-class Toleration(_Spec):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
-
-
-class GPU(_Spec):
-    count: int = Field(default=1, ge=0, le=16)
-    product: str = H100_PRODUCT
-    resource_name: str = GPU_RESOURCE
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: tuple[Toleration, ...] = ()
-    affinity: dict[str, Any] | None = None
-    priority_class_name: str | None = None
-    runtime_class_name: str | None = None
-
-
-class EnvVar(_Spec):
-    name: str = Field(min_length=1)
-    value: str | None = None
-    value_from: dict[str, Any] | None = None
-
-
-def _quantities(value: Mapping[str, Any]) -> dict[str, str]:
-    return {key: str(amount) for key, amount in value.items()}
-
-
-class Resources(_Spec):
-    requests: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("requests", "limits", mode="before")
-    @classmethod
-    def _as_strings(cls, value: Any) -> Any:
-        # The CRD says int-or-string: `cpu: 4` arrives as an int.
-        return _quantities(value) if isinstance(value, Mapping) else value
-
-
-class LocalObjectReference(_Spec):
-    name: str
-
-
-class Worker(_Spec):
-    image: str | None = None
-    image_pull_policy: PullPolicy = "IfNotPresent"
-    image_pull_secrets: tuple[LocalObjectReference, ...] = ()
-    resources: Resources = Resources()
-    env: tuple[EnvVar, ...] = ()
-    args: tuple[str, ...] = ()
-    shm_size: str | None = None
-    termination_grace_period_seconds: int = Field(default=120, ge=0, le=3600)
-    startup_timeout_seconds: int = Field(default=1800, ge=10, le=86400)
-    service_account_name: str | None = None
-    pod_labels: dict[str, str] = Field(default_factory=dict)
-    pod_annotations: dict[str, str] = Field(default_factory=dict)
-
-
-class Scaling(_Spec):
-    min_replicas: int = Field(default=1, ge=0, le=1000)
-    max_replicas: int = Field(default=1, ge=1, le=1000)
-    target_queue_per_replica: int = Field(default=4, ge=1, le=10000)
-    scale_down_delay_seconds: int = Field(default=600, ge=0, le=86400)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"spec.scaling.minReplicas ({self.min_replicas}) must not exceed "
-                f"maxReplicas ({self.max_replicas})"
-            )
-        return self
-
-
-class ImageModelSpec(_Spec):
-    model_name: str | None = Field(
-        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
-    )
-    description: str = Field(default="", max_length=1024)
-    task: Task = Task.TEXT_TO_IMAGE
-    replicas: int | None = Field(default=None, ge=0)
-    weights: Weights
-    pipeline: Pipeline = Pipeline()
-    parameters: ParameterLimits = ParameterLimits()
-    price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
-    gpu: GPU = GPU()
-    worker: Worker = Worker()
-    scaling: Scaling = Scaling()
-
-    @field_validator("price_per_patch", mode="before")
-    @classmethod
-    def _exact_decimal(cls, value: Any) -> Any:
-        # A float would already have lost digits; the CRD types this field as a string.
-        if not isinstance(value, str | Decimal) or not _DECIMAL.match(str(value)):
-            raise ValueError(
-                f"pricePerPatch must be a decimal string such as '0.00000079', not {value!r}"
-            )
-        return value
-
-
-@dataclass(frozen=True)
-class ImageModel:
-    """One parsed ImageModel: identity from metadata, everything else from spec."""
-
-    name: str
-    namespace: str
-    spec: ImageModelSpec
-    uid: str = ""
-    generation: int = 0
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def model_name(self) -> str:
-        """The public name: ``spec.modelName`` or, by default, ``metadata.name``."""
-        return self.spec.model_name or self.name
-
-    @property
-    def desired_replicas(self) -> int:
-        """``spec.replicas`` (scale subresource) or ``minReplicas``, clamped to the bounds."""
-        scaling = self.spec.scaling
-        wanted = scaling.min_replicas if self.spec.replicas is None else self.spec.replicas
-        return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
-
-    @property
-    def device(self) -> Literal["cuda", "cpu"]:
-        return "cuda" if self.spec.gpu.count > 0 else "cpu"
-
-
-def _where(location: tuple[int | str, ...]) -> str:
-    path = "spec"
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def describe(error: ValidationError) -> str:
-    """Pydantic's errors as one line per field: ``spec.a.b: message``."""
-    lines = []
-    for item in error.errors():
-        # Union members and validator wrappers add noise to the location; keep field names.
-        location = tuple(p for p in item["loc"] if not (isinstance(p, str) and "[" in p))
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{_where(location)}: {message}" if location else message)
-    return "; ".join(lines)
-
-
 def parse_spec(spec: Mapping[str, Any]) -> ImageModelSpec:
     """Validate a ``spec`` mapping (camelCase, as stored) or raise ``InvalidSpec``."""
     try:
-        return ImageModelSpec.model_validate(dict(spec))
-    except ValidationError as error:
-        raise InvalidSpec(describe(error)) from None
+        return imagemodel.parse_spec(spec)
+    except imagemodel.InvalidImageModel as error:
+        raise InvalidSpec(str(error)) from None
 
 
 def parse(body: Mapping[str, Any]) -> ImageModel:
     """An ImageModel from a resource body (a kopf Body or a plain dict)."""
-    metadata = body.get("metadata") or {}
-    return ImageModel(
-        name=metadata["name"],
-        namespace=metadata.get("namespace") or "default",
-        uid=metadata.get("uid", ""),
-        generation=int(metadata.get("generation") or 0),
-        labels=dict(metadata.get("labels") or {}),
-        spec=parse_spec(body.get("spec") or {}),
-    )
+    try:
+        return imagemodel.parse(body)
+    except imagemodel.InvalidImageModel as error:
+        raise InvalidSpec(str(error)) from None

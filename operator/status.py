@@ -7,13 +7,14 @@ except through the ``now`` argument, and nothing here talks to the API server, s
 caller writes status only when ``owned(new) != owned(old)`` and emits an event only for a
 ``transitions`` entry.
 
-Conditions follow cert-manager's shape: ``set_condition`` always stamps
-``observedGeneration`` and keeps ``lastTransitionTime`` unless the status flips.
+Conditions follow cert-manager's shape (``tessera.runtime.conditions``, shared with the
+gateway, which writes the ``Served`` condition).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +22,8 @@ from typing import Any, Literal
 from tessera.operator import render
 from tessera.operator.reasons import Condition, EventReason, Phase, Reason
 from tessera.operator.spec import ImageModel
+from tessera.runtime import conditions as conditions_
+from tessera.runtime.conditions import find_condition
 
 # The fields of status that the operator writes; others (queueDepth) belong to the autoscaler.
 OWNED_FIELDS = (
@@ -50,43 +53,8 @@ FAILING_WAIT_REASONS = frozenset(
 )
 
 
-def timestamp(now: datetime.datetime) -> str:
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def find_condition(
-    conditions: Sequence[Mapping[str, Any]] | None, type: str
-) -> Mapping[str, Any] | None:
-    for condition in conditions or ():
-        if condition.get("type") == type:
-            return condition
-    return None
-
-
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]] | None,
-    type: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime.datetime,
-) -> list[dict[str, Any]]:
-    """The conditions with ``type`` set; lastTransitionTime moves only when status flips."""
-    value = "True" if status else "False"
-    old = find_condition(conditions, type)
-    since = old.get("lastTransitionTime") if old and old.get("status") == value else None
-    new = {
-        "type": type,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since or timestamp(now),
-        "observedGeneration": generation,
-    }
-    others = [dict(c) for c in conditions or () if c.get("type") != type]
-    order = {name: i for i, name in enumerate(Condition.ALL)}
-    return sorted([*others, new], key=lambda c: order.get(c["type"], len(order)))
+# The operator's conditions, in its order of condition types.
+set_condition = functools.partial(conditions_.set_condition, order=Condition.ALL)
 
 
 def is_current(condition: Mapping[str, Any] | None, generation: int, status: str = "True") -> bool:

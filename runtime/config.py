@@ -1,4 +1,10 @@
-"""Settings for one server process, and the files it keeps in its data directory."""
+"""How a server is put together, in one place: from settings to URLs, secrets and models.
+
+``tessera serve`` and ``tessera gateway`` are one server (``create_app``) assembled from a
+``ServerConfig``: a job store URL, a storage URL, a catalogue of models, keys, a public URL
+and a signing secret. ``serve_config`` and ``gateway_config`` make one from each command's
+settings; the commands only print and run it.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +14,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tessera.runtime.jobs.base import StorePolicy
-from tessera.runtime.keys import KeyRing
+from tessera.runtime.keys import KeyRing, new_key, write_key_file
 from tessera.runtime.models import ModelSpec
+from tessera.runtime.params import IntRange, ParameterLimits, Task
+from tessera.runtime.settings import ApiSettings, GatewaySettings, ServeSettings
 from tessera.runtime.sources import SourceLimits
+from tessera.runtime.storage import InvalidStorageUrl, open_storage
+
+DEMO_MODELS = {"tessera-demo": Task.TEXT_TO_IMAGE, "tessera-demo-edit": Task.IMAGE_TO_IMAGE}
+# The demo pipelines make a 1024x1024 image in well under a second on one CPU core at four
+# steps; they publish limits that keep every request within a few seconds.
+DEMO_LIMITS = ParameterLimits(
+    max_side=2048,
+    num_inference_steps=IntRange(min=1, max=50, default=4),
+)
+DEMO_DESCRIPTION = (
+    "A tiny random-weight Flux pipeline for trying the API on a CPU; its images are coloured noise."
+)
+
+
+class ConfigError(ValueError):
+    """The settings cannot make a server; the message says which and why."""
 
 
 @dataclass
 class ServerConfig:
-    data_dir: Path
+    queue: str
+    storage: str
+    signing_secret: bytes
     models: list[ModelSpec]
     keys: KeyRing
     public_url: str
     url_ttl_seconds: int = 3600
     sources: SourceLimits = field(default_factory=SourceLimits)
     store: StorePolicy = field(default_factory=StorePolicy)
-    # Run a worker inside the API process (``tessera serve``); the gateway sets this False.
+    # Run a worker inside the API process (``tessera serve``); the gateway has none.
     embedded_worker: bool = True
+    # Serve the ImageModel resources of the cluster this process runs in, kept current.
+    watch_cluster: bool = False
     device: str | None = None
     # Origins whose pages may call the API from a browser (CORS); "*" for any. Empty: only
     # pages this server serves (the Playground) can, as browsers enforce by default.
     cors_origins: tuple[str, ...] = ()
 
-    @property
-    def database(self) -> Path:
-        return self.data_dir / "jobs.db"
 
-    @property
-    def files_dir(self) -> Path:
-        return self.data_dir / "files"
+@dataclass(frozen=True)
+class Assembled:
+    config: ServerConfig
+    # A key made for this data directory on first use, to show once.
+    created_key: str | None = None
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -48,3 +75,146 @@ def load_or_create_secret(path: Path) -> bytes:
     with os.fdopen(descriptor, "wb") as file:
         file.write(secret)
     return secret
+
+
+def _given_keys(settings: ApiSettings) -> KeyRing | None:
+    if settings.api_keys_file is not None:
+        return KeyRing.from_file(settings.api_keys_file)
+    if settings.api_keys:
+        return KeyRing.from_keys(key.get_secret_value() for key in settings.api_keys)
+    return None
+
+
+def _server_config(
+    settings: ApiSettings,
+    *,
+    queue: str,
+    storage: str,
+    secret: bytes,
+    models: list[ModelSpec],
+    keys: KeyRing,
+    embedded_worker: bool,
+    device: str | None = None,
+    watch_cluster: bool = False,
+) -> ServerConfig:
+    return ServerConfig(
+        queue=queue,
+        storage=storage,
+        signing_secret=secret,
+        models=models,
+        keys=keys,
+        public_url=settings.base_url,
+        url_ttl_seconds=settings.url_ttl_seconds,
+        sources=SourceLimits(
+            allow_private_addresses=settings.allow_private_image_urls,
+            allowed_networks=settings.allow_image_network,
+        ),
+        embedded_worker=embedded_worker,
+        device=device,
+        cors_origins=settings.cors_origin,
+        watch_cluster=watch_cluster,
+    )
+
+
+def demo_models(data_dir: Path) -> list[ModelSpec]:
+    """The two demo pipelines, built into ``data_dir`` once."""
+    from tessera.runtime.demo import ensure_demo_pipeline
+
+    models = []
+    for name, task in DEMO_MODELS.items():
+        path = ensure_demo_pipeline(data_dir / "models" / name, task)
+        models.append(
+            ModelSpec(
+                name=name,
+                task=task,
+                weights=str(path),
+                limits=DEMO_LIMITS,
+                description=DEMO_DESCRIPTION,
+            )
+        )
+    return models
+
+
+def serve_config(settings: ServeSettings) -> Assembled:
+    """One process: SQLite and files in the data directory, a worker for every model."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    models = demo_models(data_dir) if settings.demo else []
+    for name, path, task in settings.model_arguments():
+        if not (path / "model_index.json").exists():
+            raise ConfigError(f"{path} holds no diffusers pipeline (model_index.json)")
+        models.append(ModelSpec(name=name, task=task, weights=str(path)))
+    if not models:
+        raise ConfigError("nothing to serve: pass --demo or --model NAME=PATH")
+
+    created_key = None
+    keys = _given_keys(settings)
+    if keys is None:
+        key_file = data_dir / "api-keys.json"
+        if key_file.exists():
+            keys = KeyRing.from_file(key_file)
+        else:
+            created_key = new_key()
+            write_key_file(key_file, [created_key])
+            keys = KeyRing.from_keys([created_key])
+    if not len(keys):
+        raise ConfigError("no API keys configured")
+    secret = settings.secret_bytes() or load_or_create_secret(data_dir / "url-signing.key")
+    config = _server_config(
+        settings,
+        queue=f"sqlite://{data_dir / 'jobs.db'}",
+        storage=f"file://{data_dir / 'files'}",
+        secret=secret,
+        models=models,
+        keys=keys,
+        embedded_worker=True,
+        device=settings.device,
+    )
+    return Assembled(config, created_key)
+
+
+def gateway_config(settings: GatewaySettings) -> Assembled:
+    """The API alone: every replica shares the queue, the storage, the keys and the secret."""
+    from tessera.runtime.imagemodel import InvalidImageModel, load_documents
+
+    secret = settings.secret_bytes()
+    if not secret:
+        raise ConfigError(
+            "the gateway needs a URL-signing secret shared by every replica: set "
+            "TESSERA_SIGNING_SECRET or --signing-secret-file"
+        )
+    keys = _given_keys(settings)
+    if keys is None or not len(keys):
+        raise ConfigError("no API keys configured: set TESSERA_API_KEYS or --api-keys-file")
+    models = []
+    if settings.models is not None:
+        try:
+            models = [resource.model_spec() for resource in load_documents(settings.models)]
+        except (InvalidImageModel, OSError, ValueError) as error:
+            raise ConfigError(str(error)) from None
+    try:
+        open_storage(settings.storage)  # refuse a bad URL now, not at the first request
+    except InvalidStorageUrl as error:
+        raise ConfigError(str(error)) from None
+    config = _server_config(
+        settings,
+        queue=settings.queue,
+        storage=settings.storage,
+        secret=secret,
+        models=models,
+        keys=keys,
+        embedded_worker=False,
+        watch_cluster=settings.models is None,
+    )
+    if config.watch_cluster:
+        from kubernetes.config import ConfigException
+
+        from tessera.runtime.cluster import load_kube_configuration
+
+        try:
+            load_kube_configuration()
+        except ConfigException as error:
+            raise ConfigError(
+                f"no --models given and no cluster to learn them from: {error}"
+            ) from None
+    return Assembled(config)

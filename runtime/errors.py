@@ -9,6 +9,7 @@
     │   ├── JobNotFound           also raised for another key's job, so ids leak nothing
     │   └── FileNotFound          unknown, expired or badly signed file URL
     ├── PayloadTooLarge       413  an upload or fetched image over the size limit
+    ├── QueueFull             429  the model's queue holds its limit; answered with Retry-After
     ├── StoreUnavailable      503  the job store cannot be reached; the request lost nothing
     └── StorageUnavailable    503  result storage (S3) stayed unreachable through every retry
 
@@ -32,6 +33,10 @@ class TesseraError(Exception):
         self.message = message
         self.field = field
         self.rule = rule
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries beside the envelope."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         """The Hyperstack error envelope, plus the machine code and offending field."""
@@ -98,6 +103,23 @@ class FileNotFound(NotFound):
 class PayloadTooLarge(TesseraError):
     status_code = 413
     code = "payload.too_large"
+
+
+class QueueFull(TesseraError):
+    status_code = 429
+    code = "queue.full"
+
+    def __init__(self, model: str, limit: int, retry_after_seconds: int):
+        super().__init__(
+            f"the queue of model {model!r} is full ({limit} jobs waiting); "
+            f"retry in {retry_after_seconds} s",
+            field="model",
+            rule="max_queued",
+        )
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class StoreUnavailable(TesseraError):

@@ -33,6 +33,10 @@ class ModelSpec(BaseModel):
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     provider: str = "Tessera"
     description: str = ""
+    # Gateway queueing (None: unbounded, as in `tessera serve`, whose worker is built in): a
+    # job still queued after the timeout fails unbilled; a full queue answers 429.
+    queue_timeout_seconds: float | None = None
+    max_queued: int | None = None
 
     def public_record(self) -> dict[str, Any]:
         """The ``/base_models`` record, Hyperstack's fields first."""
@@ -62,10 +66,16 @@ class ModelCatalog:
 
     def __init__(self, models: Iterable[ModelSpec] = ()):
         self._models: dict[str, ModelSpec] = {}
+        self.replace(models)
+
+    def replace(self, models: Iterable[ModelSpec]) -> None:
+        """Serve exactly ``models`` from now on (a gateway following its cluster)."""
+        replacement: dict[str, ModelSpec] = {}
         for model in models:
-            if model.name in self._models:
+            if model.name in replacement:
                 raise ValueError(f"model {model.name!r} is declared twice")
-            self._models[model.name] = model
+            replacement[model.name] = model
+        self._models = replacement
 
     def get(self, name: str) -> ModelSpec:
         try:

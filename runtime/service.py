@@ -46,9 +46,22 @@ class ImageService:
                 key, params.source_images, (params.width, params.height)
             )
             params = params.model_copy(update={"source_images": stored})
-        job = await self.store.submit(model.name, key.id, params)
+        job = await self.store.submit(model.name, key.id, params, max_queued=model.max_queued)
         metrics.JOBS_SUBMITTED.labels(model.name).inc()
         return job
+
+    async def expire_waiting(self) -> int:
+        """Fail the jobs that waited longer than their model's queue timeout; how many."""
+        failed = 0
+        for model in self.catalog.all():
+            if model.queue_timeout_seconds is None:
+                continue
+            reason = (
+                f"no worker for model {model.name!r} became ready within its queue timeout "
+                f"of {model.queue_timeout_seconds:g} s; the job did not run and is not billed"
+            )
+            failed += await self.store.expire(model.name, model.queue_timeout_seconds, reason)
+        return failed
 
     async def job_for(self, key: ApiKey, job_id: int, wait: float = 0.0) -> Job:
         """The caller's job, after waiting up to ``wait`` s for its status to change.

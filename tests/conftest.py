@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gateway import GatewayDeployment
 from tests.support.redis_server import RedisServer
 from tests.support.s3_server import S3Server
 from tests.support.server import ServerProcess, free_port
@@ -48,10 +49,32 @@ def new_server(base: Path, models: Path, *extra: str, port: int | None = None) -
 
 
 @pytest.fixture(scope="session")
-def demo_server(
+def serve_server(
     tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
 ) -> Iterator[ServerProcess]:
     """One ``tessera serve --demo`` for the whole session (keys: tests.support.server.KEYS)."""
     server = new_server(tmp_path_factory.mktemp("demo-server"), demo_models_dir).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(serve_server: ServerProcess) -> ServerProcess:
+    """The server most tests talk to; tests/api runs against the gateway as well."""
+    return serve_server
+
+
+@pytest.fixture(scope="session")
+def gateway_deployment(
+    tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
+) -> Iterator[GatewayDeployment]:
+    """``tessera gateway`` + one ``tessera worker`` per demo model over their own redis-server
+    and shared file storage: the cluster's shape, for the whole session."""
+    directory = tmp_path_factory.mktemp("gateway-deployment")
+    redis = RedisServer(directory / "redis").start()
+    deployment = GatewayDeployment(directory, demo_models_dir, redis)
+    try:
+        yield deployment.start()
+    finally:
+        deployment.stop()
+        redis.stop()

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gateway import demo_image_models, write_models
+from tests.support.redis_server import RedisServer
+from tests.support.server import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("TESSERA_CACHE_DIR", Path.home() / ".cache" / "tessera"))
 
@@ -98,13 +102,8 @@ def test_editable_install_maps_both_folders() -> None:
     assert Path(tessera.operator.__file__).parent == ROOT / "operator"
 
 
-def test_the_image_install_line_provides_every_command_the_operator_runs(
-    wheel: Path, tmp_path: Path
-) -> None:
-    """No container engine here, so install what the Dockerfile installs (this wheel with its
-    extras) into an empty environment, and run each command that rendered objects start."""
-    line = re.search(r"tessera-\*\.whl\)\[([\w,]+)\]", (ROOT / "Dockerfile").read_text())
-    assert line is not None, "the Dockerfile installs the wheel with its extras"
+def _clean_install(wheel: Path, extras: str, venv: Path) -> Path:
+    """The wheel with ``extras`` in an empty environment, from uv's cache; its bin folder."""
     uv = CACHE / "tools" / "bin" / "uv"
     assert uv.exists(), f"{uv} missing: run scripts/bootstrap first"
     env = {
@@ -113,17 +112,28 @@ def test_the_image_install_line_provides_every_command_the_operator_runs(
         # Hard links from the cache keep torch's gigabytes from being copied again.
         "UV_LINK_MODE": "hardlink",
     }
-    venv = tmp_path / "image"
     subprocess.run(
         [str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, env=env
     )
     python = str(venv / "bin" / "python")
     subprocess.run(
-        [str(uv), "pip", "install", "--quiet", "--python", python, f"{wheel}[{line.group(1)}]"],
+        [str(uv), "pip", "install", "--quiet", "--python", python, f"{wheel}[{extras}]"],
         check=True,
         env=env,
         timeout=600,
     )
+    return venv / "bin"
+
+
+def test_the_image_install_line_provides_every_command_the_operator_runs(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """No container engine here, so install what the Dockerfile installs (this wheel with its
+    extras) into an empty environment, and run each command that rendered objects start."""
+    line = re.search(r"tessera-\*\.whl\)\[([\w,]+)\]", (ROOT / "Dockerfile").read_text())
+    assert line is not None, "the Dockerfile installs the wheel with its extras"
+    venv = tmp_path / "image"
+    _clean_install(wheel, line.group(1), venv)
     for command in (
         ["tessera", "worker", "--help"],
         ["tessera", "operator", "--help"],
@@ -137,3 +147,41 @@ def test_the_image_install_line_provides_every_command_the_operator_runs(
             cwd=tmp_path,
         )
         assert result.returncode == 0, (command, result.stderr[-2000:])
+
+
+def test_the_gateway_installs_and_serves_without_torch_or_kopf(
+    wheel: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``tessera[gateway]`` alone: no worker extra (torch, diffusers), no operator extra (kopf),
+    and the gateway still starts, lists its models and queues a job in Redis."""
+    bin_dir = _clean_install(wheel, "gateway", tmp_path / "gateway")
+    missing = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import torch"], capture_output=True, cwd=tmp_path
+    )
+    assert missing.returncode != 0, "torch came with the gateway extra"
+    models = write_models(tmp_path / "models.yaml", demo_image_models())
+    storage = f"file://{tmp_path / 'storage'}"
+    gateway = ServerProcess(
+        tmp_path / "run",
+        command=(
+            "gateway",
+            "--queue",
+            redis_server.url,
+            "--storage",
+            storage,
+            "--models",
+            str(models),
+        ),
+        env={"TESSERA_SIGNING_SECRET": "packaging-test", "PATH": f"{bin_dir}:/usr/bin:/bin"},
+        executable=str(bin_dir / "tessera"),
+    ).start(ready_timeout=60)
+    try:
+        with gateway.client() as client:
+            listed = client.get("/base_models").json()["models"]
+            queued = client.post(
+                "/images/generations", json={"model": "tessera-demo", "prompt": "p"}
+            )
+    finally:
+        gateway.stop()
+    assert {m["model_name"] for m in listed} == {"tessera-demo", "tessera-demo-edit"}
+    assert queued.status_code == 200 and queued.json()["status"] == "queued", queued.text

@@ -16,12 +16,13 @@ from prometheus_client import make_asgi_app
 
 from tessera.runtime import playground
 from tessera.runtime.api import catalog, errors, files, images
-from tessera.runtime.config import ServerConfig, load_or_create_secret
-from tessera.runtime.jobs.sqlite import SQLiteJobStore
+from tessera.runtime.config import ServerConfig
+from tessera.runtime.errors import StoreUnavailable
+from tessera.runtime.jobs import open_store
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.service import ImageService
 from tessera.runtime.sources import SourceResolver
-from tessera.runtime.storage import LocalFileStore, UrlSigner
+from tessera.runtime.storage import UrlSigner, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,48 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
     await worker.run(stop)
 
 
+# How often a gateway looks for jobs past their queue timeout (and for lapsed leases).
+EXPIRY_INTERVAL_SECONDS = 1.0
+
+
+async def _expire_waiting_jobs(service: ImageService, stop: asyncio.Event) -> None:
+    """Every replica sweeps; the store's sweep is atomic, so they never fail a job twice."""
+    while not stop.is_set():
+        try:
+            failed = await service.expire_waiting()
+        except StoreUnavailable as error:
+            log.warning("could not expire waiting jobs: %s", error)
+        else:
+            if failed:
+                log.info("%d job(s) failed: no worker took them within the queue timeout", failed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL_SECONDS)
+
+
+async def _follow_cluster(app: FastAPI, stop: asyncio.Event) -> None:
+    """Serve the cluster's ImageModels; ready once the first list has been applied."""
+    from tessera.runtime.cluster import ClusterModels
+
+    service: ImageService = app.state.service
+    models = ClusterModels(service.catalog, service.store)
+
+    async def mark_ready() -> None:
+        await models.synced.wait()
+        app.state.ready = True
+
+    ready = asyncio.create_task(mark_ready())
+    try:
+        await models.run(stop)
+    finally:
+        ready.cancel()
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteJobStore(config.database, config.store)
-        file_store = LocalFileStore(config.files_dir)
-        signer = UrlSigner(
-            load_or_create_secret(config.data_dir / "url-signing.key"),
-            config.public_url,
-            config.url_ttl_seconds,
-        )
+        store = open_store(config.queue, config.store)
+        file_store = open_storage(config.storage)
+        signer = UrlSigner(config.signing_secret, config.public_url, config.url_ttl_seconds)
         app.state.service = ImageService(
             catalog=ModelCatalog(config.models),
             store=store,
@@ -78,14 +111,18 @@ def create_app(config: ServerConfig) -> FastAPI:
             sources=SourceResolver(file_store, signer, config.sources),
         )
         app.state.keys = config.keys
-        app.state.ready = not config.embedded_worker
+        app.state.ready = not config.embedded_worker and not config.watch_cluster
         app.state.worker_error = None
         stop = asyncio.Event()
+        watch_task = (
+            asyncio.create_task(_follow_cluster(app, stop)) if config.watch_cluster else None
+        )
         worker_task = (
             asyncio.create_task(_run_embedded_worker(app, config, stop))
             if config.embedded_worker
             else None
         )
+        expiry_task = asyncio.create_task(_expire_waiting_jobs(app.state.service, stop))
 
         def record_failure(task: asyncio.Task[None]) -> None:
             # The API keeps answering (jobs stay queued, nothing is lost); readiness says why
@@ -101,6 +138,9 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield
         finally:
             stop.set()
+            await expiry_task
+            if watch_task is not None:
+                await watch_task
             if worker_task is not None:
                 try:
                     await asyncio.wait_for(worker_task, timeout=30)

@@ -31,7 +31,7 @@ def _field_name(location: tuple[Any, ...]) -> str:
 
 async def _tessera_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, TesseraError)
-    return JSONResponse(error.to_dict(), status_code=error.status_code)
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers())
 
 
 def _broken_json(error: RequestValidationError) -> JSONResponse | None:

@@ -9,6 +9,11 @@ backend:
 - ``complete`` writes the result, the status and the usage record in one atomic step, and
   only for the worker that holds the lease, so a job is billed exactly once whatever
   crashes. ``fail`` bills nothing.
+- ``submit`` with ``max_queued`` refuses (``QueueFull``) when that many jobs of the model
+  already wait, in the same atomic step that would have queued it.
+- ``expire`` fails queued jobs that waited too long, unbilled and with the reason, and
+  reclaims the model's lapsed leases, so nothing waits forever for a worker that never
+  comes (gateways call it on a timer, whether or not any worker is leasing).
 - Backends translate their driver's exceptions into ``StoreUnavailable``.
 """
 
@@ -146,8 +151,17 @@ class StorePolicy:
     max_attempts: int = 3
 
 
+# A full queue drains at the pace of its workers; a client that waits this long before it
+# retries gives them time without leaving the caller idle for long.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5
+
+
 class JobStore(Protocol):
-    async def submit(self, model: str, key_id: str, params: JobParams) -> Job: ...
+    async def submit(
+        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+    ) -> Job:
+        """The job, durable and queued; ``QueueFull`` if ``max_queued`` jobs already wait."""
+        ...
 
     async def get(self, job_id: int) -> Job:
         """The job, or ``JobNotFound``."""
@@ -178,6 +192,12 @@ class JobStore(Protocol):
         ...
 
     async def queue_depth(self, model: str) -> QueueDepth: ...
+
+    async def expire(self, model: str, queued_for: float, reason: str) -> int:
+        """Reclaim ``model``'s lapsed leases, then fail every job of it that has been queued
+        at least ``queued_for`` seconds (since it was submitted) with ``reason``, unbilled;
+        returns how many failed. ``queued_for=0`` fails every queued job of the model."""
+        ...
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
         """Usage records in job-id order, for a billing export that resumes where it left.

@@ -33,8 +33,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from tessera.runtime.errors import JobNotFound, StoreUnavailable
+from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
 from tessera.runtime.jobs.base import (
+    QUEUE_FULL_RETRY_AFTER_SECONDS,
     Job,
     JobResult,
     JobStatus,
@@ -162,14 +163,45 @@ return 1
 """
 )
 
-# KEYS[1] queue; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, then field/value pairs.
+# KEYS[1] queue; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
+# (0: no limit), then field/value pairs. Returns the creation time, or 0, queueing nothing,
+# when the queue is full.
 _SUBMIT = (
     _NOW
     + """
-redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 4))
+local limit = tonumber(ARGV[4])
+if limit > 0 and redis.call('LLEN', KEYS[1]) >= limit then return 0 end
+redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
-return 1
+return tostring(now)
+"""
+)
+
+
+# KEYS and ARGV as _RECLAIM, then ARGV[5] seconds queued, ARGV[6] reason. The queue is
+# oldest first (reclaimed jobs go back to its head, and were older than all behind them), so
+# the sweep stops at the first job that has not waited long enough. Returns how many failed.
+_EXPIRE = (
+    _NOW
+    + _RECLAIM
+    + """
+local cutoff = now - tonumber(ARGV[5])
+local failed = 0
+while true do
+  local id = redis.call('LINDEX', KEYS[1], 0)
+  if not id then break end
+  local key = ARGV[1] .. id
+  local created = redis.call('HGET', key, 'created_at')
+  if created and tonumber(created) > cutoff then break end
+  redis.call('LPOP', KEYS[1])
+  if created then
+    redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[6])
+    redis.call('PUBLISH', ARGV[4], id)
+    failed = failed + 1
+  end
+end
+return failed
 """
 )
 
@@ -196,6 +228,7 @@ class RedisJobStore:
                 "complete": _COMPLETE,
                 "fail": _FAIL,
                 "submit": _SUBMIT,
+                "expire": _EXPIRE,
             }.items()
         }
 
@@ -286,17 +319,21 @@ class RedisJobStore:
 
     # -- JobStore ---------------------------------------------------------------------------
 
-    async def submit(self, model: str, key_id: str, params: JobParams) -> Job:
+    async def submit(
+        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+    ) -> Job:
         job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
-        await self._call(self._redis.set(f"{self.prefix}:job:{job_id}:model", model))
+        pointer = f"{self.prefix}:job:{job_id}:model"
+        await self._call(self._redis.set(pointer, model))
         await self._call(self._redis.sadd(f"{self.prefix}:models", model))
-        await self._call(
+        created = await self._call(
             self._scripts["submit"](
                 keys=[self._model_key(model, "queue")],
                 args=[
                     f"{self._job_prefix(model)}{job_id}",
                     job_id,
                     self._model_key(model, "events"),
+                    max_queued or 0,
                     "model", model,
                     "key_id", key_id,
                     "params", params.model_dump_json(),
@@ -306,7 +343,19 @@ class RedisJobStore:
                 ],
             )
         )  # fmt: skip
-        return await self._read(model, job_id)
+        if not created:
+            await self._call(self._redis.delete(pointer))
+            raise QueueFull(model, max_queued or 0, QUEUE_FULL_RETRY_AFTER_SECONDS)
+        # The job as submitted, not as re-read: a worker may have leased it already, and the
+        # submission answers "queued" whatever happens next.
+        return Job(
+            id=job_id,
+            model=model,
+            key_id=key_id,
+            params=params,
+            status=JobStatus.QUEUED,
+            created_at=datetime.fromtimestamp(float(created), UTC),
+        )
 
     async def get(self, job_id: int) -> Job:
         return await self._read(await self._model_of(job_id), job_id)
@@ -388,6 +437,14 @@ class RedisJobStore:
         queued = await self._call(self._redis.llen(self._model_key(model, "queue")))
         running = await self._call(self._redis.zcard(self._model_key(model, "leases")))
         return QueueDepth(queued=int(queued), in_progress=int(running))
+
+    async def expire(self, model: str, queued_for: float, reason: str) -> int:
+        keys, args = self._reclaim_args(model)
+        return int(
+            await self._call(
+                self._scripts["expire"](keys=keys, args=[*args, f"{queued_for:f}", reason])
+            )
+        )
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
         records: list[dict[str, Any]] = []

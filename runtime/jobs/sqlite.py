@@ -19,9 +19,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tessera.runtime.errors import JobNotFound, StoreUnavailable
+from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
 from tessera.runtime.jobs.base import (
     MAX_JOB_ID,
+    QUEUE_FULL_RETRY_AFTER_SECONDS,
     Job,
     JobResult,
     JobStatus,
@@ -194,8 +195,17 @@ class SQLiteJobStore:
 
     # -- JobStore ---------------------------------------------------------------------------
 
-    async def submit(self, model: str, key_id: str, params: JobParams) -> Job:
+    async def submit(
+        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+    ) -> Job:
         def insert(connection: sqlite3.Connection) -> Job:
+            if max_queued is not None:
+                (waiting,) = connection.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status = ? AND model = ?",
+                    (JobStatus.QUEUED.value, model),
+                ).fetchone()
+                if waiting >= max_queued:
+                    raise QueueFull(model, max_queued, QUEUE_FULL_RETRY_AFTER_SECONDS)
             cursor = connection.execute(
                 "INSERT INTO jobs (model, key_id, params, status, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -322,6 +332,26 @@ class SQLiteJobStore:
             )
 
         return await self._run(count, notify=False)
+
+    async def expire(self, model: str, queued_for: float, reason: str) -> int:
+        def fail_waiting(connection: sqlite3.Connection) -> int:
+            now = time.time()
+            self._reclaim_expired(connection, now)
+            cursor = connection.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
+                " WHERE status = ? AND model = ? AND created_at <= ?",
+                (
+                    JobStatus.FAILED.value,
+                    now,
+                    reason,
+                    JobStatus.QUEUED.value,
+                    model,
+                    now - queued_for,
+                ),
+            )
+            return cursor.rowcount
+
+        return await self._run(fail_waiting, notify=True)
 
     async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
         def read(connection: sqlite3.Connection) -> list[UsageRecord]:

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,45 +20,33 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 
+from tessera.runtime.config import ConfigError
 from tessera.runtime.jobs import open_store
 from tessera.runtime.jobs.base import StorePolicy
-from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH, ModelSpec
-from tessera.runtime.params import ParameterLimits, Task
-from tessera.runtime.storage import LocalFileStore
-from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime.models import ModelSpec
+from tessera.runtime.settings import WorkerSettings
+from tessera.runtime.storage import InvalidStorageUrl, open_storage
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class WorkerSettings:
-    model: str
-    weights: Path
-    queue: str
-    task: Task
-    storage: Path
-    port: int = 8080
-    device: str | None = None
-    dtype: str | None = None
-    lease_seconds: float = 60.0
+def _model_spec(settings: WorkerSettings) -> ModelSpec:
+    return ModelSpec(
+        name=settings.model,
+        task=settings.task,
+        weights=str(settings.weights),
+        limits=settings.model_parameters,
+        price_per_patch=settings.price_per_patch,
+    )
 
-    def pipeline_options(self) -> PipelineOptions:
-        """From ``TESSERA_PIPELINE``, JSON the operator renders from ``spec.pipeline``."""
-        raw = os.environ.get("TESSERA_PIPELINE")
-        return PipelineOptions.model_validate_json(raw) if raw else PipelineOptions()
 
-    def model_spec(self) -> ModelSpec:
-        limits = os.environ.get("TESSERA_MODEL_PARAMETERS")
-        price = os.environ.get("TESSERA_PRICE_PER_PATCH")
-        return ModelSpec(
-            name=self.model,
-            task=self.task,
-            weights=str(self.weights),
-            limits=ParameterLimits.model_validate(json.loads(limits))
-            if limits
-            else ParameterLimits(),
-            price_per_patch=Decimal(price) if price else DEFAULT_PRICE_PER_PATCH,
-        )
+def _storage_url(settings: WorkerSettings) -> str:
+    """``--storage``, or the ``files`` folder beside a sqlite queue, as ``serve`` keeps it."""
+    if settings.storage:
+        return settings.storage
+    if settings.queue.startswith("sqlite:///"):
+        return f"file://{Path(settings.queue.removeprefix('sqlite://')).parent / 'files'}"
+    raise ConfigError("--storage (TESSERA_STORAGE) is required with this queue")
 
 
 class _HealthServer(uvicorn.Server):
@@ -96,11 +79,17 @@ async def run_worker(settings: WorkerSettings) -> None:
     from tessera.runtime.worker.pipeline import LoadedPipeline
     from tessera.runtime.worker.runner import Worker
 
-    spec = settings.model_spec()
+    spec = _model_spec(settings)
+    try:
+        files = open_storage(_storage_url(settings))
+    except InvalidStorageUrl as error:
+        raise ConfigError(str(error)) from None
     store = open_store(settings.queue, StorePolicy(lease_seconds=settings.lease_seconds))
     state: dict[str, Any] = {"ready": False}
     server = _HealthServer(
-        uvicorn.Config(health_app(state), host="0.0.0.0", port=settings.port, log_level="warning")  # noqa: S104
+        uvicorn.Config(
+            health_app(state), host=settings.host, port=settings.port, log_level="warning"
+        )
     )
     stop = asyncio.Event()
 
@@ -119,14 +108,14 @@ async def run_worker(settings: WorkerSettings) -> None:
             settings.weights,
             settings.device,
             settings.dtype,
-            settings.pipeline_options(),
+            settings.pipeline,
         )
         worker = Worker(
             store,
-            LocalFileStore(settings.storage),
+            files,
             {spec.name: spec},
             {spec.name: pipeline},
-            f"{socket.gethostname()}-{os.getpid()}",
+            settings.worker_id,
             lease_seconds=settings.lease_seconds,
         )
         state.update(ready=True, worker=worker)

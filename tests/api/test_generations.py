@@ -134,7 +134,7 @@ def test_usage_reaches_prometheus_under_the_public_key_id(demo_server: ServerPro
     key_id = "key_" + hashlib.sha256(demo_server.api_key.encode()).hexdigest()[:10]
     with demo_server.client() as client:
         generate(client, image_size="square")
-    metrics = httpx.get(demo_server.base_url + "/metrics/").text
+    metrics = "\n".join(httpx.get(url).text for url in demo_server.metrics_urls)
     line = next(
         row
         for row in metrics.splitlines()

@@ -151,7 +151,7 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(
 
 
 def test_a_large_source_is_scaled_down_once_at_submit(demo_server: ServerProcess) -> None:
-    inputs = demo_server.data_dir / "files" / "inputs"
+    inputs = demo_server.files_dir / "inputs"
     before = set(inputs.glob("*.png")) if inputs.exists() else set()
     large = Image.linear_gradient("L").resize((4096, 1024)).convert("RGB")
     with demo_server.client() as client:

@@ -52,11 +52,13 @@ def install_crds(cluster: Cluster) -> None:
     )
 
 
-def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token),
-    so the operator has exactly the ClusterRole's permissions."""
+def service_account_kubeconfig(
+    cluster: Cluster, path: Path, account: str = OPERATOR_ACCOUNT
+) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount of tessera-system (a bound token;
+    the operator's by default), so the process has exactly its ClusterRole's permissions."""
     token = cluster.kubectl(
-        "create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
+        "create", "token", account, "-n", OPERATOR_NAMESPACE, "--duration=2h"
     ).stdout.strip()
     admin = json.loads(cluster.kubectl("config", "view", "--raw", "-o", "json").stdout)
     server = admin["clusters"][0]["cluster"]
@@ -70,9 +72,9 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
         "clusters": [
             {"name": "c", "cluster": {"server": server["server"], "certificate-authority-data": ca}}
         ],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "c", "user": OPERATOR_ACCOUNT}}],
-        "current-context": "operator",
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "c", "user": account}}],
+        "current-context": account,
     }
     path.write_text(json.dumps(config))
     path.chmod(0o600)

@@ -30,6 +30,7 @@ from tessera.operator.spec import (
     parse,
     parse_spec,
 )
+from tessera.runtime import conditions
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits
 
@@ -932,13 +933,13 @@ def test_set_condition_keeps_transition_time_unless_status_flips() -> None:
     same = status.set_condition(
         first, Condition.READY, False, Reason.UNSCHEDULABLE, "no GPU", 2, LATER
     )
-    assert same[0]["lastTransitionTime"] == status.timestamp(NOW)
+    assert same[0]["lastTransitionTime"] == conditions.timestamp(NOW)
     assert same[0]["observedGeneration"] == 2
     assert same[0]["reason"] == Reason.UNSCHEDULABLE
     flipped = status.set_condition(
         same, Condition.READY, True, Reason.AVAILABLE, "1 of 1", 2, LATER
     )
-    assert flipped[0]["lastTransitionTime"] == status.timestamp(LATER)
+    assert flipped[0]["lastTransitionTime"] == conditions.timestamp(LATER)
     assert status.is_current(flipped[0], 2)
     assert not status.is_current(flipped[0], 3)
 

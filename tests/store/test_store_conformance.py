@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera.runtime.errors import JobNotFound
+from tessera.runtime.errors import JobNotFound, QueueFull
 from tessera.runtime.jobs.base import (
     ImageFile,
     JobResult,
@@ -187,3 +187,41 @@ async def test_usage_export_resumes_after_a_job_id(store: JobStore) -> None:
         ids.append(job.id)
     assert [r.job_id for r in await store.usage(after_job_id=ids[0])] == ids[1:]
     assert [r.job_id for r in await store.usage(limit=1)] == ids[:1]
+
+
+async def test_a_full_queue_refuses_and_queues_nothing(store: JobStore) -> None:
+    kept = [await store.submit("m", "k", PARAMS, max_queued=2) for _ in range(2)]
+    with pytest.raises(QueueFull) as refused:
+        await store.submit("m", "k", PARAMS, max_queued=2)
+    assert refused.value.headers() == {"Retry-After": "5"}
+    assert (await store.queue_depth("m")).queued == 2
+    await store.submit("other", "k", PARAMS, max_queued=2)  # the limit is per model
+    # A leased job no longer waits, so it makes room.
+    leased = await store.lease(["m"], "w1")
+    assert leased is not None and leased.id == kept[0].id
+    await store.submit("m", "k", PARAMS, max_queued=2)
+
+
+async def test_expire_fails_only_jobs_that_waited_long_enough(store: JobStore) -> None:
+    old = await store.submit("m", "k", PARAMS)
+    await asyncio.sleep(0.3)
+    young = await store.submit("m", "k", PARAMS)
+    other = await store.submit("other", "k", PARAMS)
+    assert await store.expire("m", 0.2, "no worker became ready") == 1
+    failed = await store.get(old.id)
+    assert failed.status is JobStatus.FAILED and failed.error == "no worker became ready"
+    assert (await store.get(young.id)).status is JobStatus.QUEUED
+    assert (await store.get(other.id)).status is JobStatus.QUEUED
+    assert await store.usage() == [], "an expired job is never billed"
+    # Zero fails everything still waiting, as when the model is removed.
+    assert await store.expire("m", 0, "model m was removed") == 1
+    assert (await store.lease(["m"], "w1")) is None
+
+
+async def test_expire_reclaims_lapsed_leases_with_no_worker_leasing(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    assert await store.lease(["m"], "w1") is not None
+    await asyncio.sleep(SHORT_LEASE.lease_seconds + 0.1)
+    assert await store.expire("m", 3600, "unused") == 0
+    back = await store.get(job.id)
+    assert back.status is JobStatus.QUEUED and back.worker_id is None

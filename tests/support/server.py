@@ -1,4 +1,5 @@
-"""A real ``tessera serve`` process on a free loopback port, for tests and benchmarks."""
+"""A real ``tessera serve`` (or ``gateway``) process on a free loopback port, for tests and
+benchmarks."""
 
 from __future__ import annotations
 
@@ -8,12 +9,44 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 KEYS = ("test-key-alpha", "test-key-bravo")
+
+
+def wait_for_http(
+    url: str, process: subprocess.Popen[bytes], what: str, log: Callable[[], str], timeout: float
+) -> None:
+    """Until ``url`` answers 200; fail with the process's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready in {timeout} s:\n{log()}")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 40
+) -> None:
+    """Send ``sig`` and wait; kill it if it has not exited within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -24,7 +57,11 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    """``tessera serve --demo`` with known keys; ``start`` waits until jobs can run."""
+    """``tessera serve --demo`` with known keys; ``start`` waits until jobs can run.
+
+    ``command`` runs another API command instead (``gateway ...``); ``data_dir`` then only
+    holds the log.
+    """
 
     data_dir: Path
     port: int = field(default_factory=free_port)
@@ -32,6 +69,10 @@ class ServerProcess:
     keys: tuple[str, ...] = KEYS
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    command: tuple[str, ...] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    # The ``tessera`` of another environment (a clean install) instead of this one's.
+    executable: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -52,50 +93,57 @@ class ServerProcess:
             timeout=timeout,
         )
 
+    @property
+    def files_dir(self) -> Path:
+        """Where ``serve`` keeps images (its storage, ``file://`` in the data directory)."""
+        return self.data_dir / "files"
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every Prometheus endpoint of this deployment: one process here."""
+        return [self.base_url + "/metrics/"]
+
     def start(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
+        self.spawn()
+        return self.wait_ready(ready_timeout, probe)
+
+    def spawn(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"server-{self.port}.log"
-        env = {**os.environ, "TESSERA_API_KEYS": ",".join(self.keys), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "TESSERA_API_KEYS": ",".join(self.keys),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        arguments = self.command or ("serve", "--demo", "--data-dir", str(self.data_dir))
+        launcher = (
+            [self.executable] if self.executable else [sys.executable, "-m", "tessera.runtime.cli"]
+        )
         command = [
-            sys.executable,
-            "-m",
-            "tessera.runtime.cli",
-            "serve",
-            "--demo",
+            *launcher,
+            *arguments,
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--data-dir",
-            str(self.data_dir),
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tessera serve exited early:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(self.base_url + probe, timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(
-            f"tessera serve not ready in {ready_timeout} s:\n{self.log_path.read_text()}"
-        )
+        return self
+
+    def wait_ready(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
+        assert self.process is not None
+        try:
+            wait_for_http(self.base_url + probe, self.process, "tessera", self.log, ready_timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, sig, timeout)
 
     def kill(self) -> None:
         """Die at once, as on a crash or OOM kill: nothing gets to clean up."""

@@ -1,0 +1,200 @@
+"""What each process is told, from flags and ``TESSERA_*`` environment variables.
+
+One settings model per command (``serve``, ``gateway``, ``worker``). Every field is one flag
+and one variable of the same name (``public_url``: ``--public-url``, ``TESSERA_PUBLIC_URL``),
+so a chart's values map onto them one to one; a flag wins over the variable, which wins over
+the default. Lists are repeated flags or comma-separated variables. Secrets (API keys, the
+URL-signing secret) are variables or files only, never flags, which any local user can read
+in the process list. ``tests/unit/test_settings.py`` holds the CLI to this.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
+from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.worker.options import PipelineOptions
+
+DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
+
+
+def parse_origin(value: str) -> str:
+    """``*`` or ``scheme://host[:port]``, as browsers send it in ``Origin``: a path or a
+    trailing slash would never match, and CORS would fail without saying why."""
+    origin = value.rstrip("/")
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise ValueError(
+            f"expected an origin such as https://app.example.com (or '*'), not {value!r}"
+        )
+    return origin
+
+
+def parse_model_argument(value: str) -> tuple[str, Path, Task]:
+    """``NAME=PATH[:TASK]``."""
+    name, sep, location = value.partition("=")
+    if not sep or not name or not location:
+        raise ValueError(f"expected NAME=PATH[:TASK], not {value!r}")
+    task = Task.TEXT_TO_IMAGE
+    path, colon, suffix = location.rpartition(":")
+    if colon and suffix in {t.value for t in Task}:
+        location, task = path, Task(suffix)
+    return name, Path(location).expanduser(), task
+
+
+def storage_url(value: str) -> str:
+    """A storage URL; an absolute path is the folder's ``file://`` URL (a mounted volume)."""
+    return f"file://{value}" if value.startswith("/") else value
+
+
+def parse_network(value: str) -> IPv4Network | IPv6Network:
+    try:
+        return ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"expected a network such as 10.20.0.0/16, not {value!r}") from None
+
+
+def _networks(value: Any) -> Any:
+    return tuple(
+        parse_network(item) if isinstance(item, str) else item for item in _comma_separated(value)
+    )
+
+
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+# Lists: a repeated flag, or one comma-separated variable.
+_SPLIT = BeforeValidator(_comma_separated)
+Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
+Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
+Networks = Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode, BeforeValidator(_networks)]
+StorageUrl = Annotated[str, AfterValidator(storage_url)]
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", extra="forbid", frozen=True)
+
+    # Fields read from the environment (or a file) only; every other field is also a flag.
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+
+class ApiSettings(_Settings):
+    """What every process that answers the image API is told."""
+
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_keys", "signing_secret"})
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = None
+    api_keys_file: Path | None = None
+    api_keys: Secrets = ()
+    signing_secret_file: Path | None = None
+    signing_secret: SecretStr | None = None
+    url_ttl_seconds: int = Field(default=3600, ge=1)
+    allow_private_image_urls: bool = False
+    allow_image_network: Networks = ()
+    cors_origin: Strings = ()
+
+    @field_validator("cors_origin", mode="after")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(parse_origin(origin) for origin in value)
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this server: ``public_url``, or the address it listens on."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        shown_host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{shown_host}:{self.port}"
+
+    def secret_bytes(self) -> bytes | None:
+        """The URL-signing secret, if one was given (replicas must share it)."""
+        if self.signing_secret is not None:
+            return self.signing_secret.get_secret_value().encode()
+        if self.signing_secret_file is not None:
+            return self.signing_secret_file.read_bytes().strip()
+        return None
+
+
+class ServeSettings(ApiSettings):
+    """``tessera serve``: the API, a worker and an embedded store in one process."""
+
+    demo: bool = False
+    model: Strings = ()
+    data_dir: Path = DEFAULT_DATA_DIR
+    device: str | None = None
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_model_argument(entry)
+        return value
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def model_arguments(self) -> list[tuple[str, Path, Task]]:
+        return [parse_model_argument(entry) for entry in self.model]
+
+
+class GatewaySettings(ApiSettings):
+    """``tessera gateway``: the API alone, over a Redis queue and shared storage."""
+
+    queue: str
+    storage: StorageUrl
+    models: Path | None = None
+
+    @field_validator("queue", mode="after")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"the gateway's queue is Redis (redis://HOST:PORT/DB), not {value!r}: gateway "
+                "replicas and workers in other processes must share it"
+            )
+        return value
+
+
+class WorkerSettings(_Settings):
+    """``tessera worker``: one model's pipeline, working a shared queue.
+
+    The operator renders the model's flags and, for what flags do not carry, the variables
+    ``TESSERA_MODEL_PARAMETERS``, ``TESSERA_PRICE_PER_PATCH``, ``TESSERA_PIPELINE`` and
+    ``TESSERA_WORKER_ID``.
+    """
+
+    model: str = Field(min_length=1)
+    weights: Path
+    queue: str
+    # Results and edit sources; by default the folder beside a sqlite queue.
+    storage: StorageUrl | None = None
+    task: Task = Task.TEXT_TO_IMAGE
+    # All interfaces by default; in a pod, its own address ($(POD_IP)), so that workers
+    # sharing one network (local test nodes) can each take the same port.
+    host: str = "0.0.0.0"  # noqa: S104 - a worker's probes come from outside its pod
+    port: int = Field(default=8080, ge=0, le=65535)
+    device: str | None = None
+    dtype: str | None = None
+    lease_seconds: float = Field(default=60.0, gt=0)
+    model_parameters: ParameterLimits = ParameterLimits()
+    price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
+    pipeline: PipelineOptions = PipelineOptions()
+    worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")

@@ -1,0 +1,143 @@
+"""The cluster's shape on loopback: ``tessera gateway`` replicas over a real redis-server and
+shared ``file://`` storage, with one ``tessera worker`` per demo model.
+
+It answers like ``ServerProcess`` (``client``, ``api_url``, ``keys`` ...), so the API contract
+tests run unchanged against either deployment.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tessera.runtime.config import DEMO_DESCRIPTION, DEMO_LIMITS, DEMO_MODELS
+from tessera.runtime.imagemodel import API_VERSION, KIND
+from tests.support.redis_server import RedisServer
+from tests.support.server import KEYS, ServerProcess
+from tests.support.worker import WorkerProcess
+
+
+def demo_image_models(**spec: Any) -> list[dict[str, Any]]:
+    """The demo models as ImageModel documents, with the limits ``serve --demo`` gives them."""
+    return [
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name},
+            "spec": {
+                "modelName": name,
+                "description": DEMO_DESCRIPTION,
+                "task": task.value,
+                "weights": {"demo": {}},
+                "gpu": {"count": 0},
+                "parameters": DEMO_LIMITS.model_dump(mode="json", by_alias=True),
+                **spec,
+            },
+        }
+        for name, task in DEMO_MODELS.items()
+    ]
+
+
+def write_models(path: Path, documents: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+@dataclass
+class GatewayDeployment:
+    directory: Path
+    pipelines: Path  # the demo pipelines, one folder per model
+    redis: RedisServer
+    # Shared storage: a folder by default; an s3:// URL with the AWS_* variables it needs.
+    storage_url: str | None = None
+    storage_env: dict[str, str] = field(default_factory=dict)
+    keys: tuple[str, ...] = KEYS
+    models_file: Path | None = None
+    signing_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    gateways: list[ServerProcess] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def files_dir(self) -> Path:
+        """The shared folder, when storage is one (the default)."""
+        return self.directory / "storage"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or f"file://{self.files_dir}"
+
+    def gateway(self, models: Path, *extra: str) -> ServerProcess:
+        """A gateway replica (not started) over this deployment's queue, storage and secret."""
+        command = ("gateway", "--queue", self.redis.url, "--storage", self.storage)
+        return ServerProcess(
+            self.directory / f"gateway-{len(self.gateways)}-{secrets.token_hex(3)}",
+            keys=self.keys,
+            command=(*command, "--models", str(models)),
+            extra_args=extra,
+            env={"TESSERA_SIGNING_SECRET": self.signing_secret, **self.storage_env},
+        )
+
+    def start(self) -> GatewayDeployment:
+        models = self.models_file or write_models(
+            self.directory / "models.yaml", demo_image_models()
+        )
+        self.models_file = models
+        self.gateways = [self.gateway(models)]
+        self.workers = [
+            WorkerProcess(
+                name,
+                self.pipelines / name,
+                self.redis.url,
+                self.storage,
+                self.directory / f"worker-{name}.log",
+                task=task.value,
+                env=self.storage_env,
+            )
+            for name, task in DEMO_MODELS.items()
+        ]
+        processes: list[ServerProcess | WorkerProcess] = [*self.gateways, *self.workers]
+        # Started together, waited for together: the workers' torch import is the long part.
+        for process in processes:
+            process.spawn()
+        try:
+            for process in processes:
+                process.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in [*self.gateways, *self.workers]:
+            process.stop()
+
+    # -- what ServerProcess offers ---------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return self.gateways[0].base_url
+
+    @property
+    def api_url(self) -> str:
+        return self.gateways[0].api_url
+
+    @property
+    def api_key(self) -> str:
+        return self.keys[0]
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        """The gateways count submissions; the workers count what they ran and billed."""
+        return [p.base_url + "/metrics/" for p in [*self.gateways, *self.workers]]
+
+    def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
+        return self.gateways[0].client(key, timeout)
+
+    def log(self) -> str:
+        return "\n".join(p.log() for p in [*self.gateways, *self.workers])
