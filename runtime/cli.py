@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--price-per-patch", help="price of one 16x16 patch, a decimal")
     worker.add_argument("--pipeline", metavar="JSON", help="loading options (spec.pipeline)")
     worker.add_argument("--worker-id", help="this worker's name in leases (default host-pid)")
+    worker.add_argument("--namespace", help="the ImageModel's namespace, for usage records")
     worker.set_defaults(handler=_worker)
 
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline to PATH")

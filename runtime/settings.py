@@ -177,8 +177,8 @@ class WorkerSettings(_Settings):
     """``tessera worker``: one model's pipeline, working a shared queue.
 
     The operator renders the model's flags and, for what flags do not carry, the variables
-    ``TESSERA_MODEL_PARAMETERS``, ``TESSERA_PRICE_PER_PATCH``, ``TESSERA_PIPELINE`` and
-    ``TESSERA_WORKER_ID``.
+    ``TESSERA_MODEL_PARAMETERS``, ``TESSERA_PRICE_PER_PATCH``, ``TESSERA_PIPELINE``,
+    ``TESSERA_WORKER_ID`` and ``TESSERA_NAMESPACE``.
     """
 
     model: str = Field(min_length=1)
@@ -198,3 +198,5 @@ class WorkerSettings(_Settings):
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     pipeline: PipelineOptions = PipelineOptions()
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # The ImageModel's namespace (TESSERA_NAMESPACE, rendered by the operator), for usage.
+    namespace: str = ""

@@ -91,7 +91,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             self.busy = False
-        if await self._finish(job, lambda: self.store.complete(job.id, self.worker_id, result)):
+        namespace = self.models[job.model].namespace
+        if await self._finish(
+            job, lambda: self.store.complete(job.id, self.worker_id, result, namespace)
+        ):
             metrics.JOB_SECONDS.labels(job.model, "run").observe(time.monotonic() - started)
             metrics.JOBS_FINISHED.labels(job.model, "completed").inc()
             metrics.IMAGES.labels(job.model).inc(len(result.images))
@@ -129,8 +132,13 @@ class Worker:
             await self.files.put(key, data)
             stored.append(ImageFile(key, image.width, image.height, content_type))
         patches = billing.job_patches(params.width, params.height, len(stored))
-        price = billing.price(patches, self.models[job.model].price_per_patch)
-        return JobResult(images=tuple(stored), patches=patches, price=price)
+        rate = self.models[job.model].price_per_patch
+        return JobResult(
+            images=tuple(stored),
+            patches=patches,
+            price=billing.price(patches, rate),
+            price_per_patch=rate,
+        )
 
     async def _heartbeat(self, job: Job, progress: _Progress) -> None:
         """Renew the lease on a timer and report progress as it moves."""

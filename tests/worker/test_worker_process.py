@@ -91,7 +91,7 @@ def test_worker_process_runs_jobs_and_reports_health(
                     picture = Image.open(io.BytesIO((storage / image.key).read_bytes()))
                     assert picture.size == (200, 120)
                     assert picture.format == "WEBP"
-                usage = [r for r in await store.usage() if r.job_id == job.id]
+                usage = [r for r in (await store.usage()).records if r.job_id == job.id]
                 assert len(usage) == 1
             finally:
                 await store.close()

@@ -1,0 +1,47 @@
+"""The store fixtures: every conformance module runs against each backend."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tessera.runtime.jobs.base import ImageFile, JobResult, JobStore, StorePolicy
+from tessera.runtime.jobs.redis import RedisJobStore
+from tessera.runtime.jobs.sqlite import SQLiteJobStore
+from tests.support.params import job_params
+from tests.support.redis_server import RedisServer
+
+PARAMS = job_params(prompt="p")
+RESULT = JobResult(
+    images=(ImageFile("results/1/0.png", 64, 48, "image/png"),),
+    patches=12,
+    price=12 * Decimal("0.0005"),
+    price_per_patch=Decimal("0.0005"),
+)
+SHORT_LEASE = StorePolicy(lease_seconds=0.3, max_attempts=2)
+
+BACKENDS = ["sqlite_store", "redis_store"]
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    store = SQLiteJobStore(tmp_path / "jobs.db", SHORT_LEASE)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
+    # A key prefix per test keeps tests apart on one server.
+    store = RedisJobStore(redis_server.url, SHORT_LEASE, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest) -> JobStore:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
