@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.usage.export import PushPolicy
+from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format
 from tessera.runtime.worker.options import PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
@@ -200,3 +210,57 @@ class WorkerSettings(_Settings):
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     # The ImageModel's namespace (TESSERA_NAMESPACE, rendered by the operator), for usage.
     namespace: str = ""
+
+
+class UsageExportSettings(_Settings):
+    """``tessera usage export``: one range of the usage ledger, as a file."""
+
+    queue: str
+    since: str = ""
+    until: str | None = None
+    # A time instead of ``until``: every record that finished before it (an invoice period).
+    before: AwareDatetime | None = None
+    format: Format = Format.JSONL
+    source: str = DEFAULT_SOURCE
+    output: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_end(self) -> UsageExportSettings:
+        if self.until is not None and self.before is not None:
+            raise ValueError("give --until or --before, not both")
+        return self
+
+
+class UsagePushSettings(_Settings):
+    """``tessera usage push``: the ledger, as CloudEvents batches, to an HTTP receiver."""
+
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"push_token"})
+
+    queue: str
+    to: str
+    # Sent as ``Authorization: Bearer ...`` (OpenMeter's API token).
+    push_token: SecretStr | None = None
+    source: str = DEFAULT_SOURCE
+    batch_size: int = Field(default=PushPolicy.batch_size, ge=1, le=1000)
+    retention_seconds: float = Field(default=PushPolicy.retention_seconds, ge=0)
+    retry_max_seconds: float = Field(default=PushPolicy.retry_max_seconds, gt=0)
+    idle_seconds: float = Field(default=PushPolicy.idle_seconds, gt=0)
+    # Deliver everything there is, then exit (a cron job, or a test).
+    once: bool = False
+
+    @field_validator("to", mode="after")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(
+                f"expected an http(s) URL such as http://openmeter/api/v1/events, not {value!r}"
+            )
+        return value
+
+    def policy(self) -> PushPolicy:
+        return PushPolicy(
+            batch_size=self.batch_size,
+            retention_seconds=self.retention_seconds,
+            retry_max_seconds=self.retry_max_seconds,
+            idle_seconds=self.idle_seconds,
+        )

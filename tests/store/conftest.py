@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera.runtime.jobs.base import ImageFile, JobResult, JobStore, StorePolicy
+from tessera.runtime.jobs.base import ImageFile, JobResult, JobStore, StorePolicy, UsageRecord
 from tessera.runtime.jobs.redis import RedisJobStore
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tests.support.params import job_params
@@ -45,3 +45,24 @@ async def redis_store(redis_server: RedisServer) -> AsyncIterator[JobStore]:
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest) -> JobStore:
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+async def complete_one(
+    store: JobStore, model: str = "m", key_id: str = "k", result: JobResult = RESULT
+) -> int:
+    """Submit, lease and complete one job (namespace team-a); its id."""
+    job = await store.submit(model, key_id, PARAMS)
+    leased = await store.lease([model], "w")
+    assert leased is not None and leased.id == job.id
+    await store.complete(job.id, "w", result, "team-a")
+    return job.id
+
+
+async def read_all(store: JobStore, since: str = "", page: int = 1000) -> list[UsageRecord]:
+    records = []
+    while True:
+        batch = await store.usage(since, limit=page)
+        if not batch.records:
+            return records
+        records.extend(batch.records)
+        since = batch.cursor

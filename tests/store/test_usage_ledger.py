@@ -7,26 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tessera.runtime.jobs.base import InvalidCursor, JobStore, LeaseLost, UsageRecord
-from tests.store.conftest import PARAMS, RESULT, SHORT_LEASE
-
-
-async def complete_one(store: JobStore, model: str = "m", key_id: str = "k") -> int:
-    job = await store.submit(model, key_id, PARAMS)
-    leased = await store.lease([model], "w")
-    assert leased is not None and leased.id == job.id
-    await store.complete(job.id, "w", RESULT, "team-a")
-    return job.id
-
-
-async def read_all(store: JobStore, since: str = "", page: int = 1000) -> list[UsageRecord]:
-    records = []
-    while True:
-        batch = await store.usage(since, limit=page)
-        if not batch.records:
-            return records
-        records.extend(batch.records)
-        since = batch.cursor
+from tessera.runtime.jobs.base import InvalidCursor, JobStore, LeaseLost
+from tests.store.conftest import PARAMS, RESULT, SHORT_LEASE, complete_one, read_all
 
 
 async def test_a_record_carries_the_whole_bill(store: JobStore) -> None:
