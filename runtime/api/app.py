@@ -66,10 +66,12 @@ EXPIRY_INTERVAL_SECONDS = 1.0
 
 
 async def _expire_waiting_jobs(service: ImageService, stop: asyncio.Event) -> None:
-    """Every replica sweeps; the store's sweep is atomic, so they never fail a job twice."""
+    """Every replica sweeps; the store's sweep is atomic, so they never fail a job twice.
+    The same tick samples queue depth for the metrics."""
     while not stop.is_set():
         try:
             failed = await service.expire_waiting()
+            await service.observe_queues()
         except StoreUnavailable as error:
             log.warning("could not expire waiting jobs: %s", error)
         else:

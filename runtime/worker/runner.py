@@ -79,33 +79,39 @@ class Worker:
             result = await self._run(job, progress)
         except LeaseLost:
             log.warning("job %s: lease lost while running; dropping the result", job.id)
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.LEASE_LOST).inc()
             return
         except Exception as error:
             log.exception("job %s failed", job.id)
             reason = describe_failure(job.id, error)
-            await self._finish(job, lambda: self.store.fail(job.id, self.worker_id, reason))
-            metrics.JOBS_FINISHED.labels(job.model, "failed").inc()
+            failed = await self._finish(
+                job, lambda: self.store.fail(job.id, self.worker_id, reason)
+            )
+            if failed:
+                metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.FAILED).inc()
             return
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             self.busy = False
+            metrics.WORKER_BUSY_SECONDS.labels(job.model).inc(time.monotonic() - started)
         namespace = self.models[job.model].namespace
         if await self._finish(
             job, lambda: self.store.complete(job.id, self.worker_id, result, namespace)
         ):
             metrics.JOB_SECONDS.labels(job.model, "run").observe(time.monotonic() - started)
-            metrics.JOBS_FINISHED.labels(job.model, "completed").inc()
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.COMPLETED).inc()
             metrics.IMAGES.labels(job.model).inc(len(result.images))
-            metrics.PATCHES.labels(job.model, job.key_id).inc(result.patches)
-            metrics.BILLED.labels(job.model, job.key_id).inc(float(result.price))
+            metrics.PATCHES.labels(job.model).inc(result.patches)
+            metrics.BILLED.labels(job.model).inc(float(result.price))
 
     async def _finish(self, job: Job, write: Callable[[], Awaitable[Job]]) -> bool:
         try:
             await write()
         except LeaseLost:
             log.warning("job %s: lease lost before completion; another worker owns it", job.id)
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.LEASE_LOST).inc()
             return False
         return True
 
