@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -19,8 +20,10 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from tessera.runtime import client_cli
+from tessera.runtime.api.protocol import ClientDeadlines
 from tessera.runtime.config import ConfigError, ServerConfig, gateway_config, serve_config
 from tessera.runtime.params import Task
+from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.settings import (
     ApiSettings,
     GatewaySettings,
@@ -29,6 +32,7 @@ from tessera.runtime.settings import (
     parse_model_argument,
     parse_network,
     parse_origin,
+    parse_rate,
 )
 from tessera.runtime.usage import cli as usage_cli
 
@@ -43,6 +47,13 @@ def _origin_argument(value: str) -> str:
 def _network_argument(value: str) -> IPv4Network | IPv6Network:
     try:
         return parse_network(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rate_argument(value: str) -> str:
+    try:
+        return parse_rate(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -80,23 +91,30 @@ def _run_api(config: ServerConfig, settings: ApiSettings, log_level: str) -> int
     import uvicorn
 
     from tessera.runtime.api.app import create_app
+    from tessera.runtime.api.protocol import DeadlineProtocol
 
     print(
         f"Tessera image API: {config.public_url}/v1  (docs: {config.public_url}/docs)", flush=True
     )
     print(f"models: {', '.join(m.name for m in config.models)}", flush=True)
+    if config.metrics_port is not None:
+        print(f"metrics: http://{config.metrics_host}:{config.metrics_port}/metrics", flush=True)
     uvicorn.run(
         create_app(config),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=log_level == "debug",
+        http=DeadlineProtocol.with_deadlines(config.client_deadlines),
     )
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from(ServeSettings, args)
+    # Everything this process writes (the job database and its WAL, images, secrets) is
+    # its user's alone.
+    os.umask(0o077)
     if settings.demo:
         print("preparing demo models ...", file=sys.stderr, flush=True)
     try:
@@ -183,6 +201,61 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="let web pages from ORIGIN (e.g. https://app.example.com) call the API from a "
         "browser; repeatable, '*' for any",
+    )
+    parser.add_argument(
+        "--max-json-bytes",
+        type=int,
+        metavar="N",
+        help="largest JSON request body; larger ones get 413 (default 1 MiB; edits may add "
+        "one source image as a data URL)",
+    )
+    parser.add_argument(
+        "--rate-limit-submit",
+        type=_rate_argument,
+        metavar="LIMITS",
+        help="per-key limits on submissions and upload URLs, e.g. '100/10seconds;1200/minute'"
+        f" (default {RateLimits.submit}); over them: 429 with Retry-After",
+    )
+    parser.add_argument(
+        "--rate-limit-poll",
+        type=_rate_argument,
+        metavar="LIMITS",
+        help=f"per-key limits on task polls ({RateLimits.poll})",
+    )
+    parser.add_argument(
+        "--rate-limit-b64",
+        type=_rate_argument,
+        metavar="LIMITS",
+        help=f"per-key limits, in MiB, on results sent inline as b64_json ({RateLimits.b64_mib})",
+    )
+    parser.add_argument(
+        "--upload-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="delete an uploaded source image this long after its upload (default 3600; "
+        "jobs keep their own copy)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"cut a request whose headers take longer (default {ClientDeadlines.header_seconds})",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=int,
+        metavar="BYTES_PER_S",
+        help="cut a request body that arrives slower than this on average, after the first "
+        "--header-timeout seconds",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port, apart from the API (default: not served)",
+    )
+    parser.add_argument(
+        "--metrics-host", help="address of the metrics listener (default 127.0.0.1)"
     )
 
 

@@ -8,16 +8,26 @@ settings; the commands only print and run it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tessera.runtime.api.protocol import ClientDeadlines
 from tessera.runtime.jobs.base import StorePolicy
 from tessera.runtime.keys import KeyRing, new_key, write_key_file
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.params import IntRange, ParameterLimits, Task
-from tessera.runtime.settings import ApiSettings, GatewaySettings, ServeSettings
+from tessera.runtime.ratelimit import RateLimits
+from tessera.runtime.settings import (
+    DEFAULT_MAX_JSON_BYTES,
+    ApiSettings,
+    GatewaySettings,
+    ServeSettings,
+)
 from tessera.runtime.sources import SourceLimits
 from tessera.runtime.storage import InvalidStorageUrl, open_storage
 
@@ -56,6 +66,20 @@ class ServerConfig:
     # Origins whose pages may call the API from a browser (CORS); "*" for any. Empty: only
     # pages this server serves (the Playground) can, as browsers enforce by default.
     cors_origins: tuple[str, ...] = ()
+    # Bodies of JSON requests, capped as they stream in (uploads have the source limit).
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    client_deadlines: ClientDeadlines = field(default_factory=ClientDeadlines)
+    # An uploaded source image is deleted this long after its PUT (jobs keep their own copy).
+    upload_ttl_seconds: float = 3600.0
+    # Prometheus metrics on their own listener, for scrapers only; None: not served at all.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
+    @property
+    def max_edit_json_bytes(self) -> int:
+        """An edit's body may also carry one source image inline, as a base64 data URL."""
+        return self.max_json_bytes + 4 * math.ceil(self.sources.max_bytes / 3)
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,14 @@ class Assembled:
     config: ServerConfig
     # A key made for this data directory on first use, to show once.
     created_key: str | None = None
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """The data directory, created or narrowed to its owner alone (0700): it holds the job
+    database, key hashes, secrets and every image."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -77,12 +109,21 @@ def load_or_create_secret(path: Path) -> bytes:
     return secret
 
 
-def _given_keys(settings: ApiSettings) -> KeyRing | None:
+def _given_keys(settings: ApiSettings, id_secret: bytes) -> KeyRing | None:
     if settings.api_keys_file is not None:
-        return KeyRing.from_file(settings.api_keys_file)
+        return KeyRing.from_file(settings.api_keys_file, id_secret)
     if settings.api_keys:
-        return KeyRing.from_keys(key.get_secret_value() for key in settings.api_keys)
+        return KeyRing.from_keys((key.get_secret_value() for key in settings.api_keys), id_secret)
     return None
+
+
+def key_id_secret(settings: ApiSettings, signing_secret: bytes) -> bytes:
+    """What keys given in plain text get their public ids from (``tessera.runtime.keys``):
+    ``TESSERA_KEY_ID_SECRET``, or one derived from the signing secret, which every replica
+    already shares (so a key has one id whichever replica it calls)."""
+    if settings.key_id_secret is not None:
+        return settings.key_id_secret.get_secret_value().encode()
+    return hmac.new(signing_secret, b"tessera key ids", hashlib.sha256).digest()
 
 
 def _server_config(
@@ -113,6 +154,20 @@ def _server_config(
         device=device,
         cors_origins=settings.cors_origin,
         watch_cluster=watch_cluster,
+        max_json_bytes=settings.max_json_bytes,
+        rate_limits=RateLimits(
+            submit=settings.rate_limit_submit,
+            poll=settings.rate_limit_poll,
+            b64_mib=settings.rate_limit_b64,
+        ),
+        upload_ttl_seconds=settings.upload_ttl,
+        client_deadlines=ClientDeadlines(
+            header_seconds=settings.header_timeout,
+            body_grace_seconds=settings.header_timeout,
+            min_body_bytes_per_second=settings.min_body_rate,
+        ),
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
 
 
@@ -137,8 +192,7 @@ def demo_models(data_dir: Path) -> list[ModelSpec]:
 
 def serve_config(settings: ServeSettings) -> Assembled:
     """One process: SQLite and files in the data directory, a worker for every model."""
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = prepare_data_dir(settings.data_dir)
     models = demo_models(data_dir) if settings.demo else []
     for name, path, task in settings.model_arguments():
         if not (path / "model_index.json").exists():
@@ -148,18 +202,21 @@ def serve_config(settings: ServeSettings) -> Assembled:
         raise ConfigError("nothing to serve: pass --demo or --model NAME=PATH")
 
     created_key = None
-    keys = _given_keys(settings)
+    secret = settings.secret_bytes() or load_or_create_secret(data_dir / "url-signing.key")
+    id_secret = (
+        key_id_secret(settings, secret)
+        if settings.key_id_secret is not None
+        else load_or_create_secret(data_dir / "key-id.key")
+    )
+    keys = _given_keys(settings, id_secret)
     if keys is None:
         key_file = data_dir / "api-keys.json"
-        if key_file.exists():
-            keys = KeyRing.from_file(key_file)
-        else:
+        if not key_file.exists():
             created_key = new_key()
             write_key_file(key_file, [created_key])
-            keys = KeyRing.from_keys([created_key])
+        keys = KeyRing.from_file(key_file, id_secret)
     if not len(keys):
         raise ConfigError("no API keys configured")
-    secret = settings.secret_bytes() or load_or_create_secret(data_dir / "url-signing.key")
     config = _server_config(
         settings,
         queue=f"sqlite://{data_dir / 'jobs.db'}",
@@ -183,7 +240,7 @@ def gateway_config(settings: GatewaySettings) -> Assembled:
             "the gateway needs a URL-signing secret shared by every replica: set "
             "TESSERA_SIGNING_SECRET or --signing-secret-file"
         )
-    keys = _given_keys(settings)
+    keys = _given_keys(settings, key_id_secret(settings, secret))
     if keys is None or not len(keys):
         raise ConfigError("no API keys configured: set TESSERA_API_KEYS or --api-keys-file")
     models = []

@@ -8,7 +8,9 @@
     │   ├── ModelNotFound         lists the models that do exist
     │   ├── JobNotFound           also raised for another key's job, so ids leak nothing
     │   └── FileNotFound          unknown, expired or badly signed file URL
-    ├── PayloadTooLarge       413  an upload or fetched image over the size limit
+    ├── UploadUsed            409  a signed upload URL that was already PUT to
+    ├── PayloadTooLarge       413  a request body, upload or fetched image over its limit
+    ├── RateLimited           429  too many requests from one key; says when to retry
     ├── QueueFull             429  the model's queue holds its limit; answered with Retry-After
     ├── StoreUnavailable      503  the job store cannot be reached; the request lost nothing
     └── StorageUnavailable    503  result storage (S3) stayed unreachable through every retry
@@ -100,6 +102,11 @@ class FileNotFound(NotFound):
     code = "file.not_found"
 
 
+class UploadUsed(TesseraError):
+    status_code = 409
+    code = "upload.used"
+
+
 class PayloadTooLarge(TesseraError):
     status_code = 413
     code = "payload.too_large"
@@ -120,6 +127,21 @@ class QueueFull(TesseraError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class RateLimited(TesseraError):
+    status_code = 429
+    code = "rate.limited"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "retry_after": self.retry_after}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreUnavailable(TesseraError):

@@ -1,12 +1,24 @@
 """API keys: kept only as SHA-256 hashes, each with a short public id for logs and bills.
 
-A key file is either JSON written by ``tessera serve`` (``{"keys": [{"id", "sha256"}]}``) or
-plain text with one key per line (``#`` starts a comment), for keys handed out elsewhere.
+A key's id must not reveal the key: anyone who sees an id (in a log, a usage export, an
+upload URL) could otherwise test guesses offline. So an id is never derived from the key
+alone:
+
+- a key file written by ``tessera serve`` (JSON, ``{"keys": [{"id", "sha256"}]}``) stores a
+  random id beside each hash;
+- a key given in plain text (a file with one key per line, ``#`` starts a comment, or
+  ``TESSERA_API_KEYS``) gets ``HMAC-SHA256(server secret, key)``, stable for as long as the
+  server keeps its secret.
+
+JSON files written before this (ids were ``sha256(key)[:10]``) keep their stored ids, so
+their jobs and bills stay theirs; those ids no longer appear anywhere public, and a new key
+(delete the file, or ``write_key_file``) gets a random one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -17,6 +29,7 @@ from pathlib import Path
 from tessera.runtime.errors import Unauthorized
 
 KEY_PREFIX = "tsk_"
+_ID_PREFIX = "key_"
 
 
 @dataclass(frozen=True)
@@ -30,27 +43,34 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def key_id_for_digest(digest: str) -> str:
-    return "key_" + digest[:10]
+def _keyed_id(key: str, secret: bytes) -> str:
+    return _ID_PREFIX + hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:10]
 
 
 class KeyRing:
-    def __init__(self, digests: Iterable[str] = ()):
-        self._ids = {digest: key_id_for_digest(digest) for digest in digests}
+    def __init__(self, ids_by_digest: dict[str, str] | None = None):
+        self._ids = dict(ids_by_digest or {})
 
     @classmethod
-    def from_keys(cls, keys: Iterable[str]) -> KeyRing:
-        return cls(_digest(key) for key in keys if key)
+    def from_keys(cls, keys: Iterable[str], id_secret: bytes) -> KeyRing:
+        return cls(
+            {
+                _digest(key): _ID_PREFIX
+                + hmac.new(id_secret, key.encode(), "sha256").hexdigest()[:10]
+                for key in keys
+                if key
+            }
+        )
 
     @classmethod
-    def from_file(cls, path: Path) -> KeyRing:
+    def from_file(cls, path: Path, id_secret: bytes) -> KeyRing:
         text = Path(path).read_text()
         try:
             data = json.loads(text)
         except ValueError:
             lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-            return cls.from_keys(line for line in lines if line)
-        return cls(entry["sha256"] for entry in data["keys"])
+            return cls.from_keys((line for line in lines if line), id_secret)
+        return cls({entry["sha256"]: entry["id"] for entry in data["keys"]})
 
     def authenticate(self, presented: str | None) -> ApiKey:
         if not presented:
@@ -69,8 +89,8 @@ def new_key() -> str:
 
 
 def write_key_file(path: Path, keys: Iterable[str]) -> None:
-    """Store keys hashed, readable by the owner only."""
-    entries = [{"id": key_id_for_digest(_digest(k)), "sha256": _digest(k)} for k in keys]
+    """Store keys hashed, each with a random id, readable by the owner only."""
+    entries = [{"id": _ID_PREFIX + secrets.token_hex(5), "sha256": _digest(k)} for k in keys]
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:

@@ -5,8 +5,11 @@ Routes stay thin and call these methods; the gateway and ``tessera serve`` share
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,10 +20,13 @@ from tessera.runtime.jobs.base import Job, JobStatus, JobStore
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.params import GenerationRequest, resolve
-from tessera.runtime.sources import SourceResolver
+from tessera.runtime.ratelimit import Action, KeyRateLimiter, RateLimits
+from tessera.runtime.sources import SourceResolver, new_upload_name
 from tessera.runtime.storage import FileStore, UrlSigner
 
 MAX_WAIT_SECONDS = 60.0
+UPLOAD_URL_TTL_SECONDS = 900
+_MiB = 1024 * 1024
 
 
 def hyperstack_time(moment: datetime | None) -> str | None:
@@ -37,8 +43,10 @@ class ImageService:
     files: FileStore
     signer: UrlSigner
     sources: SourceResolver
+    limiter: KeyRateLimiter = field(default_factory=lambda: KeyRateLimiter(RateLimits()))
 
     async def submit(self, key: ApiKey, request: GenerationRequest, *, edit: bool) -> Job:
+        await self.limiter.hit(Action.SUBMIT, key)
         model = self.catalog.get(request.model)
         params = resolve(request, model.limits, model.task, edit=edit)
         if params.source_images:
@@ -77,14 +85,28 @@ class ImageService:
 
         Another key's job answers exactly like a missing one.
         """
+        # The wait counts from here, not from after the first read: under load that read
+        # queues behind other requests, and the client's clock started before it.
+        deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
+        await self.limiter.hit(Action.POLL, key)
         job = await self.store.get(job_id)
         if job.key_id != key.id:
             raise JobNotFound(job_id)
-        if wait > 0 and not job.status.finished:
-            job = await self.store.wait_for_change(job_id, job.status, min(wait, MAX_WAIT_SECONDS))
+        remaining = deadline - time.monotonic()
+        if remaining > 0 and not job.status.finished:
+            job = await self.store.wait_for_change(job_id, job.status, remaining)
         return job
 
+    async def upload_url(self, key: ApiKey) -> tuple[str, str]:
+        """A signed URL to PUT one source image to, and the filename that names it later."""
+        await self.limiter.hit(Action.SUBMIT, key)
+        name = new_upload_name()
+        url = self.signer.sign(f"/v1/uploads/{key.id}/{name}", UPLOAD_URL_TTL_SECONDS)
+        return url, name
+
     async def task_body(self, job: Job) -> dict[str, Any]:
+        """What a poll answers. Base64 results are encoded off the event loop, and counted
+        in MiB against the key's limit: a large result polled in a loop is gigabytes."""
         body: dict[str, Any] = {
             "job_id": job.id,
             "status": job.status.value,
@@ -99,15 +121,20 @@ class ImageService:
             body["error"] = {"code": "job.failed", "message": job.error or "the job failed"}
         if job.result is not None:
             params = job.params
+            encoded: list[str | None] = [None] * len(job.result.images)
+            if params.response_format == "b64_json":
+                files = [await self.files.get(image.key) for image in job.result.images]
+                size = sum(len(data) for data in files) * 4 // 3
+                await self.limiter.hit(Action.B64_MIB, ApiKey(job.key_id), math.ceil(size / _MiB))
+                encoded = await asyncio.to_thread(
+                    lambda: [base64.b64encode(data).decode() for data in files]
+                )
             data = []
-            for image in job.result.images:
-                encoded = None
-                if params.response_format == "b64_json":
-                    encoded = base64.b64encode(await self.files.get(image.key)).decode()
+            for image, b64 in zip(job.result.images, encoded, strict=True):
                 data.append(
                     {
                         "url": self.signer.sign(f"/v1/files/{image.key}"),
-                        "b64_json": encoded,
+                        "b64_json": b64,
                         "width": image.width,
                         "height": image.height,
                         "content_type": image.content_type,

@@ -28,13 +28,29 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tessera.runtime.api.protocol import ClientDeadlines
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
+from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.usage.export import PushPolicy
 from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format
 from tessera.runtime.worker.options import PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
+# A prompt and its settings fit in a few kilobytes; edits' images travel as URLs, uploads
+# or data URLs (the last within the source limit, so that is the body limit of /v1/images).
+DEFAULT_MAX_JSON_BYTES = 1024 * 1024
+
+
+def parse_rate(value: str) -> str:
+    """A ``limits`` rate string, checked now rather than at the first request."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as error:
+        raise ValueError(f"{value!r}: {error}") from None
+    return value
 
 
 def parse_origin(value: str) -> str:
@@ -93,6 +109,7 @@ Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
 Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
 Networks = Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode, BeforeValidator(_networks)]
 StorageUrl = Annotated[str, AfterValidator(storage_url)]
+Rate = Annotated[str, AfterValidator(parse_rate)]
 
 
 class _Settings(BaseSettings):
@@ -105,7 +122,7 @@ class _Settings(BaseSettings):
 class ApiSettings(_Settings):
     """What every process that answers the image API is told."""
 
-    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_keys", "signing_secret"})
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_keys", "signing_secret", "key_id_secret"})
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -114,10 +131,25 @@ class ApiSettings(_Settings):
     api_keys: Secrets = ()
     signing_secret_file: Path | None = None
     signing_secret: SecretStr | None = None
+    # Public ids of keys given in plain text are HMACs under it (default: from the signing
+    # secret, or a file in serve's data directory).
+    key_id_secret: SecretStr | None = None
     url_ttl_seconds: int = Field(default=3600, ge=1)
     allow_private_image_urls: bool = False
     allow_image_network: Networks = ()
     cors_origin: Strings = ()
+    # Bodies of JSON requests, capped as they stream in (uploads have the source limit).
+    max_json_bytes: int = Field(default=DEFAULT_MAX_JSON_BYTES, ge=1)
+    rate_limit_submit: Rate = RateLimits.submit
+    rate_limit_poll: Rate = RateLimits.poll
+    rate_limit_b64: Rate = RateLimits.b64_mib
+    # An uploaded source image is deleted this long after its PUT (jobs keep their own copy).
+    upload_ttl: float = Field(default=3600.0, gt=0)
+    header_timeout: float = Field(default=ClientDeadlines.header_seconds, gt=0)
+    min_body_rate: int = Field(default=ClientDeadlines.min_body_bytes_per_second, ge=0)
+    # Prometheus metrics on their own listener, for scrapers only; None: not served at all.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("cors_origin", mode="after")
     @classmethod

@@ -12,17 +12,19 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
-from prometheus_client import make_asgi_app
+from prometheus_client import start_http_server
 
 from tessera.runtime import playground
-from tessera.runtime.api import catalog, errors, files, images
+from tessera.runtime.api import catalog, errors, files, images, openapi
+from tessera.runtime.api.bodylimit import BodyLimit
 from tessera.runtime.config import ServerConfig
 from tessera.runtime.errors import StoreUnavailable
 from tessera.runtime.jobs import open_store
 from tessera.runtime.models import ModelCatalog
+from tessera.runtime.ratelimit import KeyRateLimiter
 from tessera.runtime.service import ImageService
 from tessera.runtime.sources import SourceResolver
-from tessera.runtime.storage import UrlSigner, open_storage
+from tessera.runtime.storage import FileStore, UrlSigner, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,16 @@ async def _follow_cluster(app: FastAPI, stop: asyncio.Event) -> None:
         ready.cancel()
 
 
+async def _expire_uploads(files: FileStore, ttl_seconds: float) -> None:
+    """Delete uploaded source images once they are ``ttl_seconds`` old; a job that used one
+    keeps its own copy, so nothing that is queued or running loses an input."""
+    while True:
+        deleted = await files.delete_older_than("uploads", ttl_seconds)
+        if deleted:
+            log.info("deleted %d expired uploads", deleted)
+        await asyncio.sleep(min(ttl_seconds / 4, 300))
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,6 +123,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             files=file_store,
             signer=signer,
             sources=SourceResolver(file_store, signer, config.sources),
+            limiter=KeyRateLimiter(config.rate_limits),
         )
         app.state.keys = config.keys
         app.state.ready = not config.embedded_worker and not config.watch_cluster
@@ -136,9 +149,17 @@ def create_app(config: ServerConfig) -> FastAPI:
 
         if worker_task is not None:
             worker_task.add_done_callback(record_failure)
+        sweeper = asyncio.create_task(_expire_uploads(file_store, config.upload_ttl_seconds))
+        metrics_server = None
+        if config.metrics_port is not None:
+            metrics_server, _ = start_http_server(config.metrics_port, config.metrics_host)
         try:
             yield
         finally:
+            sweeper.cancel()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             stop.set()
             await expiry_task
             if watch_task is not None:
@@ -161,6 +182,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         openapi_url="/openapi.json",
     )
     errors.install(app)
+    openapi.install(app, config.models)
     if config.cors_origins:
         # The key travels in the `api_key` header, so a cross-origin call is always preflighted;
         # result and upload URLs carry their own signatures and need no header.
@@ -171,12 +193,21 @@ def create_app(config: ServerConfig) -> FastAPI:
             allow_headers=["api_key", "content-type"],
             max_age=600,
         )
+    # Every body is capped as it streams in: JSON at max_json_bytes, plus one source image
+    # as a data URL for edits; uploads at the source limit.
+    app.add_middleware(
+        BodyLimit,
+        default=config.max_json_bytes,
+        by_prefix={
+            "/v1/images/edits": config.max_edit_json_bytes,
+            "/v1/uploads/": config.sources.max_bytes,
+        },
+    )
     v1 = APIRouter(prefix="/v1")
     v1.include_router(images.router)
     v1.include_router(catalog.router)
     v1.include_router(files.router)
     app.include_router(v1)
-    app.mount("/metrics", make_asgi_app())
     playground.mount(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")

@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from tessera.runtime.api.deps import CurrentKey, Service
+from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
+from tessera.runtime.api.openapi import errors
 from tessera.runtime.params import Task
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=KeyFirstRoute, responses=errors(401, 413, 422, 429))
 
 
 @router.get("/base_models", summary="List the models, optionally by modality")

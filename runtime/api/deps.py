@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 
 from tessera.runtime.keys import ApiKey, KeyRing
 from tessera.runtime.service import ImageService
 
+API_KEY_HEADER = "api_key"
+
 _api_key_header = APIKeyHeader(
-    name="api_key", auto_error=False, description="Your Tessera API key (no Bearer prefix)."
+    name=API_KEY_HEADER, auto_error=False, description="Your Tessera API key (no Bearer prefix)."
 )
 
 
@@ -20,16 +24,35 @@ def get_service(request: Request) -> ImageService:
     return service
 
 
-def get_keys(request: Request) -> KeyRing:
-    keys: KeyRing = request.app.state.keys
-    return keys
+def authenticate(request: Request) -> ApiKey:
+    """The caller's key, checked once per request and kept on ``request.state``."""
+    key: ApiKey | None = getattr(request.state, "api_key", None)
+    if key is None:
+        keys: KeyRing = request.app.state.keys
+        key = keys.authenticate(request.headers.get(API_KEY_HEADER))
+        request.state.api_key = key
+    return key
+
+
+class KeyFirstRoute(APIRoute):
+    """A route that checks the key before FastAPI reads the body (its dependencies run only
+    after), so a client without a key cannot make the server read a body at all."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            authenticate(request)
+            return await handler(request)
+
+        return checked
 
 
 def current_key(
-    keys: Annotated[KeyRing, Depends(get_keys)],
-    presented: Annotated[str | None, Security(_api_key_header)],
+    request: Request, _presented: Annotated[str | None, Security(_api_key_header)]
 ) -> ApiKey:
-    return keys.authenticate(presented)
+    # ``_presented`` puts the header in the OpenAPI document; ``authenticate`` reads it.
+    return authenticate(request)
 
 
 Service = Annotated[ImageService, Depends(get_service)]

@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tessera.runtime.errors import TesseraError
+from tessera.runtime.api.bodylimit import BodyTooLarge
+from tessera.runtime.errors import PayloadTooLarge, TesseraError
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,17 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     )
 
 
-async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
+    if isinstance(error, BodyTooLarge):
+        return await _tessera_error(
+            request,
+            PayloadTooLarge(
+                f"the request body is larger than this endpoint's limit of {error.limit} bytes",
+                field="body",
+                rule="max_bytes",
+            ),
+        )
     codes = {404: "not_found", 405: "method.not_allowed"}
     response = envelope(
         error.status_code, str(error.detail), codes.get(error.status_code, "http.error")

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from tessera.runtime.api.deps import Service
-from tessera.runtime.errors import FileNotFound, PayloadTooLarge
+from tessera.runtime.api.openapi import errors
+from tessera.runtime.errors import FileNotFound, UploadUsed
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.sources import UPLOAD_NAME, check_image, off_the_loop, upload_key
 from tessera.runtime.storage import content_type_for
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], responses=errors(404, 422))
 
 Expires = Annotated[str | None, Query()]
 Signature = Annotated[str | None, Query()]
@@ -31,7 +32,12 @@ async def get_file(
     )
 
 
-@router.put("/uploads/{key_id}/{name}", status_code=204, summary="Upload a source image")
+@router.put(
+    "/uploads/{key_id}/{name}",
+    status_code=204,
+    responses=errors(409, 413),
+    summary="Upload a source image",
+)
 async def put_upload(
     key_id: str,
     name: str,
@@ -43,14 +49,9 @@ async def put_upload(
     service.signer.verify(f"/v1/uploads/{key_id}/{name}", expires, signature)
     if not UPLOAD_NAME.match(name):
         raise FileNotFound("this link is invalid or has expired")
-    limits = service.sources.limits
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limits.max_bytes:
-            raise PayloadTooLarge(
-                f"uploads are limited to {limits.max_bytes} bytes", field="body", rule="max_bytes"
-            )
-    await off_the_loop(check_image, bytes(body), limits, "body")
-    await service.files.put(upload_key(ApiKey(key_id), name), bytes(body))
+    # The body is capped at the source limit as it streams in (bodylimit.BodyLimit).
+    body = await request.body()
+    await off_the_loop(check_image, body, service.sources.limits, "body")
+    if not await service.files.create(upload_key(ApiKey(key_id), name), body):
+        raise UploadUsed("this upload URL was already used; ask for a new one")
     return Response(status_code=204)

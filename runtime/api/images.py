@@ -7,15 +7,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from tessera.runtime.api.deps import CurrentKey, Service
+from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
+from tessera.runtime.api.openapi import errors
 from tessera.runtime.jobs.base import MAX_JOB_ID, JobStatus
 from tessera.runtime.params import GenerationRequest
-from tessera.runtime.service import MAX_WAIT_SECONDS
-from tessera.runtime.sources import new_upload_name
+from tessera.runtime.service import MAX_WAIT_SECONDS, UPLOAD_URL_TTL_SECONDS
 
-router = APIRouter(prefix="/images", tags=["images"])
-
-UPLOAD_URL_TTL_SECONDS = 900
+router = APIRouter(
+    prefix="/images",
+    tags=["images"],
+    route_class=KeyFirstRoute,
+    responses=errors(401, 413, 422, 429, 503),
+)
+SUBMIT_ERRORS = errors(400, 404)
 
 
 class JobAccepted(BaseModel):
@@ -29,7 +33,12 @@ class SignedUpload(BaseModel):
     expires_in: int
 
 
-@router.post("/generations", response_model=JobAccepted, summary="Submit a text-to-image job")
+@router.post(
+    "/generations",
+    response_model=JobAccepted,
+    responses=SUBMIT_ERRORS,
+    summary="Submit a text-to-image job",
+)
 async def create_generation(
     body: GenerationRequest, key: CurrentKey, service: Service
 ) -> JobAccepted:
@@ -37,13 +46,18 @@ async def create_generation(
     return JobAccepted(job_id=job.id, status=job.status)
 
 
-@router.post("/edits", response_model=JobAccepted, summary="Submit an image-to-image job")
+@router.post(
+    "/edits",
+    response_model=JobAccepted,
+    responses=SUBMIT_ERRORS,
+    summary="Submit an image-to-image job",
+)
 async def create_edit(body: GenerationRequest, key: CurrentKey, service: Service) -> JobAccepted:
     job = await service.submit(key, body, edit=True)
     return JobAccepted(job_id=job.id, status=job.status)
 
 
-@router.get("/tasks/{job_id}", summary="A job's status, progress and result")
+@router.get("/tasks/{job_id}", responses=errors(404), summary="A job's status, progress and result")
 async def get_task(
     job_id: Annotated[
         int, Path(ge=1, le=MAX_JOB_ID, description="The job_id that the submission returned.")
@@ -70,6 +84,5 @@ async def get_task(
     summary="A URL to PUT a source image to; pass the filename as image_url",
 )
 async def create_upload_url(key: CurrentKey, service: Service) -> SignedUpload:
-    name = new_upload_name()
-    url = service.signer.sign(f"/v1/uploads/{key.id}/{name}", UPLOAD_URL_TTL_SECONDS)
+    url, name = await service.upload_url(key)
     return SignedUpload(signed_url=url, filename=name, expires_in=UPLOAD_URL_TTL_SECONDS)

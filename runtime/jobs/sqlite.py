@@ -4,13 +4,14 @@ Every statement runs on one dedicated thread, which serialises writers the way S
 and keeps the event loop free. ``synchronous=FULL`` makes each commit survive a power cut,
 which is what "durable before the id is returned" means. Waiters are woken at once by writes
 from this process and, for writes from another process sharing the file (a separate
-``tessera worker``), by a short poll.
+``tessera worker``), by one shared poll of ``PRAGMA data_version``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -145,7 +146,7 @@ class SQLiteJobStore:
         self.policy = policy or StorePolicy()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-sqlite")
         self._connection: sqlite3.Connection | None = None
-        self._changes = ChangeSignal(CROSS_PROCESS_POLL_SECONDS)
+        self._changes = ChangeSignal(CROSS_PROCESS_POLL_SECONDS, probe=self._data_version)
         # Made once per database, so event ids differ from a rebuilt store's.
         self._ledger_id = ""
 
@@ -153,7 +154,11 @@ class SQLiteJobStore:
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # SQLite gives the -wal and -shm files the database file's mode, so creating it
+            # owner-only (and narrowing one made before) keeps all three private.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self.path.chmod(0o600)
             connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA journal_mode=WAL")
@@ -176,15 +181,19 @@ class SQLiteJobStore:
         *,
         notify: bool,
         durable: bool = True,
+        write: bool = True,
     ) -> T:
         """Run ``operation`` in one transaction on the store's thread.
 
         ``durable=False`` skips the fsync for writes whose loss a crash makes harmless
-        (a lease taken or renewed, progress): the job simply runs again.
+        (a lease taken or renewed, progress): the job simply runs again. ``write=False``
+        is for one SELECT, atomic by itself: no write lock, no transaction.
         """
 
         def in_thread() -> T:
             connection = self._connect()
+            if not write:
+                return operation(connection)
             connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -268,7 +277,17 @@ class SQLiteJobStore:
         return await self._run(insert, notify=True)
 
     async def get(self, job_id: int) -> Job:
-        return await self._run(lambda connection: self._fetch(connection, job_id), notify=False)
+        return await self._run(
+            lambda connection: self._fetch(connection, job_id), notify=False, write=False
+        )
+
+    async def _data_version(self) -> int:
+        """Moves whenever another connection (another process) commits to the file."""
+
+        def read(connection: sqlite3.Connection) -> int:
+            return int(connection.execute("PRAGMA data_version").fetchone()[0])
+
+        return await self._run(read, notify=False, write=False)
 
     async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
         placeholders = ",".join("?" * len(models))
@@ -391,7 +410,7 @@ class SQLiteJobStore:
                 in_progress=counts.get(JobStatus.IN_PROGRESS.value, 0),
             )
 
-        return await self._run(count, notify=False)
+        return await self._run(count, notify=False, write=False)
 
     async def expire(self, model: str, queued_for: float, reason: str) -> int:
         def fail_waiting(connection: sqlite3.Connection) -> int:
@@ -428,7 +447,7 @@ class SQLiteJobStore:
             cursor = str(rows[-1]["sequence"] if rows else after)
             return UsagePage([_record_from_row(self._ledger_id, row) for row in rows], cursor)
 
-        return await self._run(read, notify=False)
+        return await self._run(read, notify=False, write=False)
 
     async def usage_cursor_at(self, moment: datetime) -> str:
         def find(connection: sqlite3.Connection) -> str:
@@ -449,7 +468,7 @@ class SQLiteJobStore:
             ).fetchone()
             return "" if row is None else str(row["cursor"])
 
-        return await self._run(read, notify=False)
+        return await self._run(read, notify=False, write=False)
 
     async def save_cursor(self, name: str, cursor: str) -> None:
         _sequence(cursor)

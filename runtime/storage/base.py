@@ -65,8 +65,19 @@ class FileStore(Protocol):
         """
         ...
 
+    async def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` only if nothing is stored under ``key`` yet; False if something was.
+
+        Two racing writers cannot both succeed.
+        """
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove the file; a missing one is no error, so retention may sweep twice."""
+        ...
+
+    async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        """Delete the files under ``prefix`` written more than ``seconds`` ago; how many."""
         ...
 
     async def download_url(self, key: str, ttl_seconds: int) -> str | None:

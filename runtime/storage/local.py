@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from tessera.runtime.errors import FileNotFound
@@ -24,17 +25,27 @@ class LocalFileStore:
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
 
-    def _put(self, key: str, data: bytes) -> None:
+    async def create(self, key: str, data: bytes) -> bool:
+        return await asyncio.to_thread(self._put, key, data, exclusive=True)
+
+    def _put(self, key: str, data: bytes, *, exclusive: bool = False) -> bool:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle, staging = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(data)
-            os.replace(staging, target)
-        except BaseException:
+            if not exclusive:
+                os.replace(staging, target)
+                return True
+            # A hard link fails if the target exists, where a rename would replace it.
+            try:
+                os.link(staging, target)
+            except FileExistsError:
+                return False
+            return True
+        finally:
             Path(staging).unlink(missing_ok=True)
-            raise
 
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         return await asyncio.to_thread(self._get, key, max_bytes)
@@ -54,6 +65,20 @@ class LocalFileStore:
         # A folder is no file by that key, as in S3, where "results" deletes nothing.
         with contextlib.suppress(IsADirectoryError):
             self.path(key).unlink(missing_ok=True)
+
+    async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        return await asyncio.to_thread(self._delete_older_than, prefix, seconds)
+
+    def _delete_older_than(self, prefix: str, seconds: float) -> int:
+        root = self.path(prefix)
+        cutoff = time.time() - seconds
+        deleted = 0
+        for path in root.rglob("*") if root.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    deleted += 1
+        return deleted
 
     async def download_url(self, key: str, ttl_seconds: int) -> str | None:
         check_key(key)

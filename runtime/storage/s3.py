@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import obstore
-from obstore.exceptions import BaseError
+from obstore.exceptions import AlreadyExistsError, BaseError
 from obstore.store import S3Store
 
 from tessera.runtime.errors import FileNotFound, StorageUnavailable
@@ -98,9 +98,34 @@ class S3FileStore:
             check_size(result.meta["size"], max_bytes)
             return bytes(await result.bytes_async())
 
+    async def create(self, key: str, data: bytes) -> bool:
+        with _translated(key):
+            try:
+                await obstore.put_async(
+                    self._store,
+                    check_key(key),
+                    data,
+                    mode="create",  # a conditional PUT (If-None-Match: *)
+                    attributes={"Content-Type": content_type_for(key)},
+                )
+            except AlreadyExistsError:
+                return False
+            return True
+
     async def delete(self, key: str) -> None:
         with _translated(key):
             await obstore.delete_async(self._store, check_key(key))
+
+    async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
+        deleted = 0
+        with _translated(prefix):
+            async for batch in obstore.list(self._store, check_key(prefix) + "/"):
+                for meta in batch:
+                    if meta["last_modified"] < cutoff:
+                        await obstore.delete_async(self._store, meta["path"])
+                        deleted += 1
+        return deleted
 
     async def download_url(self, key: str, ttl_seconds: int) -> str | None:
         return await self._sign("GET", key, ttl_seconds)

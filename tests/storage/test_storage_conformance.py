@@ -6,6 +6,7 @@ the sandbox past the store, so a key that escaped the store's root or prefix wou
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Callable
@@ -130,3 +131,20 @@ async def test_get_refuses_a_file_past_max_bytes(backend: Backend) -> None:
     with pytest.raises(PayloadTooLarge) as caught:
         await backend.store.get("uploads/k/upload-a.png", max_bytes=999)
     assert caught.value.rule == "max_bytes" and "1000 bytes" in caught.value.message
+
+
+async def test_create_writes_once_and_never_replaces(backend: Backend) -> None:
+    assert await backend.store.create("uploads/k/upload-a.png", b"first")
+    assert not await backend.store.create("uploads/k/upload-a.png", b"second")
+    assert await backend.store.get("uploads/k/upload-a.png") == b"first"
+    assert backend.listing() == ["store/uploads/k/upload-a.png"]
+
+
+async def test_delete_older_than_sweeps_only_old_files_under_the_prefix(backend: Backend) -> None:
+    await backend.store.put("uploads/k/old.png", b"old")
+    await backend.store.put("results/1/0.png", b"kept: another prefix")
+    assert await backend.store.delete_older_than("uploads", 3600) == 0
+    await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    await backend.store.put("uploads/k/new.png", b"new")
+    assert await backend.store.delete_older_than("uploads", 1) == 1
+    assert backend.listing() == ["store/results/1/0.png", "store/uploads/k/new.png"]

@@ -134,7 +134,8 @@ class GatewayDeployment:
     @property
     def metrics_urls(self) -> list[str]:
         """The gateways count submissions; the workers count what they ran and billed."""
-        return [p.base_url + "/metrics/" for p in [*self.gateways, *self.workers]]
+        gateways = [url for gateway in self.gateways for url in gateway.metrics_urls]
+        return gateways + [worker.base_url + "/metrics/" for worker in self.workers]
 
     def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
         return self.gateways[0].client(key, timeout)

@@ -73,6 +73,10 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     # The ``tessera`` of another environment (a clean install) instead of this one's.
     executable: str | None = None
+    # Another checkout's interpreter runs that checkout's server (benchmarks compare them).
+    python: str = sys.executable
+    # Prometheus metrics have a listener of their own, apart from the API.
+    metrics_port: int = field(default_factory=free_port)
 
     @property
     def base_url(self) -> str:
@@ -101,7 +105,7 @@ class ServerProcess:
     @property
     def metrics_urls(self) -> list[str]:
         """Every Prometheus endpoint of this deployment: one process here."""
-        return [self.base_url + "/metrics/"]
+        return [f"http://127.0.0.1:{self.metrics_port}/metrics"]
 
     def start(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
         self.spawn()
@@ -118,11 +122,13 @@ class ServerProcess:
         }
         arguments = self.command or ("serve", "--demo", "--data-dir", str(self.data_dir))
         launcher = (
-            [self.executable] if self.executable else [sys.executable, "-m", "tessera.runtime.cli"]
+            [self.executable] if self.executable else [self.python, "-m", "tessera.runtime.cli"]
         )
         command = [
             *launcher,
             *arguments,
+            "--metrics-port",
+            str(self.metrics_port),
             "--host",
             "127.0.0.1",
             "--port",

@@ -28,3 +28,15 @@ def test_a_cors_origin_that_could_never_match_is_refused(
         build_parser().parse_args(["serve", "--cors-origin", given])
     assert exit_.value.code == 2
     assert "expected an origin such as https://app.example.com" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--rate-limit-submit", "--rate-limit-poll", "--rate-limit-b64"])
+def test_a_rate_limit_that_cannot_be_parsed_is_refused(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", flag, "ten per second"])
+    assert exit_.value.code == 2
+    assert "ten per second" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve", flag, "5/second;100/minute"])
+    assert "5/second;100/minute" in vars(args).values()

@@ -100,7 +100,7 @@ def test_worker_process_runs_jobs_and_reports_health(
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics/").text
         assert f'tessera_patches_total{{model="{model}"}} 208.0' in metrics
         assert f'tessera_jobs_finished_total{{model="{model}",outcome="completed"}} 1.0' in metrics
-        assert "key_test" not in metrics, "no metric is labelled by key"
+        assert "key_id" not in metrics and "key_test" not in metrics, "no metric is by key"
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0

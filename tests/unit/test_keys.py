@@ -1,0 +1,51 @@
+"""Key ids: never derivable from the key, and stable for key files written before."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tessera.runtime.errors import Unauthorized
+from tessera.runtime.keys import KeyRing, write_key_file
+
+SECRET = b"s" * 32
+
+
+def derivable(key: str) -> str:
+    """How ids were made before: anyone holding a guess could check it against an id."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def test_a_written_key_file_stores_a_random_id_beside_the_hash(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    write_key_file(path, ["tsk_one", "tsk_two"])
+    entries = json.loads(path.read_text())["keys"]
+    ids = {KeyRing.from_file(path, SECRET).authenticate(k).id for k in ("tsk_one", "tsk_two")}
+    assert ids == {entry["id"] for entry in entries}
+    assert not ids & {derivable("tsk_one"), derivable("tsk_two")}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    write_key_file(tmp_path / "again.json", ["tsk_one"])
+    again = KeyRing.from_file(tmp_path / "again.json", SECRET).authenticate("tsk_one").id
+    assert again not in ids  # random, not a function of the key
+
+
+def test_a_key_file_written_before_keeps_its_ids(tmp_path: Path) -> None:
+    """Jobs and bills are stored under the old id, so it must not change."""
+    path = tmp_path / "keys.json"
+    digest = hashlib.sha256(b"tsk_old").hexdigest()
+    path.write_text(json.dumps({"keys": [{"id": derivable("tsk_old"), "sha256": digest}]}))
+    assert KeyRing.from_file(path, SECRET).authenticate("tsk_old").id == derivable("tsk_old")
+
+
+def test_plain_keys_get_ids_keyed_by_the_server_secret(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text("tsk_plain  # a comment\n\n")
+    from_file = KeyRing.from_file(path, SECRET).authenticate("tsk_plain").id
+    assert from_file == KeyRing.from_keys(["tsk_plain"], SECRET).authenticate("tsk_plain").id
+    other = KeyRing.from_keys(["tsk_plain"], b"t" * 32).authenticate("tsk_plain").id
+    assert from_file != other != derivable("tsk_plain")
+    with pytest.raises(Unauthorized):
+        KeyRing.from_keys(["tsk_plain"], SECRET).authenticate("tsk_other")
