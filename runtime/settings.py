@@ -122,13 +122,17 @@ class _Settings(BaseSettings):
 class ApiSettings(_Settings):
     """What every process that answers the image API is told."""
 
-    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_keys", "signing_secret", "key_id_secret"})
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"api_keys", "admin_api_keys", "signing_secret", "key_id_secret"}
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
     api_keys_file: Path | None = None
     api_keys: Secrets = ()
+    # Keys that may also read everyone's usage (GET /v1/usage).
+    admin_api_keys: Secrets = ()
     signing_secret_file: Path | None = None
     signing_secret: SecretStr | None = None
     # Public ids of keys given in plain text are HMACs under it (default: from the signing

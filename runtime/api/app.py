@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import start_http_server
 
 from tessera.runtime import playground
-from tessera.runtime.api import catalog, errors, files, images, openapi
+from tessera.runtime.api import catalog, errors, files, images, openapi, usage
 from tessera.runtime.api.bodylimit import BodyLimit
 from tessera.runtime.config import ServerConfig
 from tessera.runtime.errors import StoreUnavailable
@@ -207,6 +207,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     v1.include_router(images.router)
     v1.include_router(catalog.router)
     v1.include_router(files.router)
+    v1.include_router(usage.router)
     app.include_router(v1)
     playground.mount(app)
 
