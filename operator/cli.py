@@ -74,6 +74,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="the job queue workers use (default: $TESSERA_QUEUE_URL or redis://tessera-redis:6379/0)",
     )
     parser.add_argument(
+        "--results-claim",
+        default=None,
+        help="the PersistentVolumeClaim workers write results to "
+        "(default: $TESSERA_RESULTS_CLAIM or tessera-results)",
+    )
+    parser.add_argument(
         "--worker-image",
         default=None,
         help="the worker image for models that name none (default: $TESSERA_WORKER_IMAGE)",
@@ -107,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["TESSERA_QUEUE_URL"] = args.queue_url
     if args.worker_image:
         os.environ["TESSERA_WORKER_IMAGE"] = args.worker_image
+    if args.results_claim:
+        os.environ["TESSERA_RESULTS_CLAIM"] = args.results_claim
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _configure_logging(args)

@@ -8,7 +8,8 @@ What a model becomes:
 
 - a worker ``Deployment`` running ``tessera worker`` on H100 nodes (GPU requests and limits,
   the product node selector and the GPU taint's toleration, probes on the worker's health
-  endpoints, a memory-backed /dev/shm, weights mounted read-only, non-root, read-only root
+  endpoints, a memory-backed /dev/shm, weights mounted read-only, results written to the
+  shared results claim, its health port on the pod's own address, non-root, read-only root
   filesystem, no privilege escalation, a grace period that lets the job in flight finish);
 - a ``Service`` in front of the workers' health and metrics port;
 - for Hub weights, a ``PersistentVolumeClaim`` and a loader ``Job`` that fills it once; the
@@ -41,9 +42,13 @@ ANNOTATION_APPLIED_HASH = "tessera.dev/applied-hash"
 
 WORKER_PORT = 8080
 WEIGHTS_MOUNT = "/weights"
+RESULTS_MOUNT = "/results"
 RUN_AS = 1000
 DEFAULT_QUEUE_URL = "redis://tessera-redis:6379/0"
 DEFAULT_WORKER_IMAGE = "ghcr.io/tessera-dev/tessera:0.1.0"
+# Where workers write result images and the gateway reads them: one ReadWriteMany claim
+# per namespace, shared by every model's workers.
+DEFAULT_RESULTS_CLAIM = "tessera-results"
 
 # Per GPU: an H100 node (p5.48xlarge) has 192 CPUs and 2 TiB for 8 GPUs; FLUX.1-dev in bf16
 # peaks near 36 GB of host memory while loading.
@@ -65,6 +70,7 @@ class RenderConfig:
 
     queue_url: str = DEFAULT_QUEUE_URL
     worker_image: str = DEFAULT_WORKER_IMAGE
+    results_claim: str = DEFAULT_RESULTS_CLAIM
     # The image that downloads Hub weights; it needs the `hf` command (huggingface_hub),
     # which the worker image has.
     loader_image: str | None = None
@@ -75,6 +81,7 @@ class RenderConfig:
         return cls(
             queue_url=env.get("TESSERA_QUEUE_URL") or DEFAULT_QUEUE_URL,
             worker_image=env.get("TESSERA_WORKER_IMAGE") or DEFAULT_WORKER_IMAGE,
+            results_claim=env.get("TESSERA_RESULTS_CLAIM") or DEFAULT_RESULTS_CLAIM,
             loader_image=env.get("TESSERA_LOADER_IMAGE") or None,
         )
 
@@ -164,8 +171,12 @@ def worker_command(model: ImageModel, config: RenderConfig) -> list[str]:
         weights_path(model),
         "--queue",
         config.queue_url,
+        "--storage",
+        RESULTS_MOUNT,
         "--task",
         spec.task.value,
+        "--host",
+        "$(POD_IP)",
         "--port",
         str(WORKER_PORT),
         "--device",
@@ -188,6 +199,11 @@ def worker_env(model: ImageModel) -> list[dict[str, Any]]:
     """The operator's variables, then the spec's; a name in the spec replaces ours."""
     spec = model.spec
     ours: list[dict[str, Any]] = [
+        # The health port listens on the pod's own address (``--host $(POD_IP)``).
+        {
+            "name": "POD_IP",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}},
+        },
         {
             "name": "TESSERA_MODEL_PARAMETERS",
             "value": spec.parameters.model_dump_json(by_alias=True),
@@ -374,6 +390,7 @@ def deployment(
         "securityContext": _security_context(),
         "volumeMounts": [
             {"name": "weights", "mountPath": WEIGHTS_MOUNT, "readOnly": True},
+            {"name": "results", "mountPath": RESULTS_MOUNT},
             {"name": "dshm", "mountPath": SHM},
             {"name": "tmp", "mountPath": TMP},
         ],
@@ -394,6 +411,7 @@ def deployment(
     pod_spec["containers"] = [container]
     pod_spec["volumes"] = [
         weights_volume,
+        {"name": "results", "persistentVolumeClaim": {"claimName": config.results_claim}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "32Gi"}},
     ]

@@ -64,17 +64,31 @@ def demo_server(serve_server: ServerProcess) -> ServerProcess:
     return serve_server
 
 
-@pytest.fixture(scope="session")
-def gateway_deployment(
-    tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
+def _deployment(
+    directory: Path, pipelines: Path, s3: S3Server | None = None
 ) -> Iterator[GatewayDeployment]:
-    """``tessera gateway`` + one ``tessera worker`` per demo model over their own redis-server
-    and shared file storage: the cluster's shape, for the whole session."""
-    directory = tmp_path_factory.mktemp("gateway-deployment")
     redis = RedisServer(directory / "redis").start()
-    deployment = GatewayDeployment(directory, demo_models_dir, redis)
+    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3)
     try:
         yield deployment.start()
     finally:
         deployment.stop()
         redis.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_deployment(
+    tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
+) -> Iterator[GatewayDeployment]:
+    """``tessera gateway`` + one ``tessera worker`` per demo model over their own redis-server
+    and a shared folder (``file://``): the cluster's shape, for the whole session."""
+    yield from _deployment(tmp_path_factory.mktemp("gateway-deployment"), demo_models_dir)
+
+
+@pytest.fixture(scope="session")
+def gateway_s3_deployment(
+    tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path, s3_server: S3Server
+) -> Iterator[GatewayDeployment]:
+    """The same, with results and uploads in a bucket of a real S3 server (SeaweedFS)."""
+    directory = tmp_path_factory.mktemp("gateway-s3-deployment")
+    yield from _deployment(directory, demo_models_dir, s3_server)

@@ -151,16 +151,16 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(
 
 
 def test_a_large_source_is_scaled_down_once_at_submit(demo_server: ServerProcess) -> None:
-    inputs = demo_server.files_dir / "inputs"
-    before = set(inputs.glob("*.png")) if inputs.exists() else set()
+    before = set(demo_server.stored("inputs"))
     large = Image.linear_gradient("L").resize((4096, 1024)).convert("RGB")
     with demo_server.client() as client:
         filename, put = upload(client, encoded(large, "PNG"))
         assert put.status_code == 204, put.text
         task = completed_edit(client, image_url=filename, image_size="256x192")
-    (stored,) = set(inputs.glob("*.png")) - before
+    stored = demo_server.stored("inputs")
+    (new,) = set(stored) - before
     # Just enough to cover 256x192 with the source's 4:1 shape: 768x192, not 4096x1024.
-    assert image_of(stored.read_bytes()).size == (768, 192)
+    assert image_of(stored[new]).size == (768, 192)
     assert image_of(download(task["result"]["data"][0]["url"])).size == (256, 192)
 
 

@@ -3,7 +3,8 @@
 Why a real one: only a real kube-apiserver enforces CRD structural schemas, CEL rules,
 RBAC, admission, subresources, resourceVersion conflicts and watches, and only a real
 controller manager and scheduler garbage-collect owned objects and place pods. The nodes
-are simulated by KWOK, so a laptop can hold a fleet of 8-GPU H100 nodes.
+are simulated by KWOK, so a laptop can hold a fleet of 8-GPU H100 nodes; local nodes
+(``tests/cluster/localnode``) have an agent as their kubelet, and their pods really run.
 
 How: ``tests/cluster/build`` builds etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, kubectl, kwok, kwokctl and helm from pinned Go modules into a cache
@@ -19,7 +20,9 @@ library only, so ``tests/cluster/up`` runs with any Python 3.11+.
 
 Command line (what ``tests/cluster/up`` and ``down`` call)::
 
-    python tests/cluster/harness.py up [--gpu-nodes N] [--cpu-nodes M] [--name NAME]
+    python tests/cluster/harness.py up [--gpu-nodes N] [--cpu-nodes M] [--local-nodes K]
+        [--local-h100-nodes K] [--name NAME]
+    python tests/cluster/harness.py logs [-n NAMESPACE] [-c CONTAINER] POD [--name NAME]
     python tests/cluster/harness.py down [--name NAME]
 """
 
@@ -67,8 +70,10 @@ H100_NODE_SELECTOR = {"nvidia.com/gpu.product": H100_PRODUCT}
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
-# KWOK's controller manages exactly the nodes that carry this annotation.
+# KWOK's controller manages exactly the nodes that carry this annotation (kwokctl.yaml).
 _KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
+# What local nodes carry, so tests and people can tell them from KWOK's.
+LOCAL_NODE_LABEL = "tessera.dev/local-node"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 _BINARIES = (
     "etcd",
@@ -81,6 +86,17 @@ _BINARIES = (
     "helm",
 )
 _START_TIMEOUT = 120.0
+REPO = HERE.parents[1]
+# Under each cluster's folder: one folder per local node (pods' logs and volumes, pid files).
+LOCAL_NODES_DIR = "local-nodes"
+_AGENT_MODULE = b"tests.cluster.localnode"
+# Pods on local nodes get addresses from this range, made local to this machine by one
+# route on lo (see tests/cluster/localnode/addresses.py for why not 127.x).
+LOCAL_POD_RANGE = "198.18.0.0/15"
+_POD_ROUTE = ("local", LOCAL_POD_RANGE, "dev", "lo")
+_SERVICE_ACCOUNT_MOUNT_POINT = "/run/secrets/kubernetes.io/serviceaccount"
+# The agent's own shutdown gives containers at most 10 s of grace; then it is killed.
+_AGENT_STOP_TIMEOUT = 20.0
 _METADATA = "tessera-cluster.json"
 
 
@@ -98,6 +114,23 @@ class KubectlError(ClusterError):
     def __init__(self, message: str, result: subprocess.CompletedProcess[str]) -> None:
         super().__init__(message)
         self.result = result
+
+
+def _agent_python() -> str:
+    """The Python that runs local-node agents: it needs the ``kubernetes`` package and the
+    project, so the repository's virtualenv when there is one (this module itself runs on
+    any Python 3.11+). ``TESSERA_AGENT_PYTHON`` overrides it."""
+    venv = REPO / ".venv" / "bin" / "python"
+    return os.environ.get("TESSERA_AGENT_PYTHON") or (
+        str(venv) if venv.exists() else sys.executable
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _cache_dir() -> Path:
@@ -184,23 +217,121 @@ class Cluster:
         nodes that already exist, so calling this again grows the fleet. Returns the new
         names.
         """
-        existing = set(self.kubectl("get", "nodes", "-o", "name").stdout.split())
-        existing = {n.removeprefix("node/") for n in existing}
-        new: list[dict[str, Any]] = []
-        for gpu, count, kind in ((True, gpu_nodes, "h100"), (False, cpu_nodes, "cpu")):
-            index = 0
-            for _ in range(count):
-                while f"{prefix}-{kind}-{index}" in existing:
-                    index += 1
-                name = f"{prefix}-{kind}-{index}"
-                existing.add(name)
-                new.append(_node(name, gpu=gpu))
+        new = [
+            node_object(name, gpu=gpu)
+            for gpu, name in self._new_node_names(
+                [(True, gpu_nodes, f"{prefix}-h100"), (False, cpu_nodes, f"{prefix}-cpu")]
+            )
+        ]
         if not new:
             return []
         self._create_all("/api/v1/nodes?fieldValidation=Strict", new)
         names = [n["metadata"]["name"] for n in new]
         self._wait_nodes_ready(names, timeout=60 + len(names) * 0.2)
         return names
+
+    def _new_node_names(self, wanted: list[tuple[bool, int, str]]) -> list[tuple[bool, str]]:
+        """(gpu, name) for ``count`` new nodes per (gpu, count, stem), numbered after the
+        nodes that already exist."""
+        existing = set(self.kubectl("get", "nodes", "-o", "name").stdout.split())
+        existing = {n.removeprefix("node/") for n in existing}
+        names = []
+        for gpu, count, stem in wanted:
+            index = 0
+            for _ in range(count):
+                while f"{stem}-{index}" in existing:
+                    index += 1
+                existing.add(f"{stem}-{index}")
+                names.append((gpu, f"{stem}-{index}"))
+        return names
+
+    def add_local_nodes(
+        self,
+        count: int = 0,
+        h100_count: int = 0,
+        prefix: str = "node",
+        backoff_seconds: float = 10.0,
+    ) -> list[str]:
+        """Start one agent per local node (``<prefix>-local-<i>``, and H100-shaped
+        ``<prefix>-local-h100-<i>``) and wait until every node is Ready.
+
+        Their pods run as local processes (tests/cluster/localnode); ``backoff_seconds``
+        is the first crash-loop delay (the kubelet's is 10 s). Returns the new names.
+        """
+        names = self._new_node_names(
+            [(False, count, f"{prefix}-local"), (True, h100_count, f"{prefix}-local-h100")]
+        )
+        if names:
+            _ensure_pod_route()
+        agents = [self._start_agent(name, gpu, backoff_seconds) for gpu, name in names]
+        try:
+            self._wait_nodes_ready([name for _, name in names], timeout=60)
+        except ClusterError as exc:
+            dead = [f"{log}:\n{_tail(log)}" for proc, log in agents if proc.poll() is not None]
+            raise ClusterError(f"{exc}\n" + "\n".join(dead)) from exc
+        return [name for _, name in names]
+
+    def _start_agent(
+        self, node: str, h100: bool, backoff_seconds: float
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """A detached agent process: it outlives ``tests/cluster/up``, and ``down`` stops it."""
+        log = self.workdir / "logs" / f"local-node-{node}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        args = [
+            _agent_python(), "-m", "tests.cluster.localnode",
+            "--kubeconfig", str(self.kubeconfig),
+            "--node", node,
+            "--state-dir", str(self.workdir / LOCAL_NODES_DIR / node),
+            "--address-locks", str(_kwok_workdir() / "local-addresses"),
+            "--backoff-seconds", str(backoff_seconds),
+        ]  # fmt: skip
+        if h100:
+            args.append("--h100")
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                args,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        return proc, log
+
+    def service_addresses(self, namespace: str, service: str) -> list[str]:
+        """``address:port`` of every ready endpoint of a Service, from its EndpointSlices.
+
+        The one step from a Service name to where its pods answer: this machine has no
+        cluster DNS and no kube-proxy, but pods on local nodes listen on addresses of their
+        own, which the real EndpointSlice controller publishes.
+        """
+        slices = json.loads(
+            self.kubectl(
+                "-n", namespace, "get", "endpointslices",
+                "-l", f"kubernetes.io/service-name={service}", "-o", "json",
+            ).stdout
+        )["items"]  # fmt: skip
+        found = []
+        for piece in slices:
+            ports = [p["port"] for p in piece.get("ports") or [] if p.get("port")]
+            for endpoint in piece.get("endpoints") or []:
+                if endpoint.get("conditions", {}).get("ready"):
+                    found += [f"{a}:{port}" for a in endpoint["addresses"] for port in ports]
+        return sorted(found)
+
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> Path:
+        """The output file of a container of a pod on a local node (the newest such pod).
+
+        Logs live in ``<workdir>/local-nodes/<node>/pods/<namespace>/<pod>-<uid>/logs/``;
+        without ``container``, the pod's only (or first) container's.
+        """
+        pattern = f"{LOCAL_NODES_DIR}/*/pods/{namespace}/{pod}-*/logs/{container or '*'}.log"
+        found = sorted(self.workdir.glob(pattern), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ClusterError(
+                f"no log of {namespace}/{pod} on a local node (looked for {pattern})"
+            )
+        return found[-1]
 
     def _create_all(self, path: str, objects: list[dict[str, Any]], threads: int = 8) -> None:
         """POST objects straight to the API server over a few kept-alive connections.
@@ -280,14 +411,20 @@ class Cluster:
             time.sleep(0.5)
 
 
-def _node(name: str, gpu: bool) -> dict[str, Any]:
-    """A Node object shaped like a p5.48xlarge (8 x H100) or a 16-core CPU-only machine."""
+def node_object(name: str, gpu: bool, local: bool = False) -> dict[str, Any]:
+    """A Node shaped like a p5.48xlarge (8 x H100) or a 16-core CPU-only machine.
+
+    A KWOK node carries KWOK's annotation (KWOK manages exactly those); a local node
+    carries ``tessera.dev/local-node: "true"`` instead, and its agent keeps it Ready.
+    """
     labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
-        "type": "kwok",
+        "type": "local" if local else "kwok",
     }
+    if local:
+        labels[LOCAL_NODE_LABEL] = "true"
     if gpu:
         labels |= H100_LABELS
         capacity = {
@@ -302,7 +439,11 @@ def _node(name: str, gpu: bool) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": dict(_KWOK_ANNOTATION)},
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {} if local else dict(_KWOK_ANNOTATION),
+        },
         "spec": {"taints": [dict(GPU_TAINT)]} if gpu else {},
         "status": {
             "capacity": capacity,
@@ -388,8 +529,18 @@ def _log_tails(workdir: Path, lines: int = 15) -> str:
     return "\n".join(parts)
 
 
-def start_cluster(name: str, gpu_nodes: int = 2, cpu_nodes: int = 1) -> Cluster:
+def start_cluster(
+    name: str,
+    gpu_nodes: int = 2,
+    cpu_nodes: int = 1,
+    local_nodes: int = 0,
+    local_h100_nodes: int = 0,
+    backoff_seconds: float = 10.0,
+) -> Cluster:
     """Start a control plane named ``name`` with simulated nodes; stops a stale one first.
+
+    ``local_nodes`` (CPU-shaped) and ``local_h100_nodes`` (H100-shaped) are nodes whose
+    pods really run, as local processes (see ``Cluster.add_local_nodes``).
 
     Returns once the API server is ready, the controller manager and scheduler hold their
     leader leases (so they run), the ``default`` service account exists, and every node
@@ -429,6 +580,7 @@ def start_cluster(name: str, gpu_nodes: int = 2, cpu_nodes: int = 1) -> Cluster:
     try:
         _wait_control_plane(cluster)
         cluster.add_nodes(gpu_nodes=gpu_nodes, cpu_nodes=cpu_nodes)
+        cluster.add_local_nodes(local_nodes, local_h100_nodes, backoff_seconds=backoff_seconds)
     except ClusterError as exc:
         logs = _log_tails(workdir)
         stop_cluster(cluster)
@@ -510,6 +662,7 @@ def _decode_addr(hex_addr: str, width: int) -> str:
 def _stop(cluster: Cluster) -> None:
     """kwokctl delete, then kill whatever survived and remove the folder (idempotent)."""
     workdir = cluster.workdir
+    _stop_local_nodes(workdir)
     pids = _cluster_pids(workdir)
     if (cluster.bin_dir / "kwokctl").is_file() and workdir.exists():
         _kwokctl(
@@ -533,6 +686,82 @@ def _stop(cluster: Cluster) -> None:
         if not survivors:
             break
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stop_local_nodes(workdir: Path) -> None:
+    """SIGTERM every local-node agent (each stops its containers), then SIGKILL whatever a
+    container left behind, found through the agents' pid files: an agent killed with -9
+    cannot clean up after itself."""
+    agents = [p for p in _cluster_pids(workdir) if _AGENT_MODULE in _cmdline_bytes(p)]
+    for pid in agents:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _AGENT_STOP_TIMEOUT
+    while (agents := [p for p in agents if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in agents:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid_file in workdir.glob(f"{LOCAL_NODES_DIR}/*/pids/*.pid"):
+        pid, _, started = pid_file.read_text().partition(" ")
+        if process_start_time(int(pid)) in (None, started.strip()):  # not a reused pid
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid), signal.SIGKILL)
+    if (workdir / LOCAL_NODES_DIR).exists():
+        _remove_pod_route_if_unused()
+
+
+def _ensure_pod_route() -> None:
+    """Make every address of ``LOCAL_POD_RANGE`` local (idempotent; needs CAP_NET_ADMIN)."""
+    result = subprocess.run(
+        ["ip", "route", "replace", *_POD_ROUTE], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ClusterError(
+            f"local nodes need the route `ip route replace {' '.join(_POD_ROUTE)}` (run as "
+            f"root, or add it once with sudo): {result.stderr.strip()}"
+        )
+
+
+def _remove_pod_route_if_unused() -> None:
+    """Drop the route once no agent of any cluster runs: nothing is left behind."""
+    if any(_AGENT_MODULE in _cmdline_bytes(pid) for pid in _all_pids()):
+        return
+    subprocess.run(["ip", "route", "del", *_POD_ROUTE], capture_output=True, check=False)
+    # The empty mount point agents make for pods' service-account folders (and its
+    # parents, as long as they are empty).
+    with contextlib.suppress(OSError):
+        os.removedirs(_SERVICE_ACCOUNT_MOUNT_POINT)
+
+
+def _all_pids() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+
+
+def local_node_processes(workdir: Path) -> list[int]:
+    """Live processes that containers on the cluster's local nodes started (pid files)."""
+    found = []
+    for pid_file in workdir.glob(f"{LOCAL_NODES_DIR}/*/pids/*.pid"):
+        pid, _, started = pid_file.read_text().partition(" ")
+        if process_start_time(int(pid)) == started.strip():
+            found.append(int(pid))
+    return found
+
+
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat), to tell a
+    process from a later one that reuses its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _cmdline_bytes(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _alive(pid: int) -> bool:
@@ -564,20 +793,41 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--name", default="tessera")
     up.add_argument("--gpu-nodes", type=int, default=2)
     up.add_argument("--cpu-nodes", type=int, default=1)
+    up.add_argument(
+        "--local-nodes", type=int, default=0, help="nodes whose pods run as local processes"
+    )
+    up.add_argument(
+        "--local-h100-nodes", type=int, default=0, help="local nodes shaped like 8 x H100 nodes"
+    )
+    logs = sub.add_parser("logs", help="print a container's output (pods on local nodes)")
+    logs.add_argument("--name", default="tessera")
+    logs.add_argument("-n", "--namespace", default="default")
+    logs.add_argument("-c", "--container")
+    logs.add_argument("pod")
     down = sub.add_parser("down", help="stop a cluster and remove its state")
     down.add_argument("--name", default="tessera")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             start = time.monotonic()
-            cluster = start_cluster(args.name, gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes)
+            cluster = start_cluster(
+                args.name,
+                gpu_nodes=args.gpu_nodes,
+                cpu_nodes=args.cpu_nodes,
+                local_nodes=args.local_nodes,
+                local_h100_nodes=args.local_h100_nodes,
+            )
             print(
                 f"cluster {cluster.name} up in {time.monotonic() - start:.1f} s "
-                f"({args.gpu_nodes} H100 nodes, {args.cpu_nodes} CPU nodes); "
+                f"({args.gpu_nodes} H100 nodes, {args.cpu_nodes} CPU nodes, "
+                f"{args.local_nodes + args.local_h100_nodes} local nodes); "
                 f"kubectl and helm are in {cluster.bin_dir}",
                 file=sys.stderr,
             )
             print(cluster.kubeconfig)
+        elif args.command == "logs":
+            cluster = _cluster_by_name(args.name)
+            sys.stdout.write(cluster.pod_log(args.namespace, args.pod, args.container).read_text())
         else:
             stop_cluster(_cluster_by_name(args.name))
             print(f"cluster {args.name} stopped", file=sys.stderr)

@@ -26,6 +26,7 @@ from .harness import (
     Cluster,
     _cluster_pids,
     _listening_sockets,
+    local_node_processes,
     start_cluster,
     stop_cluster,
 )
@@ -373,7 +374,7 @@ def test_helm_installs_a_chart(kube_cluster: Cluster, kube_namespace: str, tmp_p
 
 @pytest.fixture(scope="module")
 def second_cluster() -> Iterator[Cluster]:
-    cluster = start_cluster(f"pytest-second-{os.getpid()}", gpu_nodes=1, cpu_nodes=0)
+    cluster = start_cluster(f"pytest-second-{os.getpid()}", gpu_nodes=1, cpu_nodes=0, local_nodes=1)
     try:
         yield cluster
     finally:
@@ -387,7 +388,7 @@ def test_two_clusters_run_side_by_side(kube_cluster: Cluster, second_cluster: Cl
         ).stdout
 
     assert server(kube_cluster) != server(second_cluster)
-    assert len(get_json(second_cluster, "nodes")["items"]) == 1
+    assert len(get_json(second_cluster, "nodes", "-l", "type=kwok")["items"]) == 1
     second_cluster.kubectl("create", "namespace", "only-in-second")
     assert kube_cluster.kubectl("get", "namespace", "only-in-second", check=False).returncode != 0
     assert len(get_json(kube_cluster, "nodes")["items"]) == 3
@@ -398,23 +399,59 @@ def test_two_clusters_run_side_by_side(kube_cluster: Cluster, second_cluster: Cl
         assert {addr for addr, _ in sockets} <= {"127.0.0.1", "::1"}, sockets
 
 
+# A container that ignores SIGTERM (as does its child, which inherits that) and listens:
+# only the agent's SIGKILL after the grace period stops it.
+STUBBORN = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "stubborn", "namespace": "default"},
+    "spec": {
+        "terminationGracePeriodSeconds": 2,
+        "containers": [
+            {
+                "name": "stubborn",
+                "image": "local/test:1",
+                "command": [
+                    "sh",
+                    "-c",
+                    "trap '' TERM; python -m http.server 8000 --bind $POD_IP & wait",
+                ],
+                "env": [
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+                ],
+                "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
+            }
+        ],
+    },
+}
+
+
 def test_stopping_leaves_no_processes_or_ports(second_cluster: Cluster) -> None:
+    second_cluster.apply(STUBBORN)
+    second_cluster.kubectl("wait", "--for=condition=Ready", "pod/stubborn", "--timeout=60s")
+    pod = get_json(second_cluster, "pod", "stubborn")
+    containers = local_node_processes(second_cluster.workdir)
+    assert len(containers) == 1
+    family = containers + _children(containers[0])
+    assert len(family) == 2  # the shell and its http.server
     pids = _cluster_pids(second_cluster.workdir)
     names = sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in pids)
-    assert names == sorted(
-        ["etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kwok-controller"]
-    ), names
+    components = ["etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kwok-controller"]
+    assert names == sorted([*components, "python"]), names  # python: the local node's agent
     ports = {port for _, port in _listening_sockets(pids)}
 
     stop_cluster(second_cluster)
 
     alive = [
         p
-        for p in pids
+        for p in pids + family
         if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
     ]
     assert not alive
     assert not second_cluster.workdir.exists()
+    # Not a connection attempt: with the pods' route gone, that address leads off the machine.
+    pod_socket = (pod["status"]["podIP"], 8000)
+    assert not [p for p in _port_owners(8000) if pod_socket in _listening_sockets([p])]
     for port in ports:
         wait_until(
             f"port {port} of the stopped cluster to be released",
@@ -434,6 +471,20 @@ def _released(port: int, pids: list[int], cluster_name: str) -> bool | None:
     owners = _port_owners(port)
     leaked = [p for p in owners if p in pids or cluster_name in _cmdline(p)]
     return (bool(owners) and not leaked) or None
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def _socket_table(port: int) -> str:

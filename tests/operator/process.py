@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tessera.operator import render
 from tests.cluster.harness import Cluster
 from tests.support import waiting
 from tests.support.server import free_port
@@ -50,6 +51,50 @@ def install_crds(cluster: Cluster) -> None:
         lambda: cluster.kubectl("get", "imagemodels", "-A", check=False).returncode == 0,
         timeout=30,
     )
+
+
+def host_path_volume(cluster: Cluster, name: str, claim: tuple[str, str], folder: Path) -> None:
+    """A PersistentVolume on ``folder``, reserved for ``claim`` (namespace, name): there is
+    no storage provisioner on the test control plane."""
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": "200Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "claimRef": {"namespace": claim[0], "name": claim[1]},
+                "hostPath": {"path": str(folder)},
+            },
+        }
+    )
+
+
+def create_results_claim(cluster: Cluster, namespace: str, folder: Path) -> Path:
+    """The claim workers write results to (``tessera-results``), bound to a hostPath
+    volume on ``folder``: what the chart provides.
+
+    On local nodes the workers write into ``folder`` itself, so a test reads the images
+    there. Returns ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    claim = render.DEFAULT_RESULTS_CLAIM
+    host_path_volume(cluster, f"{namespace}-results", (namespace, claim), folder)
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "10Gi"}},
+                "storageClassName": "",
+                "volumeName": f"{namespace}-results",
+            },
+        }
+    )
+    return folder
 
 
 def service_account_kubeconfig(

@@ -25,6 +25,8 @@ from .process import (
     CRDS,
     OperatorError,
     OperatorProcess,
+    create_results_claim,
+    host_path_volume,
     install_crds,
     service_account_kubeconfig,
     wait_until,
@@ -45,13 +47,15 @@ def cluster(kube_cluster: Cluster) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def namespace(cluster: Cluster) -> Iterator[str]:
+def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = f"op-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     wait_until(
         f"the default service account in {name}",
         lambda: cluster.kubectl("-n", name, "get", "sa", "default", check=False).returncode == 0,
     )
+    # Workers mount the results claim: without it the scheduler would not place them.
+    create_results_claim(cluster, name, tmp_path_factory.mktemp("results"))
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -422,19 +426,7 @@ def test_hub_weights_are_downloaded_once_before_replicas_start(
 ) -> None:
     # No storage provisioner here: a PersistentVolume for the cache claim to bind.
     volume = f"{namespace}-hub-cache"
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "200Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "claimRef": {"namespace": namespace, "name": "hub-weights"},
-                "hostPath": {"path": f"/tmp/{volume}"},
-            },
-        }
-    )
+    host_path_volume(cluster, volume, (namespace, "hub-weights"), Path(f"/tmp/{volume}"))
     try:
         cluster.apply(
             image_model(
@@ -616,6 +608,7 @@ def test_two_replicas_elect_one_active_leader(cluster: Cluster, tmp_path: Path) 
     )
     namespace = f"peer-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
+    create_results_claim(cluster, namespace, tmp_path / "results")
     wait_until(
         "the KopfPeering resource",
         lambda: cluster.kubectl("get", "kopfpeerings", "-A", check=False).returncode == 0,

@@ -31,6 +31,7 @@ from tessera.operator.spec import (
     parse_spec,
 )
 from tessera.runtime import conditions
+from tessera.runtime.cli import build_parser
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits
 
@@ -551,14 +552,25 @@ def test_worker_command_and_environment() -> None:
         "/weights/black-forest-labs/FLUX.1-schnell/main",
         "--queue",
         "redis://q:6379/0",
+        "--storage",
+        "/results",
         "--task",
         "text-to-image",
+        "--host",
+        "$(POD_IP)",
         "--port",
         "8080",
         "--device",
         "cuda",
     ]
     env = env_of(container)
+    assert env["POD_IP"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}
+    mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
+    assert mounts["results"] == "/results"
+    volumes = {
+        v["name"]: v for v in render.deployment(m, CONFIG)["spec"]["template"]["spec"]["volumes"]
+    }
+    assert volumes["results"]["persistentVolumeClaim"] == {"claimName": "tessera-results"}
     assert (
         ParameterLimits.model_validate(json.loads(env["TESSERA_MODEL_PARAMETERS"]))
         == m.spec.parameters
@@ -568,6 +580,20 @@ def test_worker_command_and_environment() -> None:
         "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}
     }
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize("queue", ["redis://q:6379/0", "sqlite:////data/jobs.db"])
+def test_the_worker_command_is_one_tessera_worker_accepts(queue: str) -> None:
+    # What the Deployment runs must get past the worker's own argument checks: a Redis
+    # queue needs --storage, which renders once lacked while every test stayed green.
+    container = worker(render.deployment(model(), render.RenderConfig(queue_url=queue)))
+    command = container["command"]
+    assert command[:2] == ["tessera", "worker"]
+    args = build_parser().parse_args(command[1:])
+    assert args.queue == queue
+    assert str(args.storage) == render.RESULTS_MOUNT
+    assert args.host == "$(POD_IP)"  # expanded by the kubelet from the POD_IP variable
+    assert "POD_IP" in env_of(container)
 
 
 def test_service_selects_the_worker_pods() -> None:

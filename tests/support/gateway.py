@@ -18,7 +18,8 @@ import yaml
 from tessera.runtime.config import DEMO_DESCRIPTION, DEMO_LIMITS, DEMO_MODELS
 from tessera.runtime.imagemodel import API_VERSION, KIND
 from tests.support.redis_server import RedisServer
-from tests.support.server import KEYS, ServerProcess
+from tests.support.s3_server import S3Server
+from tests.support.server import KEYS, ServerProcess, folder_files
 from tests.support.worker import WorkerProcess
 
 
@@ -54,9 +55,8 @@ class GatewayDeployment:
     directory: Path
     pipelines: Path  # the demo pipelines, one folder per model
     redis: RedisServer
-    # Shared storage: a folder by default; an s3:// URL with the AWS_* variables it needs.
-    storage_url: str | None = None
-    storage_env: dict[str, str] = field(default_factory=dict)
+    # Shared storage: a folder by default, or a bucket of this S3 server.
+    s3: S3Server | None = None
     keys: tuple[str, ...] = KEYS
     models_file: Path | None = None
     signing_secret: str = field(default_factory=lambda: secrets.token_hex(32))
@@ -64,13 +64,22 @@ class GatewayDeployment:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
-    def files_dir(self) -> Path:
-        """The shared folder, when storage is one (the default)."""
-        return self.directory / "storage"
+    def storage(self) -> str:
+        if self.s3 is not None:
+            return f"s3://{self.s3.bucket}/{self.directory.name}"
+        return f"file://{self.directory / 'storage'}"
 
     @property
-    def storage(self) -> str:
-        return self.storage_url or f"file://{self.files_dir}"
+    def storage_env(self) -> dict[str, str]:
+        """What processes need to reach the storage: S3's AWS_* variables."""
+        return self.s3.environ if self.s3 is not None else {}
+
+    def stored(self, prefix: str) -> dict[str, bytes]:
+        """The files of the shared storage under ``prefix``, read past the gateway."""
+        if self.s3 is None:
+            return folder_files(self.directory / "storage", prefix)
+        base = f"{self.directory.name}/"
+        return {key.removeprefix(base): self.s3.read(key) for key in self.s3.objects(base + prefix)}
 
     def gateway(self, models: Path, *extra: str) -> ServerProcess:
         """A gateway replica (not started) over this deployment's queue, storage and secret."""

@@ -125,6 +125,10 @@ class S3Server:
             meta["path"] for batch in obstore.list(self._client(), prefix) for meta in batch
         )
 
+    def read(self, key: str) -> bytes:
+        """One object's bytes, read past any store under test."""
+        return bytes(obstore.get(self._client(), key).bytes())
+
     def _identity(self) -> dict[str, object]:
         return {
             "name": "tessera",

@@ -51,6 +51,15 @@ def stop_process(
         process.wait()
 
 
+def folder_files(root: Path, prefix: str) -> dict[str, bytes]:
+    """The files of a folder store under ``prefix``, by key."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in (root / prefix).rglob("*")
+        if path.is_file()
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -99,10 +108,9 @@ class ServerProcess:
             timeout=timeout,
         )
 
-    @property
-    def files_dir(self) -> Path:
-        """Where ``serve`` keeps images (its storage, ``file://`` in the data directory)."""
-        return self.data_dir / "files"
+    def stored(self, prefix: str) -> dict[str, bytes]:
+        """The files of ``serve``'s storage (its data directory's ``files``) under ``prefix``."""
+        return folder_files(self.data_dir / "files", prefix)
 
     @property
     def metrics_urls(self) -> list[str]:
