@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayDeployment
-from tests.support.redis_server import RedisServer
+from tests.support.gateway import GatewayDeployment, run_deployment
 
 
 @pytest.fixture(scope="module")
 def usage_deployment(
     tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
 ) -> Iterator[GatewayDeployment]:
-    directory = tmp_path_factory.mktemp("usage-deployment")
-    redis = RedisServer(directory / "redis").start()
-    deployment = GatewayDeployment(directory, demo_models_dir, redis)
-    try:
-        yield deployment.start()
-    finally:
-        deployment.stop()
-        redis.stop()
+    yield from run_deployment(tmp_path_factory.mktemp("usage-deployment"), demo_models_dir)
