@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -70,18 +71,16 @@ async def _run_push(settings: UsagePushSettings) -> int:
     if settings.push_token is not None:
         headers["authorization"] = f"Bearer {settings.push_token.get_secret_value()}"
     store = open_store(settings.queue)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
         async with httpx.AsyncClient(headers=headers, timeout=30) as client:
             pusher = Pusher(store, client, settings.to, settings.source, settings.policy())
-            if settings.once:
-                while await pusher.push_batch():
-                    pass
-            else:
-                await pusher.run(stop)
+            # SIGTERM stops it even mid-retry, with the cursor where the last 2xx left it.
+            work = asyncio.create_task(pusher.drain() if settings.once else pusher.run())
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, work.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
     except TesseraError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2 if error.status_code < 500 else 1

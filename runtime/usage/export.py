@@ -11,7 +11,6 @@ saved cursor: the store trims only what was delivered, and only after the retent
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -134,9 +133,14 @@ class Pusher:
                         f"{response.status_code}: {response.text[:500]}"
                     )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Push until ``stop`` is set, resting ``idle_seconds`` whenever caught up."""
-        while not stop.is_set():
+    async def run(self) -> None:
+        """Push until cancelled, resting ``idle_seconds`` whenever caught up. Cancelling
+        mid-batch is safe: the cursor has not moved, and the batch goes again next time."""
+        while True:
             if await self.push_batch() == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.policy.idle_seconds)
+                await asyncio.sleep(self.policy.idle_seconds)
+
+    async def drain(self) -> None:
+        """Push until nothing is left."""
+        while await self.push_batch():
+            pass

@@ -108,6 +108,9 @@ def test_the_command_prints_the_cursor_to_resume_from_last(tmp_path: Path) -> No
     asyncio.run(fill(1))
     resumed = run("--format", "jsonl", "--since", cursor)
     assert len(resumed.stdout.splitlines()) == 1
+    # An invoice period: the records that finished before a time.
+    assert run("--before", "2020-01-01T00:00:00Z").stdout == b""
+    assert len(run("--before", "2999-01-01T00:00:00Z").stdout.splitlines()) == 3
     bad = subprocess.run(
         [sys.executable, "-m", "tessera.runtime.cli", "usage", "export", "--queue",
          f"sqlite://{database}", "--since", "garbage"],

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tessera.runtime.jobs.base import JobStore
+from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.usage.export import Pusher, PushPolicy, PushRejected
 from tests.store.conftest import complete_one, read_all
 from tests.support.usage_receiver import UsageReceiver
+from tests.support.waiting import wait_until
 
 FAST_RETRIES = PushPolicy(
     batch_size=4, retry_initial_seconds=0.005, retry_max_seconds=0.02, retention_seconds=3600
@@ -78,3 +84,36 @@ async def test_delivered_records_leave_the_store_after_the_window(
         assert await pusher.push_batch() == 1
     assert await read_all(store) == []
     assert set(receiver.received) == everything
+
+
+def test_sigterm_stops_the_command_mid_retry_without_moving_the_cursor(tmp_path: Path) -> None:
+    database = tmp_path / "jobs.db"
+
+    async def fill() -> None:
+        store = SQLiteJobStore(database)
+        await complete_one(store)
+        await store.close()
+
+    asyncio.run(fill())
+    receiver = UsageReceiver(refuse_with=503)  # down for good: retried forever
+    try:
+        command = [sys.executable, "-m", "tessera.runtime.cli", "usage", "push"]
+        process = subprocess.Popen(
+            [*command, "--queue", f"sqlite://{database}", "--to", receiver.url,
+             "--retry-max-seconds", "0.1"],
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        wait_until("a few tries", lambda: len(receiver.answers) >= 3, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        receiver.close()
+
+    async def saved() -> str:
+        store = SQLiteJobStore(database)
+        try:
+            return await store.saved_cursor("push")
+        finally:
+            await store.close()
+
+    assert asyncio.run(saved()) == "", "nothing was delivered, so nothing moved"
