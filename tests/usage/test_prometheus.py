@@ -73,8 +73,10 @@ def test_promql_sums_equal_the_ledger(usage_deployment: GatewayDeployment, tmp_p
         # The gateway samples queue depth every second; nothing is left waiting.
         wait_until(
             "empty queues in Prometheus",
-            lambda: prometheus.by_label("sum by (model) (tessera_queue_jobs)", "model")
-            == {"tessera-demo": 0, "tessera-demo-edit": 0},
+            lambda: (
+                prometheus.by_label("sum by (model) (tessera_queue_jobs)", "model")
+                == {"tessera-demo": 0, "tessera-demo-edit": 0}
+            ),
             timeout=30,
         )
         runs = prometheus.by_label(
