@@ -20,10 +20,8 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from tessera.runtime import client_cli
-from tessera.runtime.api.protocol import ClientDeadlines
 from tessera.runtime.config import ConfigError, ServerConfig, gateway_config, serve_config
 from tessera.runtime.params import Task
-from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.settings import (
     ApiSettings,
     GatewaySettings,
@@ -32,7 +30,7 @@ from tessera.runtime.settings import (
     parse_model_argument,
     parse_network,
     parse_origin,
-    parse_rate,
+    parse_rates,
 )
 from tessera.runtime.usage import cli as usage_cli
 
@@ -51,11 +49,11 @@ def _network_argument(value: str) -> IPv4Network | IPv6Network:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _rate_argument(value: str) -> str:
+def _rates_argument(value: str) -> str:
     try:
-        return parse_rate(value)
+        return parse_rates(value)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(f"{value!r}: {error}") from None
 
 
 def _model_argument(value: str) -> str:
@@ -203,31 +201,33 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         "browser; repeatable, '*' for any",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port, apart from the API (default: not served)",
+    )
+    parser.add_argument(
+        "--metrics-host", help="address of the metrics listener (default 127.0.0.1)"
+    )
+    parser.add_argument(
         "--max-json-bytes",
         type=int,
         metavar="N",
         help="largest JSON request body; larger ones get 413 (default 1 MiB; edits may add "
         "one source image as a data URL)",
     )
-    parser.add_argument(
-        "--rate-limit-submit",
-        type=_rate_argument,
-        metavar="LIMITS",
-        help="per-key limits on submissions and upload URLs, e.g. '100/10seconds;1200/minute'"
-        f" (default {RateLimits.submit}); over them: 429 with Retry-After",
-    )
-    parser.add_argument(
-        "--rate-limit-poll",
-        type=_rate_argument,
-        metavar="LIMITS",
-        help=f"per-key limits on task polls ({RateLimits.poll})",
-    )
-    parser.add_argument(
-        "--rate-limit-b64",
-        type=_rate_argument,
-        metavar="LIMITS",
-        help=f"per-key limits, in MiB, on results sent inline as b64_json ({RateLimits.b64_mib})",
-    )
+    for flag, what in (
+        ("--rate-limit-submit", "submissions and upload URLs"),
+        ("--rate-limit-poll", "task polls"),
+        ("--rate-limit-b64", "MiB of results sent inline as b64_json"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_rates_argument,
+            metavar="LIMITS",
+            help=f"per-key limits on {what}, such as '20/second;600/minute'; over them the "
+            "answer is 429 with Retry-After (counted per process)",
+        )
     parser.add_argument(
         "--upload-ttl",
         type=float,
@@ -239,23 +239,14 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         "--header-timeout",
         type=float,
         metavar="SECONDS",
-        help=f"cut a request whose headers take longer (default {ClientDeadlines.header_seconds})",
+        help="cut a request whose headers take longer than this (default 5)",
     )
     parser.add_argument(
         "--min-body-rate",
         type=int,
         metavar="BYTES_PER_S",
         help="cut a request body that arrives slower than this on average, after the first "
-        "--header-timeout seconds",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on this port, apart from the API (default: not served)",
-    )
-    parser.add_argument(
-        "--metrics-host", help="address of the metrics listener (default 127.0.0.1)"
+        "--header-timeout seconds (default 1024)",
     )
 
 

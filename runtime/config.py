@@ -97,6 +97,12 @@ def prepare_data_dir(path: Path) -> Path:
     return path
 
 
+def key_id_secret(signing_secret: bytes) -> bytes:
+    """The secret that keys given in plain text get their ids from, for a gateway: derived
+    from the signing secret every replica already shares, so a key has one id everywhere."""
+    return hmac.new(signing_secret, b"tessera api key ids", hashlib.sha256).digest()
+
+
 def load_or_create_secret(path: Path) -> bytes:
     """The URL-signing secret, made once and kept, so signed URLs survive a restart."""
     if path.exists():
@@ -119,15 +125,6 @@ def _given_keys(settings: ApiSettings, id_secret: bytes) -> KeyRing | None:
             (key.get_secret_value() for key in settings.admin_api_keys),
         )
     return None
-
-
-def key_id_secret(settings: ApiSettings, signing_secret: bytes) -> bytes:
-    """What keys given in plain text get their public ids from (``tessera.runtime.keys``):
-    ``TESSERA_KEY_ID_SECRET``, or one derived from the signing secret, which every replica
-    already shares (so a key has one id whichever replica it calls)."""
-    if settings.key_id_secret is not None:
-        return settings.key_id_secret.get_secret_value().encode()
-    return hmac.new(signing_secret, b"tessera key ids", hashlib.sha256).digest()
 
 
 def _server_config(
@@ -206,21 +203,18 @@ def serve_config(settings: ServeSettings) -> Assembled:
         raise ConfigError("nothing to serve: pass --demo or --model NAME=PATH")
 
     created_key = None
-    secret = settings.secret_bytes() or load_or_create_secret(data_dir / "url-signing.key")
-    id_secret = (
-        key_id_secret(settings, secret)
-        if settings.key_id_secret is not None
-        else load_or_create_secret(data_dir / "key-id.key")
-    )
+    id_secret = load_or_create_secret(data_dir / "key-id.key")
     keys = _given_keys(settings, id_secret)
     if keys is None:
         key_file = data_dir / "api-keys.json"
         if not key_file.exists():
             created_key = new_key()
             write_key_file(key_file, [created_key])
+        # Read back, so the key gets the random id its file stores.
         keys = KeyRing.from_file(key_file, id_secret)
     if not len(keys):
         raise ConfigError("no API keys configured")
+    secret = settings.secret_bytes() or load_or_create_secret(data_dir / "url-signing.key")
     config = _server_config(
         settings,
         queue=f"sqlite://{data_dir / 'jobs.db'}",
@@ -244,7 +238,7 @@ def gateway_config(settings: GatewaySettings) -> Assembled:
             "the gateway needs a URL-signing secret shared by every replica: set "
             "TESSERA_SIGNING_SECRET or --signing-secret-file"
         )
-    keys = _given_keys(settings, key_id_secret(settings, secret))
+    keys = _given_keys(settings, key_id_secret(secret))
     if keys is None or not len(keys):
         raise ConfigError("no API keys configured: set TESSERA_API_KEYS or --api-keys-file")
     models = []

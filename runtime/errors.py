@@ -118,6 +118,21 @@ class PayloadTooLarge(TesseraError):
     code = "payload.too_large"
 
 
+class RateLimited(TesseraError):
+    status_code = 429
+    code = "rate.limited"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "retry_after": self.retry_after}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class QueueFull(TesseraError):
     status_code = 429
     code = "queue.full"
@@ -133,21 +148,6 @@ class QueueFull(TesseraError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_seconds)}
-
-
-class RateLimited(TesseraError):
-    status_code = 429
-    code = "rate.limited"
-
-    def __init__(self, message: str, *, retry_after: int):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "retry_after": self.retry_after}
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreUnavailable(TesseraError):

@@ -42,17 +42,6 @@ DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 
 
-def parse_rate(value: str) -> str:
-    """A ``limits`` rate string, checked now rather than at the first request."""
-    from limits import parse_many
-
-    try:
-        parse_many(value)
-    except ValueError as error:
-        raise ValueError(f"{value!r}: {error}") from None
-    return value
-
-
 def parse_origin(value: str) -> str:
     """``*`` or ``scheme://host[:port]``, as browsers send it in ``Origin``: a path or a
     trailing slash would never match, and CORS would fail without saying why."""
@@ -91,6 +80,15 @@ def parse_network(value: str) -> IPv4Network | IPv6Network:
         raise ValueError(f"expected a network such as 10.20.0.0/16, not {value!r}") from None
 
 
+def parse_rates(value: str) -> str:
+    """A ``limits`` rate string (``20/second;600/minute``), checked now rather than at the
+    first request."""
+    from limits import parse_many
+
+    parse_many(value)
+    return value
+
+
 def _networks(value: Any) -> Any:
     return tuple(
         parse_network(item) if isinstance(item, str) else item for item in _comma_separated(value)
@@ -109,7 +107,7 @@ Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
 Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
 Networks = Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode, BeforeValidator(_networks)]
 StorageUrl = Annotated[str, AfterValidator(storage_url)]
-Rate = Annotated[str, AfterValidator(parse_rate)]
+Rates = Annotated[str, AfterValidator(parse_rates)]
 
 
 class _Settings(BaseSettings):
@@ -122,9 +120,7 @@ class _Settings(BaseSettings):
 class ApiSettings(_Settings):
     """What every process that answers the image API is told."""
 
-    ENV_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"api_keys", "admin_api_keys", "signing_secret", "key_id_secret"}
-    )
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_keys", "admin_api_keys", "signing_secret"})
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -135,23 +131,25 @@ class ApiSettings(_Settings):
     admin_api_keys: Secrets = ()
     signing_secret_file: Path | None = None
     signing_secret: SecretStr | None = None
-    # Public ids of keys given in plain text are HMACs under it (default: from the signing
-    # secret, or a file in serve's data directory).
-    key_id_secret: SecretStr | None = None
     url_ttl_seconds: int = Field(default=3600, ge=1)
     allow_private_image_urls: bool = False
     allow_image_network: Networks = ()
     cors_origin: Strings = ()
-    # Bodies of JSON requests, capped as they stream in (uploads have the source limit).
+    # Largest JSON request body, counted as it streams in; an edit may add one source image
+    # as a data URL on top.
     max_json_bytes: int = Field(default=DEFAULT_MAX_JSON_BYTES, ge=1)
-    rate_limit_submit: Rate = RateLimits.submit
-    rate_limit_poll: Rate = RateLimits.poll
-    rate_limit_b64: Rate = RateLimits.b64_mib
-    # An uploaded source image is deleted this long after its PUT (jobs keep their own copy).
+    # Per-key limits (``limits`` strings); over them the answer is 429 with Retry-After.
+    # Counted in each process: several gateway replicas each count on their own.
+    rate_limit_submit: Rates = RateLimits.submit
+    rate_limit_poll: Rates = RateLimits.poll
+    rate_limit_b64: Rates = RateLimits.b64_mib
+    # An uploaded source image is deleted this long after its upload (jobs keep a copy).
     upload_ttl: float = Field(default=3600.0, gt=0)
+    # Cut a request whose headers take longer than this, or whose body then arrives slower
+    # than ``min_body_rate`` bytes a second on average.
     header_timeout: float = Field(default=ClientDeadlines.header_seconds, gt=0)
     min_body_rate: int = Field(default=ClientDeadlines.min_body_bytes_per_second, ge=0)
-    # Prometheus metrics on their own listener, for scrapers only; None: not served at all.
+    # Prometheus metrics on their own listener, apart from the API; None: not served.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 

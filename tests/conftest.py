@@ -45,7 +45,7 @@ def new_server(base: Path, models: Path, *extra: str, port: int | None = None) -
     """A server over a fresh data directory that already holds the demo pipelines."""
     base.mkdir(parents=True, exist_ok=True)
     shutil.copytree(models, base / "models", dirs_exist_ok=True)
-    return ServerProcess(base, port=port or free_port(), extra_args=extra)
+    return ServerProcess(base, port=port or free_port(), extra_args=extra, metrics_port=free_port())
 
 
 @pytest.fixture(scope="session")

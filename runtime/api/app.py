@@ -18,7 +18,7 @@ from tessera.runtime import playground
 from tessera.runtime.api import catalog, errors, files, images, openapi, usage
 from tessera.runtime.api.bodylimit import BodyLimit
 from tessera.runtime.config import ServerConfig
-from tessera.runtime.errors import StoreUnavailable
+from tessera.runtime.errors import StorageUnavailable, StoreUnavailable
 from tessera.runtime.jobs import open_store
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.ratelimit import KeyRateLimiter
@@ -83,6 +83,21 @@ async def _expire_waiting_jobs(service: ImageService, stop: asyncio.Event) -> No
             await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL_SECONDS)
 
 
+async def _expire_uploads(files: FileStore, ttl_seconds: float) -> None:
+    """Delete uploaded source images once they are ``ttl_seconds`` old; a job that used one
+    keeps its own copy, so nothing that is queued or running loses an input. Gateway
+    replicas sharing storage each sweep; a file one of them deleted is simply gone."""
+    while True:
+        try:
+            deleted = await files.delete_older_than("uploads", ttl_seconds)
+        except StorageUnavailable as error:
+            log.warning("could not delete expired uploads: %s", error)
+        else:
+            if deleted:
+                log.info("deleted %d expired uploads", deleted)
+        await asyncio.sleep(min(ttl_seconds / 4, 300))
+
+
 async def _follow_cluster(app: FastAPI, stop: asyncio.Event) -> None:
     """Serve the cluster's ImageModels; ready once the first list has been applied."""
     from tessera.runtime.cluster import ClusterModels
@@ -99,16 +114,6 @@ async def _follow_cluster(app: FastAPI, stop: asyncio.Event) -> None:
         await models.run(stop)
     finally:
         ready.cancel()
-
-
-async def _expire_uploads(files: FileStore, ttl_seconds: float) -> None:
-    """Delete uploaded source images once they are ``ttl_seconds`` old; a job that used one
-    keeps its own copy, so nothing that is queued or running loses an input."""
-    while True:
-        deleted = await files.delete_older_than("uploads", ttl_seconds)
-        if deleted:
-            log.info("deleted %d expired uploads", deleted)
-        await asyncio.sleep(min(ttl_seconds / 4, 300))
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -157,6 +162,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()

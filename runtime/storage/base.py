@@ -58,6 +58,15 @@ class FileStore(Protocol):
         """Store ``data`` whole: a reader sees the old bytes or the new, never a mix."""
         ...
 
+    async def create(self, key: str, data: bytes) -> bool:
+        """Like ``put``, but only if nothing is stored under ``key`` yet; False if something
+        was. Two racing writers cannot both succeed (one PUT per upload URL)."""
+        ...
+
+    async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        """Delete the files under ``prefix/`` written more than ``seconds`` ago; how many."""
+        ...
+
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         """The bytes, or ``FileNotFound``; ``PayloadTooLarge`` (reading nothing) past ``max_bytes``.
 
@@ -65,19 +74,8 @@ class FileStore(Protocol):
         """
         ...
 
-    async def create(self, key: str, data: bytes) -> bool:
-        """Write ``data`` only if nothing is stored under ``key`` yet; False if something was.
-
-        Two racing writers cannot both succeed.
-        """
-        ...
-
     async def delete(self, key: str) -> None:
         """Remove the file; a missing one is no error, so retention may sweep twice."""
-        ...
-
-    async def delete_older_than(self, prefix: str, seconds: float) -> int:
-        """Delete the files under ``prefix`` written more than ``seconds`` ago; how many."""
         ...
 
     async def download_url(self, key: str, ttl_seconds: int) -> str | None:

@@ -47,6 +47,20 @@ class LocalFileStore:
         finally:
             Path(staging).unlink(missing_ok=True)
 
+    async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        return await asyncio.to_thread(self._delete_older_than, prefix, seconds)
+
+    def _delete_older_than(self, prefix: str, seconds: float) -> int:
+        root = self.path(prefix)
+        cutoff = time.time() - seconds
+        deleted = 0
+        for path in root.rglob("*") if root.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    deleted += 1
+        return deleted
+
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         return await asyncio.to_thread(self._get, key, max_bytes)
 
@@ -65,20 +79,6 @@ class LocalFileStore:
         # A folder is no file by that key, as in S3, where "results" deletes nothing.
         with contextlib.suppress(IsADirectoryError):
             self.path(key).unlink(missing_ok=True)
-
-    async def delete_older_than(self, prefix: str, seconds: float) -> int:
-        return await asyncio.to_thread(self._delete_older_than, prefix, seconds)
-
-    def _delete_older_than(self, prefix: str, seconds: float) -> int:
-        root = self.path(prefix)
-        cutoff = time.time() - seconds
-        deleted = 0
-        for path in root.rglob("*") if root.is_dir() else ():
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    deleted += 1
-        return deleted
 
     async def download_url(self, key: str, ttl_seconds: int) -> str | None:
         check_key(key)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
 from obstore.store import S3Store
 
 from tessera.runtime.errors import FileNotFound, StorageUnavailable
@@ -92,40 +92,45 @@ class S3FileStore:
                 attributes={"Content-Type": content_type_for(key)},
             )
 
+    async def create(self, key: str, data: bytes) -> bool:
+        # A conditional PUT (If-None-Match: *): the store, not this process, decides a race.
+        try:
+            with _translated(key):
+                await obstore.put_async(
+                    self._store,
+                    check_key(key),
+                    data,
+                    attributes={"Content-Type": content_type_for(key)},
+                    mode="create",
+                )
+        except StorageUnavailable as error:
+            if isinstance(error.__cause__, AlreadyExistsError | PreconditionError):
+                return False
+            raise
+        return True
+
+    async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
+        with _translated(prefix):
+            stale = [
+                meta["path"]
+                async for batch in obstore.list(self._store, check_key(prefix) + "/")
+                for meta in batch
+                if meta["last_modified"] < cutoff
+            ]
+            if stale:
+                await obstore.delete_async(self._store, stale)
+        return len(stale)
+
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         with _translated(key):
             result = await obstore.get_async(self._store, check_key(key))
             check_size(result.meta["size"], max_bytes)
             return bytes(await result.bytes_async())
 
-    async def create(self, key: str, data: bytes) -> bool:
-        with _translated(key):
-            try:
-                await obstore.put_async(
-                    self._store,
-                    check_key(key),
-                    data,
-                    mode="create",  # a conditional PUT (If-None-Match: *)
-                    attributes={"Content-Type": content_type_for(key)},
-                )
-            except AlreadyExistsError:
-                return False
-            return True
-
     async def delete(self, key: str) -> None:
         with _translated(key):
             await obstore.delete_async(self._store, check_key(key))
-
-    async def delete_older_than(self, prefix: str, seconds: float) -> int:
-        cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
-        deleted = 0
-        with _translated(prefix):
-            async for batch in obstore.list(self._store, check_key(prefix) + "/"):
-                for meta in batch:
-                    if meta["last_modified"] < cutoff:
-                        await obstore.delete_async(self._store, meta["path"])
-                        deleted += 1
-        return deleted
 
     async def download_url(self, key: str, ttl_seconds: int) -> str | None:
         return await self._sign("GET", key, ttl_seconds)

@@ -133,18 +133,25 @@ async def test_get_refuses_a_file_past_max_bytes(backend: Backend) -> None:
     assert caught.value.rule == "max_bytes" and "1000 bytes" in caught.value.message
 
 
-async def test_create_writes_once_and_never_replaces(backend: Backend) -> None:
-    assert await backend.store.create("uploads/k/upload-a.png", b"first")
-    assert not await backend.store.create("uploads/k/upload-a.png", b"second")
-    assert await backend.store.get("uploads/k/upload-a.png") == b"first"
-    assert backend.listing() == ["store/uploads/k/upload-a.png"]
+async def test_create_writes_once_and_refuses_the_second_writer(backend: Backend) -> None:
+    """One PUT per upload URL: a racing or repeated write keeps the first bytes."""
+    results = await asyncio.gather(
+        *(backend.store.create("uploads/key_1/a.png", b"writer %d" % n) for n in range(4))
+    )
+    assert sorted(results) == [False, False, False, True]
+    winner = results.index(True)
+    assert await backend.store.get("uploads/key_1/a.png") == b"writer %d" % winner
+    assert await backend.store.create("uploads/key_1/a.png", b"again") is False
+    assert backend.listing() == ["store/uploads/key_1/a.png"]
 
 
 async def test_delete_older_than_sweeps_only_old_files_under_the_prefix(backend: Backend) -> None:
-    await backend.store.put("uploads/k/old.png", b"old")
-    await backend.store.put("results/1/0.png", b"kept: another prefix")
+    await backend.store.put("uploads/key_1/a.png", b"a")
+    await backend.store.put("uploads/key_2/b.png", b"b")
+    await backend.store.put("results/1/0.png", b"r")
     assert await backend.store.delete_older_than("uploads", 3600) == 0
-    await asyncio.sleep(1.1)  # S3 keeps whole seconds
-    await backend.store.put("uploads/k/new.png", b"new")
-    assert await backend.store.delete_older_than("uploads", 1) == 1
-    assert backend.listing() == ["store/results/1/0.png", "store/uploads/k/new.png"]
+    assert len(backend.listing()) == 3
+    await asyncio.sleep(1.1)  # S3 keeps last-modified times to the second
+    assert await backend.store.delete_older_than("uploads", 1) == 2
+    assert backend.listing() == ["store/results/1/0.png"]
+    assert await backend.store.delete_older_than("uploads", 0) == 0

@@ -20,7 +20,7 @@ from tessera.runtime.config import DEMO_DESCRIPTION, DEMO_LIMITS, DEMO_MODELS
 from tessera.runtime.imagemodel import API_VERSION, KIND
 from tests.support.redis_server import RedisServer
 from tests.support.s3_server import S3Server
-from tests.support.server import KEYS, ServerProcess, folder_files
+from tests.support.server import KEYS, ServerProcess, folder_files, free_port
 from tests.support.worker import WorkerProcess
 
 
@@ -90,6 +90,7 @@ class GatewayDeployment:
             keys=self.keys,
             command=(*command, "--models", str(models)),
             extra_args=extra,
+            metrics_port=free_port(),
             env={"TESSERA_SIGNING_SECRET": self.signing_secret, **self.storage_env},
         )
 
@@ -144,8 +145,8 @@ class GatewayDeployment:
     @property
     def metrics_urls(self) -> list[str]:
         """The gateways count submissions; the workers count what they ran and billed."""
-        gateways = [url for gateway in self.gateways for url in gateway.metrics_urls]
-        return gateways + [worker.base_url + "/metrics/" for worker in self.workers]
+        workers = [worker.base_url + "/metrics/" for worker in self.workers]
+        return [url for gateway in self.gateways for url in gateway.metrics_urls] + workers
 
     def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
         return self.gateways[0].client(key, timeout)

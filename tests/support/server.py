@@ -86,8 +86,8 @@ class ServerProcess:
     executable: str | None = None
     # Another checkout's interpreter runs that checkout's server (benchmarks compare them).
     python: str = sys.executable
-    # Prometheus metrics have a listener of their own, apart from the API.
-    metrics_port: int = field(default_factory=free_port)
+    # Where the server publishes Prometheus metrics (--metrics-port); None: nowhere.
+    metrics_port: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -114,8 +114,10 @@ class ServerProcess:
 
     @property
     def metrics_urls(self) -> list[str]:
-        """Every Prometheus endpoint of this deployment: one process here."""
-        return [f"http://127.0.0.1:{self.metrics_port}/metrics"]
+        """Every Prometheus endpoint of this deployment: one process here, off its API port."""
+        return (
+            [] if self.metrics_port is None else [f"http://127.0.0.1:{self.metrics_port}/metrics"]
+        )
 
     def start(self, ready_timeout: float = 180, probe: str = "/readyz") -> ServerProcess:
         self.spawn()
@@ -135,15 +137,15 @@ class ServerProcess:
         launcher = (
             [self.executable] if self.executable else [self.python, "-m", "tessera.runtime.cli"]
         )
+        metrics = () if self.metrics_port is None else ("--metrics-port", str(self.metrics_port))
         command = [
             *launcher,
             *arguments,
-            "--metrics-port",
-            str(self.metrics_port),
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
+            *metrics,
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
