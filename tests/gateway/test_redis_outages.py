@@ -35,7 +35,7 @@ def _ledger(redis: RedisServer) -> list[UsageRecord]:
     async def read() -> list[UsageRecord]:
         store = RedisJobStore(redis.url)
         try:
-            return await store.usage(limit=100_000)
+            return (await store.usage(limit=100_000)).records
         finally:
             await store.close()
 
