@@ -210,7 +210,7 @@ async def test_a_worker_runs_compatible_jobs_as_one_call_and_bills_each(
     assert len(set(keys)) == 6
     pictures = [image_of(await files.get(key)) for key in keys[:5]]
     assert all(_difference(pictures[0], other) > 0 for other in pictures[1:])
-    records = await store.usage()
+    records = (await store.usage()).records
     assert sorted((r.job_id, r.key_id, r.patches) for r in records) == sorted(
         [(job.id, "key_a", 12) for job in jobs] + [(odd.id, "key_b", 18)]
     )
@@ -253,7 +253,7 @@ async def test_one_bad_job_fails_alone(
         JobStatus.COMPLETED,
     ]
     assert done[1].error is not None and f"job id {jobs[1].id}" in done[1].error
-    assert sorted(r.job_id for r in await store.usage()) == [jobs[0].id, jobs[2].id]
+    assert sorted(r.job_id for r in (await store.usage()).records) == [jobs[0].id, jobs[2].id]
     # The batch never reached the pipeline; the two good jobs then ran one by one.
     assert counter.calls == [1, 1]
 
@@ -283,4 +283,4 @@ async def test_a_crashed_batch_returns_every_job_and_bills_each_once(
     assert [(job.status, job.worker_id, job.attempts) for job in done] == [
         (JobStatus.COMPLETED, "survivor", 2)
     ] * 3
-    assert sorted(r.job_id for r in await store.usage()) == [job.id for job in jobs]
+    assert sorted(r.job_id for r in (await store.usage()).records) == [job.id for job in jobs]
