@@ -1,10 +1,10 @@
-"""The operator's Prometheus gauges: each model's queue and replicas as the autoscaler saw
-them on its last pass, so alerts can say "a backlog and no ready worker" or "pods that
-cannot be scheduled" without reading the ImageModel status.
+"""The operator's Prometheus gauges: each model's worker replicas as the autoscaler saw them
+on its last pass, so alerts can say "a backlog and no ready worker" or "pods that cannot be
+scheduled" without reading the ImageModel status.
 
-The runtime's counters (``tessera.runtime.metrics``) say what happened to jobs; these say
-where each model stands. Series carry the ``model`` label the runtime's counters carry, so
-rules can join the two. ``tessera operator --metrics-port`` serves them.
+The runtime's metrics (``tessera.runtime.metrics``) say what happened to jobs and how deep
+each queue is; these say what serves it. Series carry the ``model`` label the runtime's
+carry, so rules can join the two. ``tessera operator --metrics-port`` serves them.
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ from tessera.operator.reconcile import Key
 
 LABELS = ("namespace", "imagemodel", "model")
 
-QUEUED = Gauge("tessera_model_queued_jobs", "Jobs waiting in the model's queue.", LABELS)
-IN_PROGRESS = Gauge(
-    "tessera_model_in_progress_jobs", "Jobs a worker of the model holds under a lease.", LABELS
-)
 DESIRED = Gauge(
     "tessera_model_desired_replicas", "Worker replicas the autoscaler asks for.", LABELS
 )
@@ -28,7 +24,7 @@ UNSCHEDULABLE = Gauge(
     "Worker pods the scheduler cannot place (no free GPU of the kind asked for).",
     LABELS,
 )
-GAUGES = (QUEUED, IN_PROGRESS, DESIRED, READY, UNSCHEDULABLE)
+GAUGES = (DESIRED, READY, UNSCHEDULABLE)
 
 # Each model's label values, so a deleted model's series go with it.
 _series: dict[Key, tuple[str, str, str]] = {}
@@ -38,8 +34,6 @@ def observe(
     key: Key,
     model_name: str,
     *,
-    queued: int,
-    in_progress: int,
     desired: int,
     ready: int,
     unschedulable: int,
@@ -48,9 +42,7 @@ def observe(
     if _series.get(key, values) != values:
         forget(key)  # spec.modelName changed: the old series would linger
     _series[key] = values
-    for gauge, value in zip(
-        GAUGES, (queued, in_progress, desired, ready, unschedulable), strict=True
-    ):
+    for gauge, value in zip(GAUGES, (desired, ready, unschedulable), strict=True):
         gauge.labels(*values).set(value)
 
 

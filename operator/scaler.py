@@ -200,8 +200,6 @@ class Autoscaler:
         metrics.observe(
             key,
             model.model_name,
-            queued=depth.queued,
-            in_progress=depth.in_progress,
             desired=decision.replicas,
             ready=int(deployment.get("status", {}).get("readyReplicas") or 0),
             unschedulable=observed.unschedulable,
