@@ -8,6 +8,7 @@ refused), which `helm lint` and `helm template` never reach.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,50 @@ from tests.support.waiting import wait_until
 from .render import render
 from .test_render import CASES
 
+# prometheus-operator's ServiceMonitor and PrometheusRule CRDs, pinned (see their headers).
+MONITORING_CRDS = sorted((Path(__file__).parent / "crds").glob("*.yaml"))
 
-@pytest.mark.parametrize("case", ["defaults", "external redis", "s3", "ingress", "one operator"])
+
+@pytest.fixture(scope="module")
+def monitoring_crds(kube_cluster: Cluster) -> None:
+    """What a cluster with prometheus-operator has, so the dry run validates our objects
+    against the real schemas."""
+    for path in MONITORING_CRDS:
+        kube_cluster.kubectl(
+            "apply", "--server-side", "--field-manager=chart-test", "-f", str(path)
+        )
+    for kind in ("servicemonitors", "prometheusrules"):
+        kube_cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{kind}.monitoring.coreos.com"
+        )
+    wait_until(
+        "kubectl to know the monitoring CRDs",
+        lambda: (
+            kube_cluster.kubectl(
+                "api-resources", "--api-group=monitoring.coreos.com", "-o", "name", check=False
+            ).stdout.count(".monitoring.coreos.com")
+            == 2
+        ),
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "defaults",
+        "external redis",
+        "s3",
+        "ingress",
+        "one operator",
+        "service monitors",
+        "rules",
+        "network policies",
+        "network policies elsewhere",
+        "priority classes",
+    ],
+)
+@pytest.mark.usefixtures("monitoring_crds")
 def test_server_accepts_the_rendered_chart(
     kube_cluster: Cluster, kube_namespace: str, case: str
 ) -> None:
