@@ -94,8 +94,13 @@ def test_rbac_rules_are_the_ones_in_crds_folder(component: str) -> None:
     assert pods[f"Deployment/{FULL}-{component}"]["serviceAccountName"] == f"{FULL}-{component}"
 
 
-def test_every_container_names_its_command_and_runs_locked_down() -> None:
-    for owner, pod in render().pod_specs().items():
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"usageExporter.enabled": "true", "usageExporter.to": "http://meter/api/v1/events"}],
+    ids=["defaults", "usage exporter"],
+)
+def test_every_container_names_its_command_and_runs_locked_down(values: dict[str, str]) -> None:
+    for owner, pod in render(values).pod_specs().items():
         security = pod["securityContext"]
         assert security["runAsNonRoot"] is True, owner
         assert security["seccompProfile"] == {"type": "RuntimeDefault"}, owner
@@ -382,6 +387,27 @@ def _no_test_hook(r: Rendered) -> None:
     assert r.names("Pod") == []
 
 
+def _usage_exporter(r: Rendered) -> None:
+    deployment = r.get("Deployment", f"{FULL}-usage-exporter")["spec"]
+    assert deployment["replicas"] == 1
+    assert deployment["strategy"] == {"type": "Recreate"}  # one pusher per store
+    container = deployment["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["tessera", "usage", "push"]
+    assert _flag(container["command"], "--to") == "https://meter.example.com/api/v1/events"
+    env = env_of(container)
+    assert env["TESSERA_QUEUE"] == f"redis://:$(REDIS_PASSWORD)@{FULL}-redis.tessera.svc:6379/0"
+    assert env["TESSERA_PUSH_TOKEN"] == {"secretKeyRef": {"name": "meter", "key": "token"}}
+    policy = r.get("NetworkPolicy", f"{FULL}-usage-exporter")["spec"]
+    assert policy["ingress"] == []
+    assert {"ports": [{"protocol": "TCP", "port": 443}]} in policy["egress"]
+    redis_from = r.get("NetworkPolicy", f"{FULL}-redis")["spec"]["ingress"][0]["from"]
+    assert {"podSelector": deployment["selector"]} in redis_from
+
+
+def _no_usage_exporter(r: Rendered) -> None:
+    assert f"{FULL}-usage-exporter" not in r.names("Deployment")
+
+
 CASES: dict[str, tuple[dict[str, str], Callable[[Rendered], None]]] = {
     "defaults": ({}, _defaults),
     "external redis": (
@@ -468,6 +494,16 @@ CASES: dict[str, tuple[dict[str, str], Callable[[Rendered], None]]] = {
         },
         _priority_classes,
     ),
+    "usage exporter": (
+        {
+            "usageExporter.enabled": "true",
+            "usageExporter.to": "https://meter.example.com/api/v1/events",
+            "usageExporter.tokenSecret": "meter",
+            "networkPolicy.enabled": "true",
+        },
+        _usage_exporter,
+    ),
+    "no usage exporter by default": ({}, _no_usage_exporter),
     "test hook": ({}, _test_hook),
     "test hook with a given key": (
         {
@@ -530,6 +566,10 @@ REFUSED: dict[str, tuple[dict[str, str], str]] = {
         "backlogGrowingFor",
     ),
     "percent over 100": ({"monitoring.prometheusRule.failedJobsPercent": "101"}, "maximum"),
+    "exporter without receiver": (
+        {"usageExporter.enabled": "true"},
+        "usageExporter.enabled needs usageExporter.to",
+    ),
 }
 
 

@@ -59,6 +59,7 @@ def monitoring_crds(kube_cluster: Cluster) -> None:
         "network policies",
         "network policies elsewhere",
         "priority classes",
+        "usage exporter",
     ],
 )
 @pytest.mark.usefixtures("monitoring_crds")

@@ -128,6 +128,10 @@ the variable that "tessera.redisEnv" declares first). */}}
 {{- if and $mon.metrics.enabled (eq (int $mon.metrics.gatewayPort) (int .Values.gateway.port)) -}}
 {{- fail (printf "ERROR: monitoring.metrics.gatewayPort and gateway.port are both %d" (int .Values.gateway.port)) -}}
 {{- end -}}
+{{- $exporter := .Values.usageExporter -}}
+{{- if and $exporter.enabled (not (regexMatch "^https?://[^/]+" $exporter.to)) -}}
+{{- fail (printf "ERROR: usageExporter.enabled needs usageExporter.to, the receiver's http(s) URL (e.g. http://openmeter/api/v1/events), not %q" $exporter.to) -}}
+{{- end -}}
 {{- if and $mon.metrics.enabled (eq (int $mon.metrics.operatorPort) 8081) -}}
 {{- fail "ERROR: monitoring.metrics.operatorPort 8081 is the operator's liveness port" -}}
 {{- end -}}
