@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dockerfile_parse import DockerfileParser
 
 from tessera.operator import render as operator_render
+from tessera.runtime.cli import build_parser
 
 from .render import REPO, render
 
@@ -34,9 +36,11 @@ def last(instruction: str) -> str:
     return str(values[-1])
 
 
-def tessera_containers() -> Iterator[tuple[str, dict[str, Any]]]:
+def tessera_containers(
+    values: dict[str, str] | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """(owner, container) for every container of the chart that runs the Tessera image."""
-    rendered = render()
+    rendered = render(values)
     image = rendered.pod_specs()["Deployment/tessera-gateway"]["containers"][0]["image"]
     for owner, pod in rendered.pod_specs().items():
         for container in pod.get("initContainers", []) + pod["containers"]:
@@ -93,3 +97,23 @@ def test_the_image_holds_every_part_the_chart_runs() -> None:
     assert set(extras.group(1).split(",")) >= {"worker", "operator", "gateway"}
     for where, container in tessera_containers():
         assert container["command"][0] in ("tessera", "python"), where
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"usageExporter.enabled": "true", "usageExporter.to": "http://meter/api/v1/events"},
+        {"operator.replicas": "1", "operator.logLevel": "verbose"},
+    ],
+    ids=["defaults", "usage exporter", "one verbose operator"],
+)
+def test_every_tessera_command_the_chart_runs_parses(values: dict[str, str]) -> None:
+    # The image's own parser: a flag the chart passes and the CLI lacks fails here, not in
+    # a crash-looping pod.
+    for where, container in tessera_containers(values):
+        if container["command"][0] == "tessera":
+            try:
+                build_parser().parse_args(container["command"][1:])
+            except SystemExit:
+                pytest.fail(f"{where}: tessera refuses {container['command'][1:]}")
