@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
 from tessera.operator import metrics as operator_metrics
 from tessera.runtime import metrics as runtime_metrics
 from tests.support.build import run_build_script
+from tests.support.metrics import exported_series
 
 from .render import REPO, render
 
@@ -64,21 +64,8 @@ def test_promtool_refuses_a_broken_expression(promtool: Path, tmp_path: Path) ->
     assert "parse error" in result.stdout + result.stderr
 
 
-def exported(*modules: Any) -> dict[str, set[str]]:
-    """Every series name the collectors of these modules can write, with its labels."""
-    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
-    names: dict[str, set[str]] = {}
-    for module in modules:
-        for collector in vars(module).values():
-            if isinstance(collector, MetricWrapperBase):
-                for family in collector.describe():
-                    for suffix in suffixes.get(family.type, [""]):
-                        names[family.name + suffix] = set(collector._labelnames)
-    return names
-
-
 def test_every_metric_and_label_a_rule_reads_is_exported() -> None:
-    names = exported(runtime_metrics, operator_metrics)
+    names = exported_series(runtime_metrics, operator_metrics)
     for rule in rule_groups()[0]["rules"]:
         used = set(re.findall(r"\btessera_\w+", rule["expr"]))
         assert used, rule["alert"]
