@@ -547,12 +547,17 @@ def test_every_container_is_locked_down(spec: dict[str, Any]) -> None:
         pod = obj["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in pod["volumes"]}
         for container in pod.get("initContainers", []) + pod["containers"]:
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False
             assert context["readOnlyRootFilesystem"] is True
             assert context["capabilities"] == {"drop": ["ALL"]}
+            # The read-only root's one writable place (HOME, caches): an emptyDir.
+            tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == render.TMP)
+            assert "emptyDir" in volumes[tmp["name"]], container["name"]
     dep = render.deployment(m, CONFIG)
     mounts = {v["name"]: v for v in worker(dep)["volumeMounts"]}
     assert mounts["weights"]["readOnly"] is True
