@@ -64,16 +64,27 @@ SHM = "/dev/shm"  # noqa: S108
 HF_HOME = f"{TMP}/huggingface"
 
 
+# The variable a queue URL names its password by, ``redis://:$(REDIS_PASSWORD)@host``: the
+# kubelet expands it in a worker's command from the Secret the Deployment refers to, so no
+# password is written into a Deployment.
+QUEUE_PASSWORD_VARIABLE = "REDIS_PASSWORD"
+_VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """Operator-wide settings that shape every model's objects."""
 
+    # What workers are given; it may name $(REDIS_PASSWORD), see queue_password_secret.
     queue_url: str = DEFAULT_QUEUE_URL
     worker_image: str = DEFAULT_WORKER_IMAGE
     results_claim: str = DEFAULT_RESULTS_CLAIM
     # The image that downloads Hub weights; it needs the `hf` command (huggingface_hub),
     # which the worker image has.
     loader_image: str | None = None
+    # The Secret (in each model's namespace) and key holding the queue's password, which
+    # workers get as $(REDIS_PASSWORD); None when the URL needs no password.
+    queue_password_secret: tuple[str, str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RenderConfig:
@@ -83,6 +94,19 @@ class RenderConfig:
             worker_image=env.get("TESSERA_WORKER_IMAGE") or DEFAULT_WORKER_IMAGE,
             results_claim=env.get("TESSERA_RESULTS_CLAIM") or DEFAULT_RESULTS_CLAIM,
             loader_image=env.get("TESSERA_LOADER_IMAGE") or None,
+            queue_password_secret=(
+                (secret, env.get("TESSERA_QUEUE_PASSWORD_KEY") or "password")
+                if (secret := env.get("TESSERA_QUEUE_PASSWORD_SECRET"))
+                else None
+            ),
+        )
+
+    def own_queue_url(self, env: Mapping[str, str] | None = None) -> str:
+        """The queue URL the operator itself connects with: each $(VAR) replaced from its
+        own environment, where the chart puts the same Secret's value."""
+        env = os.environ if env is None else env
+        return _VARIABLE_REFERENCE.sub(
+            lambda match: env.get(match.group(1), match.group(0)), self.queue_url
         )
 
 
@@ -195,10 +219,15 @@ def pipeline_options(model: ImageModel) -> dict[str, Any]:
     return options
 
 
-def worker_env(model: ImageModel) -> list[dict[str, Any]]:
+def worker_env(model: ImageModel, config: RenderConfig) -> list[dict[str, Any]]:
     """The operator's variables, then the spec's; a name in the spec replaces ours."""
     spec = model.spec
-    ours: list[dict[str, Any]] = [
+    ours: list[dict[str, Any]] = []
+    if config.queue_password_secret is not None:
+        name, key = config.queue_password_secret
+        reference = {"secretKeyRef": {"name": name, "key": key}}
+        ours.append({"name": QUEUE_PASSWORD_VARIABLE, "valueFrom": reference})
+    ours += [
         # The health port listens on the pod's own address (``--host $(POD_IP)``).
         {
             "name": "POD_IP",
@@ -382,7 +411,7 @@ def deployment(
         "image": worker.image or config.worker_image,
         "imagePullPolicy": worker.image_pull_policy,
         "command": worker_command(model, config),
-        "env": worker_env(model),
+        "env": worker_env(model, config),
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "resources": worker_resources(model),
         **probes(model),

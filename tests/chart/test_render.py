@@ -114,7 +114,11 @@ def _defaults(r: Rendered) -> None:
     )
     env = env_of(operator["spec"]["template"]["spec"]["containers"][0])
     queue = f"redis://:$(REDIS_PASSWORD)@{FULL}-redis.tessera.svc:6379/0"
-    assert env["TESSERA_QUEUE_URL"] == queue
+    # The operator renders $(REDIS_PASSWORD) into its workers as written, with the Secret
+    # they read it from: the password itself never lands in a Deployment.
+    assert env["TESSERA_QUEUE_URL"] == queue.replace("$(", "$$(")
+    assert env["TESSERA_QUEUE_PASSWORD_SECRET"] == f"{FULL}-redis"
+    assert env["TESSERA_QUEUE_PASSWORD_KEY"] == "password"
     assert env["TESSERA_RESULTS_CLAIM"] == "tessera-results"
     assert env["TESSERA_WORKER_IMAGE"] == "ghcr.io/tessera-dev/tessera:0.1.0"
     gateway = r.get("Deployment", f"{FULL}-gateway")["spec"]
@@ -154,6 +158,10 @@ def _external_redis(r: Rendered) -> None:
     )
     assert env["TESSERA_QUEUE"] == "rediss://:$(REDIS_PASSWORD)@redis.example.com:6380/2"
     assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "queue-auth", "key": "pw"}}
+    operator = r.get("Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]
+    operator_env = env_of(operator["containers"][0])
+    assert operator_env["TESSERA_QUEUE_PASSWORD_SECRET"] == "queue-auth"
+    assert operator_env["TESSERA_QUEUE_PASSWORD_KEY"] == "pw"
 
 
 def _s3(r: Rendered) -> None:

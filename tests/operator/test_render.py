@@ -726,6 +726,27 @@ def test_rendering_is_deterministic() -> None:
     assert third[3] == first[3]
 
 
+def test_the_queue_password_reaches_workers_from_its_secret_never_in_the_deployment() -> None:
+    config = render.RenderConfig.from_env(
+        {
+            "TESSERA_QUEUE_URL": "redis://:$(REDIS_PASSWORD)@tessera-redis.tessera.svc:6379/0",
+            "TESSERA_QUEUE_PASSWORD_SECRET": "tessera-redis",
+        }
+    )
+    container = worker(render.deployment(model(), config))
+    command = container["command"]
+    # The kubelet expands it in the command from the variable the Secret fills.
+    assert command[command.index("--queue") + 1] == config.queue_url
+    assert env_of(container)["REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "tessera-redis", "key": "password"}
+    }
+    # The operator's own connection (the autoscaler's) uses its own copy of the password.
+    own = config.own_queue_url({"REDIS_PASSWORD": "s3cret"})
+    assert own == "redis://:s3cret@tessera-redis.tessera.svc:6379/0"
+    assert "REDIS_PASSWORD" not in env_of(worker(render.deployment(model(), CONFIG)))
+    assert CONFIG.own_queue_url({}) == CONFIG.queue_url
+
+
 def test_render_config_from_env() -> None:
     config = render.RenderConfig.from_env({"TESSERA_QUEUE_URL": "redis://r:1/2"})
     assert config.queue_url == "redis://r:1/2"
