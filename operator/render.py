@@ -67,7 +67,7 @@ HF_HOME = f"{TMP}/huggingface"
 # The variable a queue URL names its password by, ``redis://:$(REDIS_PASSWORD)@host``: the
 # kubelet expands it in a worker's command from the Secret the Deployment refers to, so no
 # password is written into a Deployment.
-QUEUE_PASSWORD_VARIABLE = "REDIS_PASSWORD"
+QUEUE_PASSWORD_VARIABLE = "REDIS_PASSWORD"  # noqa: S105 - a variable name, not a password
 _VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
