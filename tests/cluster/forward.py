@@ -38,7 +38,7 @@ class _Connection(socketserver.BaseRequestHandler):
         endpoints = self.server.endpoints()
         if not endpoints:
             return  # as kubectl does, the client sees the connection close
-        host, _, port = random.choice(endpoints).rpartition(":")  # noqa: S311 - not security
+        host, _, port = random.choice(endpoints).rpartition(":")
         with socket.create_connection((host, int(port)), timeout=10) as upstream:
             upstream.settimeout(None)
             back = threading.Thread(target=_pump, args=(upstream, self.request), daemon=True)

@@ -199,6 +199,8 @@ class NodeAgent:
         while True:
             try:
                 current = await asyncio.to_thread(self.api.service_addresses)
+                # Its endpoint is the address the API server advertises; pods reach it here.
+                current[("default", "kubernetes")] = [self.api.server_host]
             except Exception as error:
                 log.warning("reading the Services' endpoints failed: %s", error)
             else:
