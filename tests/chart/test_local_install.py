@@ -13,9 +13,11 @@ the models are deleted, and ``helm uninstall`` leaves only what ``crds.keep`` ke
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,14 @@ def cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         stop_cluster(cluster)
+
+
+@contextlib.contextmanager
+def timed(what: str) -> Iterator[None]:
+    """Print how long ``what`` took (figures for the record, not assertions)."""
+    started = time.monotonic()
+    yield
+    print(f"{what}: {time.monotonic() - started:.1f} s")
 
 
 def pods(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
@@ -148,8 +158,9 @@ def labelled_leftovers(cluster: Cluster) -> list[str]:
 
 def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: Cluster) -> None:
     # -- install: every pod of the chart a real process, its claims real folders ----------
-    notes = helm(cluster, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace",
-                 "--wait", "--timeout", "5m")  # fmt: skip
+    with timed("helm install --wait"):
+        notes = helm(cluster, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace",
+                     "--wait", "--timeout", "5m")  # fmt: skip
     assert f"port-forward svc/{RELEASE}-gateway 8000:80" in notes
     # The HPA brings the gateway to its two replicas a moment after the install.
     chart_pods = wait_until(
@@ -189,7 +200,8 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
     cluster.kubectl("-n", NS, "apply", *applied)
     ready = "--for=jsonpath={.status.readyReplicas}=1"
     models = [f"imagemodel/{m}" for m in MODELS]
-    cluster.kubectl("-n", NS, "wait", ready, *models, "--timeout=300s", timeout=320)
+    with timed("both demo models applied -> a Ready worker each"):
+        cluster.kubectl("-n", NS, "wait", ready, *models, "--timeout=300s", timeout=320)
     password = base64.b64decode(
         get(cluster, "-n", NS, "secret", f"{RELEASE}-redis")["data"]["password"]
     ).decode()
@@ -238,7 +250,8 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
         # -- helm upgrade with no changes: no rollout, no pod restarted or replaced ---------
         lives, rolled = pod_lives(cluster), generations(cluster)
         assert len(lives) == 7  # the chart's 5 and one worker per model
-        helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--wait", "--timeout", "5m")
+        with timed("helm upgrade --wait, no changes"):
+            helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--wait", "--timeout", "5m")
         assert generations(cluster) == rolled
         assert pod_lives(cluster) == lives
 
@@ -259,9 +272,10 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
             timeout=90,
             explain=lambda: explain(cluster),
         )
-        woken = seed_client.generate(
-            BASE_URL, key, {"model": "tessera-demo", "prompt": "from zero", **FAST}
-        )
+        with timed("a job from zero replicas, submit -> completed"):
+            woken = seed_client.generate(
+                BASE_URL, key, {"model": "tessera-demo", "prompt": "from zero", **FAST}
+            )
         assert woken["status"] == "completed", woken
         [again] = pods(cluster, f"tessera.dev/imagemodel=tessera-demo,{WORKER_PODS}")
         assert again["metadata"]["uid"] != worker["metadata"]["uid"]
@@ -274,7 +288,8 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
         timeout=90,
         explain=lambda: explain(cluster),
     )
-    helm(cluster, "uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m")
+    with timed("helm uninstall --wait"):
+        helm(cluster, "uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m")
     wait_until(
         "every process of the release stopped and every claim's folder removed",
         lambda: (
