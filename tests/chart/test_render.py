@@ -174,6 +174,13 @@ def _s3(r: Rendered) -> None:
         "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
     }
     assert "results" not in [v["name"] for v in pod["volumes"]]
+    # The operator renders the same bucket, endpoint and keys into its workers.
+    operator = r.get("Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]
+    operator_env = env_of(operator["containers"][0])
+    assert operator_env["TESSERA_RESULTS_URL"] == "s3://images/tessera"
+    assert operator_env["TESSERA_S3_ENDPOINT"] == "http://seaweedfs:8333"
+    assert operator_env["TESSERA_S3_CREDENTIALS_SECRET"] == "s3-creds"
+    assert "TESSERA_RESULTS_CLAIM" not in operator_env
 
 
 def _crds_not_kept(r: Rendered) -> None:
