@@ -6,19 +6,24 @@ are provisioned by the cluster's default StorageClass as folders, never switched
 Then, as README's "On a cluster" section runs them: the CPU demo models are applied, the
 seed article's client goes through ``kubectl port-forward``'s stand-in to the gateway
 (list, generate, poll, fetch, edit from a result URL), the workers' metrics count the
-jobs, ``helm upgrade`` with no changes restarts nothing, the model scales to zero and back,
-the models are deleted, and ``helm uninstall`` leaves only what ``crds.keep`` keeps.
+jobs, ``tessera usage export`` reads one usage record per job from Redis, ``helm upgrade``
+with no changes restarts nothing, the model scales to zero and back, the models are
+deleted, and ``helm uninstall`` leaves only what ``crds.keep`` keeps.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,10 @@ WORKER_PODS = "app.kubernetes.io/component=worker"
 # What each of the chart's components runs (the process's command line names it).
 PROGRAMS = {"operator": "operator", "gateway": "gateway", "redis": "redis-server"}
 FAST = {"image_size": "64x48", "num_inference_steps": 2}
+# Where README's `kubectl port-forward svc/tessera-redis 16379:6379` puts Redis, for
+# `tessera usage export`.
+REDIS_PORT = 16379
+TESSERA = Path(sys.executable).with_name("tessera")
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +150,25 @@ def worker_metrics(cluster: Cluster, model: str) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}"] = sample.value
     return samples
+
+
+def usage_records(cluster: Cluster, password: str) -> list[dict[str, Any]]:
+    """``tessera usage export`` (JSON lines) from the release's Redis, through a forward."""
+
+    def redis_endpoints() -> list[str]:
+        return cluster.service_addresses(NS, f"{RELEASE}-redis")
+
+    with port_forward(redis_endpoints, REDIS_PORT):
+        queue = f"redis://:{password}@127.0.0.1:{REDIS_PORT}/0"
+        exported = subprocess.run(
+            [str(TESSERA), "usage", "export", "--queue", queue],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert exported.returncode == 0, exported.stderr
+    return [json.loads(line) for line in exported.stdout.splitlines()]
 
 
 def labelled_leftovers(cluster: Cluster) -> list[str]:
@@ -243,9 +271,21 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
         # -- the metrics: each model's worker counts its job and its patches ---------------
         for model in MODELS:
             samples = worker_metrics(cluster, model)
-            finished = f"tessera_jobs_finished_total{{model={model},status=completed}}"
+            finished = f"tessera_jobs_finished_total{{model={model},outcome=completed}}"
             assert samples[finished] == 1, sorted(samples)
             assert samples[f"tessera_patches_total{{model={model}}}"] == 12
+
+        # -- the usage ledger: one record per completed job, billed to the key's id ---------
+        records = usage_records(cluster, password)
+        billed = [(r["job_id"], r["model"], r["namespace"], r["patches"]) for r in records]
+        assert billed == [
+            (generated["job_id"], "tessera-demo", NS, 12),
+            (edited["job_id"], "tessera-demo-edit", NS, 12),
+        ]
+        key_id = f"key_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        assert {r["key_id"] for r in records} == {key_id}
+        for record in records:
+            assert Decimal(record["amount"]) == 12 * Decimal(record["price_per_patch"])
 
         # -- helm upgrade with no changes: no rollout, no pod restarted or replaced ---------
         lives, rolled = pod_lives(cluster), generations(cluster)
