@@ -126,7 +126,11 @@ def _defaults(r: Rendered) -> None:
     )
     env = env_of(operator["spec"]["template"]["spec"]["containers"][0])
     queue = f"redis://:$(REDIS_PASSWORD)@{FULL}-redis.tessera.svc:6379/0"
-    assert env["TESSERA_QUEUE_URL"] == queue
+    # The operator renders $(REDIS_PASSWORD) into its workers as written, with the Secret
+    # they read it from: the password itself never lands in a Deployment.
+    assert env["TESSERA_QUEUE_URL"] == queue.replace("$(", "$$(")
+    assert env["TESSERA_QUEUE_PASSWORD_SECRET"] == f"{FULL}-redis"
+    assert env["TESSERA_QUEUE_PASSWORD_KEY"] == "password"
     assert env["TESSERA_RESULTS_CLAIM"] == "tessera-results"
     assert env["TESSERA_WORKER_IMAGE"] == "ghcr.io/tessera-dev/tessera:0.1.0"
     gateway = r.get("Deployment", f"{FULL}-gateway")["spec"]
@@ -166,6 +170,10 @@ def _external_redis(r: Rendered) -> None:
     )
     assert env["TESSERA_QUEUE"] == "rediss://:$(REDIS_PASSWORD)@redis.example.com:6380/2"
     assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "queue-auth", "key": "pw"}}
+    operator = r.get("Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]
+    operator_env = env_of(operator["containers"][0])
+    assert operator_env["TESSERA_QUEUE_PASSWORD_SECRET"] == "queue-auth"
+    assert operator_env["TESSERA_QUEUE_PASSWORD_KEY"] == "pw"
 
 
 def _s3(r: Rendered) -> None:
@@ -178,6 +186,13 @@ def _s3(r: Rendered) -> None:
         "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
     }
     assert "results" not in [v["name"] for v in pod["volumes"]]
+    # The operator renders the same bucket, endpoint and keys into its workers.
+    operator = r.get("Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]
+    operator_env = env_of(operator["containers"][0])
+    assert operator_env["TESSERA_RESULTS_URL"] == "s3://images/tessera"
+    assert operator_env["TESSERA_S3_ENDPOINT"] == "http://seaweedfs:8333"
+    assert operator_env["TESSERA_S3_CREDENTIALS_SECRET"] == "s3-creds"
+    assert "TESSERA_RESULTS_CLAIM" not in operator_env
 
 
 def _crds_not_kept(r: Rendered) -> None:

@@ -743,6 +743,53 @@ def test_rendering_is_deterministic() -> None:
     assert third[3] == first[3]
 
 
+def test_the_queue_password_reaches_workers_from_its_secret_never_in_the_deployment() -> None:
+    config = render.RenderConfig.from_env(
+        {
+            "TESSERA_QUEUE_URL": "redis://:$(REDIS_PASSWORD)@tessera-redis.tessera.svc:6379/0",
+            "TESSERA_QUEUE_PASSWORD_SECRET": "tessera-redis",
+        }
+    )
+    container = worker(render.deployment(model(), config))
+    command = container["command"]
+    # The kubelet expands it in the command from the variable the Secret fills.
+    assert command[command.index("--queue") + 1] == config.queue_url
+    assert env_of(container)["REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "tessera-redis", "key": "password"}
+    }
+    # The operator's own connection (the autoscaler's) uses its own copy of the password.
+    own = config.own_queue_url({"REDIS_PASSWORD": "s3cret"})
+    assert own == "redis://:s3cret@tessera-redis.tessera.svc:6379/0"
+    assert "REDIS_PASSWORD" not in env_of(worker(render.deployment(model(), CONFIG)))
+    assert CONFIG.own_queue_url({}) == CONFIG.queue_url
+
+
+def test_workers_write_results_to_s3_when_the_operator_is_given_a_bucket() -> None:
+    config = render.RenderConfig.from_env(
+        {
+            "TESSERA_RESULTS_URL": "s3://images/results",
+            "TESSERA_S3_ENDPOINT": "http://s3.example:8333",
+            "TESSERA_S3_REGION": "eu-west-1",
+            "TESSERA_S3_CREDENTIALS_SECRET": "s3-keys",
+        }
+    )
+    dep = render.deployment(model(), config)
+    container = worker(dep)
+    command = container["command"]
+    assert command[command.index("--storage") + 1] == "s3://images/results"
+    env = env_of(container)
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://s3.example:8333"
+    assert env["AWS_REGION"] == "eu-west-1"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"secretKeyRef": {"name": "s3-keys", "key": key}}
+    # No results claim to mount: a bucket needs none.
+    assert "results" not in {m["name"] for m in container["volumeMounts"]}
+    assert "results" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert not {"AWS_REGION", "AWS_ENDPOINT_URL_S3"} & set(
+        env_of(worker(render.deployment(model(), CONFIG)))
+    )
+
+
 def test_render_config_from_env() -> None:
     config = render.RenderConfig.from_env({"TESSERA_QUEUE_URL": "redis://r:1/2"})
     assert config.queue_url == "redis://r:1/2"

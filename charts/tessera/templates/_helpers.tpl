@@ -63,6 +63,11 @@ the variable that "tessera.redisEnv" declares first). */}}
 {{- end -}}
 {{- end -}}
 
+{{/* Where results live with storage.type s3, for the gateway and the operator's workers. */}}
+{{- define "tessera.s3Url" -}}
+{{- printf "s3://%s/%s" .Values.storage.s3.bucket .Values.storage.s3.prefix | trimSuffix "/" -}}
+{{- end -}}
+
 {{/* REDIS_PASSWORD, which the queue URL refers to, when there is a password. */}}
 {{- define "tessera.redisEnv" -}}
 {{- if .Values.redis.bundled.enabled }}
