@@ -274,6 +274,7 @@ class ImageModel:
             name=self.model_name,
             task=spec.task,
             limits=spec.parameters,
+            pipeline=spec.pipeline,
             price_per_patch=spec.price_per_patch,
             description=spec.description,
             queue_timeout_seconds=spec.queue.timeout_seconds,
