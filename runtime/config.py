@@ -217,7 +217,8 @@ def introspected_options(path: Path) -> PipelineOptions:
         raise ConfigError(f"{path}: diffusers has no pipeline class {class_name!r}")
     accepted = inspect.signature(pipeline_class.__call__).parameters
     targets = introspected_arguments(accepted)
-    return PipelineOptions(arguments={name: None for name, target in targets.items() if not target})
+    lacking = tuple(name for name, target in targets.items() if not target)
+    return PipelineOptions(unsupported=lacking)
 
 
 def _image_models(file: Path, path: Path) -> list[ModelSpec]:

@@ -55,27 +55,36 @@ class PipelineOptions(BaseModel):
     # device_map), for models whose components together do not fit one GPU.
     device_map: Literal["balanced"] | None = None
     # The few real differences between families: an API parameter carried by another
-    # argument (Qwen-Image's real CFG is true_cfg_scale), or null where the model cannot
-    # honour it, so that the gateway refuses it at submit. Unnamed ones are introspected.
-    arguments: dict[ApiArgument, str | None] = Field(default_factory=dict)
+    # argument (Qwen-Image's real CFG is true_cfg_scale), and the ones the model cannot
+    # honour, which the gateway refuses at submit (a list, not nulls in the map: kubectl
+    # apply drops a null). Unnamed ones are introspected.
+    arguments: dict[ApiArgument, str] = Field(default_factory=dict)
+    unsupported: tuple[ApiArgument, ...] = ()
 
     @model_validator(mode="after")
     def _placement(self) -> Self:
         if self.device_map is not None and self.cpu_offload != "none":
             raise ValueError("deviceMap places the components itself: set cpuOffload to none")
         size = self.arguments.get("image_size", SIZE_ARGUMENTS)
-        if size not in (SIZE_ARGUMENTS, SIZE_FROM_SOURCE, None):
+        if size not in (SIZE_ARGUMENTS, SIZE_FROM_SOURCE):
             raise ValueError(
-                f"arguments.image_size must be null, {SIZE_ARGUMENTS!r} or "
-                f"{SIZE_FROM_SOURCE!r}, not {size!r}"
+                f"arguments.image_size must be {SIZE_ARGUMENTS!r} or {SIZE_FROM_SOURCE!r}, "
+                f"not {size!r}"
             )
+        both = sorted(set(self.arguments) & set(self.unsupported))
+        if both:
+            raise ValueError(f"{', '.join(both)}: both mapped in arguments and unsupported")
         return self
 
     @property
     def refused(self) -> frozenset[str]:
         """The API parameters this model declares it cannot honour."""
-        return frozenset(name for name, target in self.arguments.items() if target is None)
+        return frozenset(self.unsupported)
 
     def resolve_arguments(self, accepted: Collection[str]) -> Mapping[ApiArgument, str | None]:
         """The declared arguments over the introspected ones."""
-        return {**introspected_arguments(accepted), **self.arguments}
+        return {
+            **introspected_arguments(accepted),
+            **self.arguments,
+            **dict.fromkeys(self.unsupported),
+        }

@@ -329,8 +329,7 @@ def _check_targets(
     error at start-up rather than a failed job."""
     targets = options.resolve_arguments(accepted)
     for api_name, target in options.arguments.items():
-        wanted = set(target.split(",")) if target else set()
-        if not wanted <= accepted:
+        if not set(target.split(",")) <= accepted:
             raise ValueError(
                 f"spec.pipeline.arguments.{api_name} names {target!r}, which {name} does not take"
             )
@@ -339,7 +338,7 @@ def _check_targets(
     if undeclared:
         raise ValueError(
             f"{name} cannot take {', '.join(undeclared)}: declare "
-            + ", ".join(f"spec.pipeline.arguments.{n}: null" for n in undeclared)
+            + f"spec.pipeline.unsupported: [{', '.join(undeclared)}]"
             + " so that the gateway refuses it at submit"
         )
     return targets
