@@ -166,3 +166,32 @@ def test_what_the_model_cannot_honour_is_refused_at_submit(
         assert names[stem] in response.json()["message"]
         assert field not in schema["properties"]
         assert field in schema["x-unsupported"]
+
+
+def test_a_worker_whose_spec_hides_a_gap_refuses_to_start(tmp_path: Path) -> None:
+    # Flux2Pipeline takes no negative_prompt: a spec that does not say so would let the
+    # gateway accept jobs that fail, so the worker will not load it; a renamed argument
+    # the pipeline lacks is refused the same way.
+    from tessera.runtime.worker.options import PipelineOptions
+    from tessera.runtime.worker.pipeline import LoadedPipeline
+
+    path = BUILDERS["Flux2Pipeline"](tmp_path / "flux2")
+    with pytest.raises(ValueError, match=r"spec.pipeline.unsupported: \[negative_prompt\]"):
+        LoadedPipeline.load(path, "cpu", None, PipelineOptions())
+    with pytest.raises(ValueError, match="names 'true_cfg_scale', which Flux2Pipeline"):
+        LoadedPipeline.load(
+            path,
+            "cpu",
+            None,
+            PipelineOptions(
+                arguments={"guidance_scale": "true_cfg_scale"}, unsupported=("negative_prompt",)
+            ),
+        )
+    loaded = LoadedPipeline.load(
+        path, "cpu", None, PipelineOptions(unsupported=("negative_prompt",))
+    )
+    assert loaded.targets == {
+        "guidance_scale": "guidance_scale",
+        "negative_prompt": None,
+        "image_size": "width,height",
+    }
