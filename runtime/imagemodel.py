@@ -272,6 +272,7 @@ class ImageModel:
         spec = self.spec
         return ModelSpec(
             name=self.model_name,
+            namespace=self.namespace,
             task=spec.task,
             limits=spec.parameters,
             pipeline=spec.pipeline,
