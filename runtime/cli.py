@@ -27,6 +27,7 @@ from tessera.runtime.settings import (
     GatewaySettings,
     ServeSettings,
     WorkerSettings,
+    parse_image_model_argument,
     parse_model_argument,
     parse_network,
     parse_origin,
@@ -59,6 +60,14 @@ def _rates_argument(value: str) -> str:
 def _model_argument(value: str) -> str:
     try:
         parse_model_argument(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def _image_model_argument(value: str) -> str:
+    try:
+        parse_image_model_argument(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return value
@@ -290,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_model_argument,
         metavar="NAME=PATH[:TASK]",
         help="serve the diffusers pipeline in PATH as NAME (task: text-to-image by default)",
+    )
+    serve.add_argument(
+        "--image-model",
+        action="append",
+        type=_image_model_argument,
+        metavar="FILE=PATH",
+        help="serve the pipeline in PATH as the ImageModel in FILE says (name, task, "
+        "parameters, pipeline options, price), as a cluster would",
     )
     serve.add_argument(
         "--data-dir", type=Path, help="job store, images, keys (default ~/.local/share/tessera)"

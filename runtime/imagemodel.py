@@ -278,6 +278,7 @@ class ImageModel:
             namespace=self.namespace,
             task=spec.task,
             limits=spec.parameters,
+            pipeline=spec.pipeline,
             price_per_patch=spec.price_per_patch,
             description=spec.description,
             queue_timeout_seconds=spec.queue.timeout_seconds,

@@ -70,6 +70,14 @@ def parse_model_argument(value: str) -> tuple[str, Path, Task]:
     return name, Path(location).expanduser(), task
 
 
+def parse_image_model_argument(value: str) -> tuple[Path, Path]:
+    """``FILE=PATH``: an ImageModel document and the pipeline folder that serves it."""
+    file, sep, location = value.partition("=")
+    if not sep or not file or not location:
+        raise ValueError(f"expected FILE=PATH (an ImageModel YAML file, a pipeline), not {value!r}")
+    return Path(file).expanduser(), Path(location).expanduser()
+
+
 def storage_url(value: str) -> str:
     """A storage URL; an absolute path is the folder's ``file://`` URL (a mounted volume)."""
     return f"file://{value}" if value.startswith("/") else value
@@ -188,6 +196,7 @@ class ServeSettings(ApiSettings):
 
     demo: bool = False
     model: Strings = ()
+    image_model: Strings = ()
     data_dir: Path = DEFAULT_DATA_DIR
     device: str | None = None
 
@@ -198,6 +207,13 @@ class ServeSettings(ApiSettings):
             parse_model_argument(entry)
         return value
 
+    @field_validator("image_model", mode="after")
+    @classmethod
+    def _image_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_image_model_argument(entry)
+        return value
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -205,6 +221,9 @@ class ServeSettings(ApiSettings):
 
     def model_arguments(self) -> list[tuple[str, Path, Task]]:
         return [parse_model_argument(entry) for entry in self.model]
+
+    def image_model_arguments(self) -> list[tuple[Path, Path]]:
+        return [parse_image_model_argument(entry) for entry in self.image_model]
 
 
 class GatewaySettings(ApiSettings):
