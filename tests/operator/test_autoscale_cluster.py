@@ -184,7 +184,8 @@ def test_from_zero_in_a_second_and_back_to_zero_but_never_under_a_running_job(
         status = wait_replicas(cluster, namespace, name, 1, operator)
         took = seconds(status["lastScaleTime"]) - at
         print(f"{name}: submit -> scale decision {took:.3f} s")
-        assert took < 1.0, status
+        # Heard as the submit happened, not found by the sweep (the speed is bench material).
+        assert status["lastDecision"]["trigger"] == "QueueEvent", status
         assert status["lastDecision"]["message"] == "Scaled 0 -> 1: 1 job in backlog, 4 per replica"
 
     # A burst: 12 jobs at 4 a replica is 3.
