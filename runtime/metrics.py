@@ -25,3 +25,8 @@ JOB_SECONDS = Histogram(
     ["model", "phase"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+WEBHOOK_DELIVERIES = Counter(
+    "tessera_webhook_deliveries_total",
+    "Webhook attempts by outcome: delivered, failed (to be retried), abandoned (given up).",
+    ["outcome"],
+)
