@@ -61,6 +61,8 @@ class GatewayDeployment:
     models_file: Path | None = None
     signing_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     gateways: list[ServerProcess] = field(default_factory=list)
+    # Flags every gateway of this deployment gets.
+    gateway_args: tuple[str, ...] = ()
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
@@ -88,7 +90,7 @@ class GatewayDeployment:
             self.directory / f"gateway-{len(self.gateways)}-{secrets.token_hex(3)}",
             keys=self.keys,
             command=(*command, "--models", str(models)),
-            extra_args=extra,
+            extra_args=(*self.gateway_args, *extra),
             metrics_port=free_port(),
             env={"TESSERA_SIGNING_SECRET": self.signing_secret, **self.storage_env},
         )
