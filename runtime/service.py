@@ -10,7 +10,7 @@ import base64
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -155,7 +155,7 @@ class ImageService:
             job = await self.store.wait_for_change(job.id, job.status, remaining)
         return job
 
-    async def task_updates(self, key: ApiKey, job_id: int) -> AsyncIterator[Job | None]:
+    async def task_updates(self, key: ApiKey, job_id: int) -> AsyncGenerator[Job | None]:
         """The caller's job now, then each time its status or progress moves, until it is
         finished; None when nothing moved for ``KEEPALIVE_SECONDS``.
 

@@ -101,7 +101,7 @@ class WebhookPolicy:
         return PinnedHttp(self.allow_private_addresses, self.allowed_networks)
 
     def retry_in(self, attempts: int) -> float:
-        return min(self.first_retry_seconds * 2 ** (attempts - 1), self.max_retry_seconds)
+        return min(self.first_retry_seconds * 2.0 ** (attempts - 1), self.max_retry_seconds)
 
 
 class DeliveryFailed(Exception):
