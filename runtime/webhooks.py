@@ -82,7 +82,7 @@ class WebhookPolicy:
     max_response_bytes: int = 64 * 1024
     max_attempts: int = 10
     # The n-th failed attempt waits first_retry_seconds * 2**(n-1), at most max_retry_seconds:
-    # 5 s, 10 s, 20 s ... about 85 minutes in all with the defaults.
+    # 5 s, 10 s, 20 s ... about 43 minutes from the first attempt to the tenth.
     first_retry_seconds: float = 5.0
     max_retry_seconds: float = 3600.0
     # Longer than one attempt can take, so a live sender never has its entry taken over.
@@ -90,7 +90,7 @@ class WebhookPolicy:
     # A job with nothing to send yet is looked at again this often even if no change of it
     # was heard (a bulk expiry, a dropped Redis subscription).
     recheck_seconds: float = 30.0
-    # Entries worked on at once; also how long a sender waits for a change between looks.
+    # Entries worked on at once, and the longest a sender waits for a change between looks.
     batch: int = 16
     poll_seconds: float = 1.0
     # Where webhooks may go besides public addresses (tests' loopback receivers).

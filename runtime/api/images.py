@@ -15,6 +15,7 @@ from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.api.openapi import errors
 from tessera.runtime.errors import InvalidParameter
 from tessera.runtime.jobs.base import MAX_JOB_ID, Job, JobStatus
+from tessera.runtime.keys import ApiKey
 from tessera.runtime.params import GenerationRequest
 from tessera.runtime.service import MAX_WAIT_SECONDS, UPLOAD_URL_TTL_SECONDS, ImageService
 
@@ -79,10 +80,21 @@ def prefer_wait(header: str | None) -> float | None:
 _SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 
 
-async def _answer_submission(
-    job: Job, prefer: str | None, service: ImageService, response: Response
+PreferWait = Annotated[str | None, PREFER_HEADER]
+
+
+async def _submitted(
+    service: ImageService,
+    key: ApiKey,
+    body: GenerationRequest,
+    prefer: str | None,
+    response: Response,
+    *,
+    edit: bool,
 ) -> Any:
-    wait = prefer_wait(prefer)
+    """The job id, or with ``Prefer: wait`` the task if it finishes in time."""
+    wait = prefer_wait(prefer)  # a bad header is refused before a job exists
+    job = await service.submit(key, body, edit=edit)
     if wait is None:
         return JobAccepted(job_id=job.id, status=job.status)
     response.headers["Preference-Applied"] = f"wait={wait:g}"
@@ -109,11 +121,9 @@ async def create_generation(
     key: CurrentKey,
     service: Service,
     response: Response,
-    prefer: Annotated[str | None, PREFER_HEADER] = None,
+    prefer: PreferWait = None,
 ) -> Any:
-    prefer_wait(prefer)  # a bad header is refused before a job exists
-    job = await service.submit(key, body, edit=False)
-    return await _answer_submission(job, prefer, service, response)
+    return await _submitted(service, key, body, prefer, response, edit=False)
 
 
 @router.post(
@@ -127,11 +137,9 @@ async def create_edit(
     key: CurrentKey,
     service: Service,
     response: Response,
-    prefer: Annotated[str | None, PREFER_HEADER] = None,
+    prefer: PreferWait = None,
 ) -> Any:
-    prefer_wait(prefer)
-    job = await service.submit(key, body, edit=True)
-    return await _answer_submission(job, prefer, service, response)
+    return await _submitted(service, key, body, prefer, response, edit=True)
 
 
 @router.get("/tasks/{job_id}", responses=errors(404), summary="A job's status, progress and result")

@@ -16,8 +16,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.api.helpers import FAST, assert_error, submit, wait
 from tests.conftest import new_server
-from tests.support.gateway import GatewayDeployment
-from tests.support.redis_server import RedisServer
+from tests.support.gateway import GatewayDeployment, run_deployment
 from tests.support.server import KEYS, ServerProcess
 from tests.support.webhook_receiver import Delivery, WebhookReceiver, webhook_receiver
 
@@ -44,13 +43,7 @@ def deployment(
         yield server
         server.stop()
         return
-    redis = RedisServer(base / "redis").start()
-    gateway = GatewayDeployment(base, demo_models_dir, redis, gateway_args=ALLOW_LOOPBACK)
-    try:
-        yield gateway.start()
-    finally:
-        gateway.stop()
-        redis.stop()
+    yield from run_deployment(base, demo_models_dir, gateway_args=ALLOW_LOOPBACK)
 
 
 @pytest.fixture

@@ -165,12 +165,15 @@ class GatewayDeployment:
 
 
 def run_deployment(
-    directory: Path, pipelines: Path, s3: S3Server | None = None
+    directory: Path,
+    pipelines: Path,
+    s3: S3Server | None = None,
+    gateway_args: tuple[str, ...] = (),
 ) -> Iterator[GatewayDeployment]:
     """A started deployment over its own redis-server, stopped (both) when resumed: the body
     of a fixture."""
     redis = RedisServer(directory / "redis").start()
-    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3)
+    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3, gateway_args=gateway_args)
     try:
         yield deployment.start()
     finally:
