@@ -208,6 +208,31 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         "host, e.g. 10.20.0.0/16); repeatable",
     )
     parser.add_argument(
+        "--allow-private-webhook-urls",
+        action="store_true",
+        help="let webhook_url reach private and loopback addresses (off: SSRF protection)",
+    )
+    parser.add_argument(
+        "--allow-webhook-network",
+        action="append",
+        type=_network_argument,
+        metavar="CIDR",
+        help="let webhook_url reach this network though it is not public; repeatable",
+    )
+    parser.add_argument(
+        "--webhook-retry-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="wait before retrying a failed webhook, doubled on each failure up to an hour "
+        "(default 5)",
+    )
+    parser.add_argument(
+        "--webhook-max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts at one webhook event before giving it up (default 10)",
+    )
+    parser.add_argument(
         "--cors-origin",
         action="append",
         type=_origin_argument,

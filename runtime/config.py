@@ -33,6 +33,7 @@ from tessera.runtime.settings import (
 )
 from tessera.runtime.sources import SourceLimits
 from tessera.runtime.storage import InvalidStorageUrl, PublicDownloads, open_storage
+from tessera.runtime.webhooks import WebhookPolicy
 from tessera.runtime.worker.options import PipelineOptions, introspected_arguments
 
 DEMO_MODELS = {"tessera-demo": Task.TEXT_TO_IMAGE, "tessera-demo-edit": Task.IMAGE_TO_IMAGE}
@@ -81,6 +82,7 @@ class ServerConfig:
     # Prometheus metrics on their own listener, for scrapers only; None: not served at all.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
 
     @property
     def max_edit_json_bytes(self) -> int:
@@ -182,6 +184,12 @@ def _server_config(
         ),
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        webhooks=WebhookPolicy(
+            allow_private_addresses=settings.allow_private_webhook_urls,
+            allowed_networks=settings.allow_webhook_network,
+            first_retry_seconds=settings.webhook_retry_seconds,
+            max_attempts=settings.webhook_max_attempts,
+        ),
     )
 
 

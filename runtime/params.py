@@ -38,6 +38,18 @@ class OutputFormat(enum.StrEnum):
     WEBP = "webp"
 
 
+class WebhookEvent(enum.StrEnum):
+    """What a webhook may be sent for: the job started, or it finished so (the names of the
+    finished statuses, so a new one is an event too)."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+# Long enough for any real endpoint with a token in its query; far below a header's size.
+MAX_WEBHOOK_URL_CHARS = 2048
+
 PRESETS: dict[str, tuple[int, int]] = {
     "square_hd": (1024, 1024),
     "square": (512, 512),
@@ -197,6 +209,11 @@ class GenerationRequest(BaseModel):
     # Accepted for compatibility with Hyperstack clients; only their absence is supported.
     scheduler: str | None = None
     preset: str | None = None
+    # Where to POST signed notifications of this job, and for which events (default: all).
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS)
+    webhook_events: list[Annotated[WebhookEvent, Field(strict=False)]] | None = Field(
+        default=None, min_length=1, max_length=len(WebhookEvent)
+    )
 
     def source_images(self) -> list[str]:
         return ([self.image_url] if self.image_url else []) + list(self.image_urls or [])
@@ -221,6 +238,8 @@ class JobParams(BaseModel):
     # (deleted with the job when its retention runs out).
     source_images: tuple[str, ...] = ()
     uploads: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    webhook_events: tuple[WebhookEvent, ...] = ()
 
 
 def _within(field: str, value: float, limits: IntRange | FloatRange) -> None:
@@ -328,6 +347,14 @@ def resolve(
             rule="enum",
         )
 
+    if request.webhook_events is not None and request.webhook_url is None:
+        raise InvalidParameter(
+            "webhook_events needs webhook_url: say where to send them",
+            field="webhook_events",
+            rule="requires_webhook_url",
+        )
+    webhook_events = tuple(dict.fromkeys(request.webhook_events or WebhookEvent))
+
     return JobParams(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt
@@ -342,6 +369,8 @@ def resolve(
         output_format=output_format,
         response_format=request.response_format,
         source_images=tuple(sources),
+        webhook_url=request.webhook_url,
+        webhook_events=webhook_events if request.webhook_url else (),
     )
 
 
@@ -381,6 +410,19 @@ def request_schema(
             "default": limits.default_output_format.value,
         },
         "response_format": {"type": "string", "enum": ["url", "b64_json"], "default": "url"},
+        "webhook_url": {
+            "type": "string",
+            "format": "uri",
+            "maxLength": MAX_WEBHOOK_URL_CHARS,
+            "description": "An http(s) URL on a public address; signed POSTs go there",
+        },
+        "webhook_events": {
+            "type": "array",
+            "items": {"type": "string", "enum": [event.value for event in WebhookEvent]},
+            "minItems": 1,
+            "maxItems": len(WebhookEvent),
+            "description": "Which events to send (default: all); only with webhook_url",
+        },
     }
     if task is Task.IMAGE_TO_IMAGE:
         properties["image_url"] = {"type": "string"}

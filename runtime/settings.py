@@ -146,6 +146,11 @@ class ApiSettings(_Settings):
     retention_seconds: float = Field(default=DEFAULT_RETENTION_SECONDS, gt=0)
     allow_private_image_urls: bool = False
     allow_image_network: Networks = ()
+    # Webhooks: where they may go besides public addresses, and how failed ones are retried.
+    allow_private_webhook_urls: bool = False
+    allow_webhook_network: Networks = ()
+    webhook_retry_seconds: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     cors_origin: Strings = ()
     # /openai/v1 answers synchronously: how long a request may hold for its job, and how
     # many such requests one key may hold open at once (per process).

@@ -244,7 +244,47 @@ class StorePolicy:
 QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 
 
-class JobStore(Protocol):
+@dataclass(frozen=True)
+class WebhookDue:
+    """A job whose webhooks may have something to send: the events already sent (or given
+    up on), the failed attempts at the next one, and how many times the job has changed
+    (so a change while a sender holds the entry is not slept through)."""
+
+    job_id: int
+    done: tuple[str, ...] = ()
+    attempts: int = 0
+    changes: int = 0
+    # Where a store that shards by model keeps the entry; a job deleted since has no other.
+    model: str = ""
+
+
+class WebhookOutbox(Protocol):
+    """The durable record of webhooks still to send, one entry per job that asked for them.
+
+    ``submit`` writes a job's entry in the same atomic step as the job; a status change of
+    the job makes its entry due at once (unless a failed attempt is waiting out its
+    backoff). A sender claims due entries for ``hold_seconds``, so a sender that dies
+    mid-delivery leaves its entries to be claimed again, and never loses one.
+    """
+
+    async def claim_webhooks(
+        self, limit: int, hold_seconds: float, wait: float = 0.0
+    ) -> list[WebhookDue]:
+        """Up to ``limit`` due entries, held for this caller; waits up to ``wait`` s for a
+        change to make one due."""
+        ...
+
+    async def settle_webhook(
+        self, due: WebhookDue, retry_in: float | None, error: str | None = None
+    ) -> None:
+        """Record ``due`` (its ``done`` and ``attempts`` as they are now) and look at it
+        again in ``retry_in`` s, or, with None, forget it: nothing more will be sent. With
+        no failed attempt to back off from, a job that changed since the claim is due at
+        once."""
+        ...
+
+
+class JobStore(WebhookOutbox, Protocol):
     async def submit(
         self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
     ) -> Job:

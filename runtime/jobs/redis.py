@@ -29,6 +29,8 @@ Keys, for a model M and job N:
 - ``tessera:{M}:ledger``              usage records, a stream in completion order
 - ``tessera:{M}:finished``            finished ids, scored by finish time (retention sweeps)
 - ``tessera:{M}:start:W``             worker W's start-up phases (JSON), for 24 hours
+- ``tessera:{M}:webhooks``            jobs with webhooks still to send, scored by when to look
+- ``tessera:{M}:webhook:N``           job N's webhook progress: events done, failed attempts
 - channel ``tessera:{M}:events``      a job id on every status change
 """
 
@@ -64,6 +66,7 @@ from tessera.runtime.jobs.base import (
     StorePolicy,
     UsagePage,
     UsageRecord,
+    WebhookDue,
     batch_key,
     result_from_json,
     result_to_json,
@@ -246,7 +249,8 @@ return 1
 """
 )
 
-# KEYS[1] queue; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
+# KEYS[1] queue, KEYS[2] (if the job has a webhook) the webhook outbox; ARGV[1] job key,
+# ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
 # (0: no limit), then field/value pairs. Returns the creation time, or 0, queueing nothing,
 # when the queue is full; a retry of a submission that landed queues nothing twice.
 _SUBMIT = (
@@ -258,6 +262,7 @@ local limit = tonumber(ARGV[4])
 if limit > 0 and redis.call('LLEN', KEYS[1]) >= limit then return 0 end
 redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[1], ARGV[2])
+if KEYS[2] then redis.call('ZADD', KEYS[2], now, ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return tostring(now)
 """
@@ -308,6 +313,60 @@ end
 return #ARGV - 1
 """
 
+
+# A job changed: its webhook entry, if any, is due now, unless a failed attempt is waiting
+# out its backoff. KEYS[1] outbox, KEYS[2] the job's webhook hash; ARGV[1] id.
+_WEBHOOK_TOUCH = (
+    _NOW
+    + """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due then return 0 end
+redis.call('HINCRBY', KEYS[2], 'changes', 1)
+if tonumber(due) > now and (tonumber(redis.call('HGET', KEYS[2], 'attempts')) or 0) == 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+end
+return 1
+"""
+)
+
+# KEYS[1] outbox; ARGV[1] most entries, ARGV[2] hold seconds, ARGV[3] webhook hash prefix.
+# Returns id, done, attempts, changes for each entry claimed.
+_WEBHOOK_CLAIM = (
+    _NOW
+    + """
+local claimed = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])) do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+  local state = redis.call('HMGET', ARGV[3] .. id, 'done', 'attempts', 'changes')
+  table.insert(claimed, id)
+  table.insert(claimed, state[1] or '')
+  table.insert(claimed, state[2] or '0')
+  table.insert(claimed, state[3] or '0')
+end
+return claimed
+"""
+)
+
+# KEYS[1] outbox, KEYS[2] the job's webhook hash; ARGV[1] id, ARGV[2] seconds until it is
+# due again ('' to forget it), ARGV[3] done, ARGV[4] attempts, ARGV[5] last error.
+_WEBHOOK_SETTLE = (
+    _NOW
+    + """
+if ARGV[2] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+local changed = (redis.call('HGET', KEYS[2], 'changes') or '0') ~= ARGV[6]
+redis.call('HSET', KEYS[2], 'done', ARGV[3], 'attempts', ARGV[4], 'last_error', ARGV[5])
+if ARGV[4] == '0' and changed then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+return 1
+"""
+)
 
 # Every change is published, and a subscription that reconnects wakes every waiter, so a
 # waiter re-reads on a timer only as a last resort.
@@ -401,6 +460,8 @@ class RedisJobStore:
         self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
         self._ledger: str | None = None
+        # Set once this process sends webhooks: its relay then makes changed jobs' entries due.
+        self._sends_webhooks = False
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
@@ -414,6 +475,9 @@ class RedisJobStore:
                 "expire": _EXPIRE,
                 "finished": _FINISHED,
                 "delete": _DELETE,
+                "webhook_touch": _WEBHOOK_TOUCH,
+                "webhook_claim": _WEBHOOK_CLAIM,
+                "webhook_settle": _WEBHOOK_SETTLE,
             }.items()
         }
 
@@ -461,7 +525,10 @@ class RedisJobStore:
     async def _relay_events(self) -> None:
         """Each message carries the id of the job that changed: only its waiters wake (and
         workers, who wait for any change)."""
-        async for _, job_id in self.changes():
+        async for model, job_id in self.changes():
+            if self._sends_webhooks and model is not None and job_id is not None:
+                with contextlib.suppress(StoreUnavailable):  # the sender also polls
+                    await self._webhook_due_now(model, job_id)
             self._changes.notify(job_id)
 
     async def _model_of(self, job_id: int) -> str:
@@ -509,7 +576,10 @@ class RedisJobStore:
             pipeline.set(pointer, model)
             pipeline.sadd(f"{self.prefix}:models", model)
             await self._scripts["submit"](
-                keys=[self._model_key(model, "queue")],
+                keys=[
+                    self._model_key(model, "queue"),
+                    *([self._model_key(model, "webhooks")] if params.webhook_url else []),
+                ],
                 args=[
                     f"{self._job_prefix(model)}{job_id}",
                     job_id,
@@ -817,6 +887,61 @@ class RedisJobStore:
                 )
             )
         return trimmed
+
+    # -- WebhookOutbox -----------------------------------------------------------------------
+
+    def _webhook_keys(self, model: str, job_id: int) -> list[str]:
+        return [self._model_key(model, "webhooks"), self._model_key(model, f"webhook:{job_id}")]
+
+    async def _webhook_due_now(self, model: str, job_id: int) -> None:
+        await self._call(
+            self._scripts["webhook_touch"](keys=self._webhook_keys(model, job_id), args=[job_id])
+        )
+
+    async def _claim_webhooks(self, limit: int, hold_seconds: float) -> list[WebhookDue] | None:
+        claimed: list[WebhookDue] = []
+        for model in await self._models():
+            if len(claimed) >= limit:
+                break
+            found = await self._call(
+                self._scripts["webhook_claim"](
+                    keys=[self._model_key(model, "webhooks")],
+                    args=[limit - len(claimed), hold_seconds, self._model_key(model, "webhook:")],
+                )
+            )
+            for i in range(0, len(found), 4):
+                done = tuple(filter(None, str(found[i + 1]).split(",")))
+                claimed.append(
+                    WebhookDue(int(found[i]), done, int(found[i + 2]), int(found[i + 3]), model)
+                )
+        return claimed or None
+
+    async def claim_webhooks(
+        self, limit: int, hold_seconds: float, wait: float = 0.0
+    ) -> list[WebhookDue]:
+        self._sends_webhooks = True
+        await self._listen()
+        found = await self._changes.wait_until(
+            lambda: self._claim_webhooks(limit, hold_seconds), wait
+        )
+        return found or []
+
+    async def settle_webhook(
+        self, due: WebhookDue, retry_in: float | None, error: str | None = None
+    ) -> None:
+        await self._call(
+            self._scripts["webhook_settle"](
+                keys=self._webhook_keys(due.model, due.job_id),
+                args=[
+                    due.job_id,
+                    "" if retry_in is None else f"{retry_in:f}",
+                    ",".join(due.done),
+                    due.attempts,
+                    error or "",
+                    due.changes,
+                ],
+            )
+        )
 
     async def close(self) -> None:
         if self._listener is not None:

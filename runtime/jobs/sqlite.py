@@ -36,6 +36,7 @@ from tessera.runtime.jobs.base import (
     StorePolicy,
     UsagePage,
     UsageRecord,
+    WebhookDue,
     batch_key,
     check_transition,
     result_from_json,
@@ -86,6 +87,16 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_by_time ON ledger (finished_at);
 CREATE TABLE IF NOT EXISTS usage_cursors (name TEXT PRIMARY KEY, cursor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    job_id     INTEGER PRIMARY KEY,
+    due_at     REAL    NOT NULL,
+    done       TEXT    NOT NULL DEFAULT '', -- events sent or given up on, comma-separated
+    attempts   INTEGER NOT NULL DEFAULT 0,  -- failed attempts at the next event
+    changes    INTEGER NOT NULL DEFAULT 0,  -- status changes of the job seen here
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_due ON webhook_outbox (due_at);
 """
 
 # How often a waiter re-reads the file for changes made by another process.
@@ -204,6 +215,10 @@ class SQLiteJobStore:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 value = operation(connection)
+                # The jobs it returns (one, or a batch leased together) are the jobs it changed.
+                for job in value if isinstance(value, list) else [value]:
+                    if isinstance(job, Job) and job.params.webhook_url:
+                        self._webhook_due_now(connection, job.id)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -219,6 +234,17 @@ class SQLiteJobStore:
             # A write that returns a job changed that job; any other may have changed many.
             self._changes.notify(value.id if isinstance(value, Job) else None)
         return value
+
+    @staticmethod
+    def _webhook_due_now(connection: sqlite3.Connection, job_id: int) -> None:
+        """The job changed, in this transaction: its webhooks may have something to send
+        (an entry waiting out a failed attempt's backoff keeps waiting)."""
+        connection.execute(
+            "UPDATE webhook_outbox SET changes = changes + 1,"
+            " due_at = CASE WHEN attempts = 0 THEN MIN(due_at, ?) ELSE due_at END"
+            " WHERE job_id = ?",
+            (time.time(), job_id),
+        )
 
     @staticmethod
     def _fetch(connection: sqlite3.Connection, job_id: int) -> Job:
@@ -286,6 +312,11 @@ class SQLiteJobStore:
                 (model, key_id, params.model_dump_json(), JobStatus.QUEUED.value, time.time()),
             )
             assert cursor.lastrowid is not None
+            if params.webhook_url:
+                connection.execute(
+                    "INSERT INTO webhook_outbox (job_id, due_at) VALUES (?, ?)",
+                    (cursor.lastrowid, time.time()),
+                )
             return self._fetch(connection, cursor.lastrowid)
 
         return await self._run(insert, notify=True)
@@ -569,6 +600,59 @@ class SQLiteJobStore:
             ).rowcount
 
         return await self._run(delete, notify=False)
+
+    # -- WebhookOutbox -----------------------------------------------------------------------
+
+    async def claim_webhooks(
+        self, limit: int, hold_seconds: float, wait: float = 0.0
+    ) -> list[WebhookDue]:
+        def claim(connection: sqlite3.Connection) -> list[WebhookDue] | None:
+            now = time.time()
+            rows = connection.execute(
+                "UPDATE webhook_outbox SET due_at = ? WHERE job_id IN (SELECT job_id FROM"
+                " webhook_outbox WHERE due_at <= ? ORDER BY due_at LIMIT ?)"
+                " RETURNING job_id, done, attempts, changes",
+                (now + hold_seconds, now, limit),
+            ).fetchall()
+            return [
+                WebhookDue(
+                    row["job_id"],
+                    tuple(filter(None, row["done"].split(","))),
+                    row["attempts"],
+                    row["changes"],
+                )
+                for row in rows
+            ] or None
+
+        found = await self._changes.wait_until(
+            lambda: self._run(claim, notify=False, durable=False), wait
+        )
+        return found or []
+
+    async def settle_webhook(
+        self, due: WebhookDue, retry_in: float | None, error: str | None = None
+    ) -> None:
+        def record(connection: sqlite3.Connection) -> None:
+            if retry_in is None:
+                connection.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (due.job_id,))
+                return
+            now = time.time()
+            connection.execute(
+                "UPDATE webhook_outbox SET done = ?, attempts = ?, last_error = ?,"
+                " due_at = CASE WHEN ? = 0 AND changes != ? THEN ? ELSE ? END WHERE job_id = ?",
+                (
+                    ",".join(due.done),
+                    due.attempts,
+                    error,
+                    due.attempts,
+                    due.changes,
+                    now,
+                    now + retry_in,
+                    due.job_id,
+                ),
+            )
+
+        await self._run(record, notify=False)
 
     async def close(self) -> None:
         def shut() -> None:
