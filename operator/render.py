@@ -171,6 +171,8 @@ def worker_command(model: ImageModel, config: RenderConfig) -> list[str]:
         weights_path(model),
         "--queue",
         config.queue_url,
+        "--queue-name",
+        model.queue_name,
         "--storage",
         RESULTS_MOUNT,
         "--task",

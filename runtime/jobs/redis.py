@@ -14,10 +14,12 @@ connection errors and timeouts with exponential backoff for about a minute (redi
 that writes is idempotent: a submission already written, or a completion or failure by
 the same worker already recorded, answers as the first run did.
 
-Keys, for a model M and job N:
+M is a model's queue name (``ModelSpec.queue_name``): its ImageModel's ``namespace/name``,
+unique in a cluster even when two resources claim one public name (the job hash keeps the
+public name). Keys, for a model M and job N:
 - ``tessera:next-job-id``             counter for numeric job ids
-- ``tessera:job:N:model``             which model N belongs to (so a task lookup finds it)
-- ``tessera:models``                  every model that ever had a job (usage export)
+- ``tessera:job:N:model``             the queue name of N's model (so a task lookup finds it)
+- ``tessera:models``                  the queue name of every model that ever had a job
 - ``tessera:{M}:job:N``               the job, a hash
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
 - ``tessera:{M}:leases``              ids in progress, scored by lease expiry
@@ -382,20 +384,26 @@ class RedisJobStore:
     # -- JobStore ---------------------------------------------------------------------------
 
     async def submit(
-        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+        self,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None = None,
+        queue_name: str | None = None,
     ) -> Job:
+        queue = queue_name or model
         job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
         pointer = f"{self.prefix}:job:{job_id}:model"
         # One round trip, in order: the pointer exists before a worker can lease the job.
         async with self._redis.pipeline(transaction=False) as pipeline:
-            pipeline.set(pointer, model)
-            pipeline.sadd(f"{self.prefix}:models", model)
+            pipeline.set(pointer, queue)
+            pipeline.sadd(f"{self.prefix}:models", queue)
             await self._scripts["submit"](
-                keys=[self._model_key(model, "queue")],
+                keys=[self._model_key(queue, "queue")],
                 args=[
-                    f"{self._job_prefix(model)}{job_id}",
+                    f"{self._job_prefix(queue)}{job_id}",
                     job_id,
-                    self._model_key(model, "events"),
+                    self._model_key(queue, "events"),
                     max_queued or 0,
                     "model", model,
                     "key_id", key_id,

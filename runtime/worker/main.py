@@ -40,6 +40,7 @@ def _model_spec(settings: WorkerSettings) -> ModelSpec:
         weights=str(settings.weights),
         limits=settings.model_parameters,
         price_per_patch=settings.price_per_patch,
+        queue_name=settings.queue_name,
     )
 
 
@@ -141,7 +142,7 @@ async def run_worker(settings: WorkerSettings) -> None:
                     return
                 phases["firstImage"] = time.time()
             if isinstance(store, RedisJobStore):
-                await store.record_start(spec.name, settings.worker_id, phases)
+                await store.record_start(spec.queue_name, settings.worker_id, phases)
 
         await record()
         worker = Worker(

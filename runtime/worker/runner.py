@@ -67,10 +67,10 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process jobs until ``stop`` is set; a job in flight is finished first."""
-        names = list(self.pipelines)
+        queues = [self.models[name].queue_name for name in self.pipelines]
         while not stop.is_set():
             try:
-                job = await self.store.lease(names, self.worker_id, wait=1.0)
+                job = await self.store.lease(queues, self.worker_id, wait=1.0)
             except StoreUnavailable as error:
                 # The store's client has retried for a minute already; keep asking.
                 log.warning("the job store is unavailable (%s); asking again", error)
