@@ -43,7 +43,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
 from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
 from tessera.runtime.jobs.base import (
@@ -337,6 +337,33 @@ class RedisJobStore:
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"the job store (Redis) is unavailable: {error}") from error
 
+    async def _pipelined(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        script: str,
+        keys: list[str],
+        args: list[Any],
+    ) -> list[Any]:
+        """``commands``, then one of our scripts, in one round trip.
+
+        EVALSHA by hand: a pipeline given a registered script first asks SCRIPT EXISTS, one
+        more round trip per call. A Redis that lost the script (restarted, flushed) answers
+        NOSCRIPT; it is loaded and the whole pipeline, idempotent, is sent again.
+        """
+        source = self._scripts[script]
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                for command in commands:
+                    pipeline.execute_command(*command)
+                pipeline.evalsha(source.sha, len(keys), *keys, *args)
+                try:
+                    return list(await pipeline.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+            await self._redis.script_load(source.script)
+        raise AssertionError("unreachable")
+
     async def _listen(self) -> None:
         """Start, once, the task that turns Redis notifications into local wake-ups."""
         if self._listener is None:
@@ -395,10 +422,10 @@ class RedisJobStore:
         job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
         pointer = f"{self.prefix}:job:{job_id}:model"
         # One round trip, in order: the pointer exists before a worker can lease the job.
-        async with self._redis.pipeline(transaction=False) as pipeline:
-            pipeline.set(pointer, queue)
-            pipeline.sadd(f"{self.prefix}:models", queue)
-            await self._scripts["submit"](
+        _, _, created = await self._call(
+            self._pipelined(
+                [("SET", pointer, queue), ("SADD", f"{self.prefix}:models", queue)],
+                "submit",
                 keys=[self._model_key(queue, "queue")],
                 args=[
                     f"{self._job_prefix(queue)}{job_id}",
@@ -412,9 +439,8 @@ class RedisJobStore:
                     "progress", 0,
                     "attempts", 0,
                 ],
-                client=pipeline,
-            )  # fmt: skip
-            _, _, created = await self._call(pipeline.execute())
+            )
+        )  # fmt: skip
         if not created:
             await self._call(self._redis.delete(pointer))
             raise QueueFull(model, max_queued or 0, QUEUE_FULL_RETRY_AFTER_SECONDS)

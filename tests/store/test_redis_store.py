@@ -31,3 +31,21 @@ async def test_a_models_keys_carry_its_queue_name_as_hash_tag(redis_store: Redis
     assert await redis_store._redis.get(f"{redis_store.prefix}:job:{job.id}:model") == (
         "team-a/flux"
     )
+
+
+async def test_a_submission_is_two_round_trips_and_survives_a_lost_script(
+    redis_store: RedisJobStore,
+) -> None:
+    """INCR, then one pipeline: no SCRIPT EXISTS before it (redis-py asks one per pipelined
+    Script). A Redis that lost its scripts gets the script loaded once, and the job lands."""
+    await redis_store._redis.script_flush()
+    await redis_store._redis.config_resetstat()
+    first = await redis_store.submit("m", "k", PARAMS)
+    second = await redis_store.submit("m", "k", PARAMS)
+    stats = await redis_store._redis.info("commandstats")
+    calls = {name: entry["calls"] for name, entry in stats.items()}
+    assert calls.get("cmdstat_script|exists", 0) == 0
+    assert calls["cmdstat_script|load"] == 1
+    assert calls["cmdstat_evalsha"] == 3  # the first NOSCRIPT, its retry, the second
+    assert (await redis_store.queue_depth("m")).queued == 2
+    assert [first.id, second.id] == [(await redis_store.lease(["m"], "w")).id for _ in "ab"]  # type: ignore[union-attr]
