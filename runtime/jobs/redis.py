@@ -255,6 +255,10 @@ return #ARGV - 1
 # waiter re-reads on a timer only as a last resort.
 SAFETY_POLL_SECONDS = 15.0
 
+# Connections per process, and how long a command waits for one when all are busy.
+MAX_CONNECTIONS = 100
+CONNECTION_WAIT_SECONDS = 20.0
+
 # 0.1, 0.2, 0.4 ... then every 2 s: 40 tries outlast a Redis that is gone for about a minute.
 RETRY_ATTEMPTS = 40
 RETRY_BACKOFF = ExponentialBackoff(cap=2.0, base=0.1)
@@ -278,12 +282,18 @@ class RedisJobStore:
     def __init__(self, url: str, policy: StorePolicy | None = None, prefix: str = "tessera"):
         self.policy = policy or StorePolicy()
         self.prefix = prefix
-        self._redis: aioredis.Redis = aioredis.from_url(
+        # A pool that waits for a free connection: redis-py's default pool refuses the
+        # 101st concurrent command ("Too many connections"), which 500 clients of one
+        # gateway reach (tests/gateway/test_load.py).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CONNECTION_WAIT_SECONDS,
             decode_responses=True,
             retry=Retry(RETRY_BACKOFF, RETRY_ATTEMPTS),
             retry_on_error=[ConnectionError, TimeoutError],
         )
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
         self._scripts = {

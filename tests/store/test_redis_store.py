@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tessera.runtime.jobs.redis import RedisJobStore
+import asyncio
+
+from tessera.runtime.jobs.redis import MAX_CONNECTIONS, RedisJobStore
 from tests.store.test_store_conformance import PARAMS
 
 
@@ -49,3 +51,14 @@ async def test_a_submission_is_two_round_trips_and_survives_a_lost_script(
     assert calls["cmdstat_evalsha"] == 3  # the first NOSCRIPT, its retry, the second
     assert (await redis_store.queue_depth("m")).queued == 2
     assert [first.id, second.id] == [(await redis_store.lease(["m"], "w")).id for _ in "ab"]  # type: ignore[union-attr]
+
+
+async def test_more_concurrent_commands_than_connections_wait_their_turn(
+    redis_store: RedisJobStore,
+) -> None:
+    """Three times the pool's connections at once (500 clients of one gateway do more):
+    every submission lands, none is refused for want of a connection."""
+    count = 3 * MAX_CONNECTIONS
+    jobs = await asyncio.gather(*(redis_store.submit("m", "k", PARAMS) for _ in range(count)))
+    assert len({job.id for job in jobs}) == count
+    assert (await redis_store.queue_depth("m")).queued == count
