@@ -57,9 +57,7 @@ class KeyRateLimiter:
         """
         rules = self._rules[action]
         for rule in rules:
-            if not self._limiter.test(
-                rule, action.value, key.id, cost=min(cost, rule.amount)
-            ):
+            if not self._limiter.test(rule, action.value, key.id, cost=min(cost, rule.amount)):
                 stats = self._limiter.get_window_stats(rule, action.value, key.id)
                 retry_after = max(1, math.ceil(stats.reset_time - time.time()))
                 raise RateLimited(

@@ -85,7 +85,7 @@ def completed_count(worker: WorkerProcess) -> float:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if sample.name == "tessera_jobs_finished_total"
-        and sample.labels == {"model": MODEL, "status": "completed"}
+        and sample.labels == {"model": MODEL, "outcome": "completed"}
     )
 
 
