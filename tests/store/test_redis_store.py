@@ -1,4 +1,5 @@
-"""What only the Redis store must do: stay right when a retried script runs twice."""
+"""What only the Redis store must do: stay right when a retried script runs twice, and
+when it meets jobs written by an older gateway."""
 
 from __future__ import annotations
 
@@ -62,3 +63,12 @@ async def test_more_concurrent_commands_than_connections_wait_their_turn(
     jobs = await asyncio.gather(*(redis_store.submit("m", "k", PARAMS) for _ in range(count)))
     assert len({job.id for job in jobs}) == count
     assert (await redis_store.queue_depth("m")).queued == count
+
+
+async def test_a_job_queued_before_batching_comes_alone(redis_store: RedisJobStore) -> None:
+    """A job written by a gateway that predates batching has no ``batch`` field: a batch
+    lease takes it on its own rather than guess what it may share a call with."""
+    old, new = [await redis_store.submit("m", "k", PARAMS) for _ in range(2)]
+    await redis_store._redis.hdel(f"{redis_store._job_prefix('m')}{old.id}", "batch")
+    assert [job.id for job in await redis_store.lease_batch(["m"], "w", 4)] == [old.id]
+    assert [job.id for job in await redis_store.lease_batch(["m"], "w", 4)] == [new.id]
