@@ -173,8 +173,9 @@ class Autoscaler:
                 model = parse(body)
             except InvalidSpec:
                 continue  # the reconciler reports it
-            if only is None or model.model_name in only:
-                models[model.model_name] = (key, body, model)
+            # By queue name: two resources may claim one public name, never one queue.
+            if only is None or model.queue_name in only:
+                models[model.queue_name] = (key, body, model)
         if not models:
             return []
         depths = await self.demand.queue_depths(list(models))
@@ -281,7 +282,7 @@ class Autoscaler:
         new = [p for p in pods if p["metadata"]["name"] not in before]
         if not new:
             return None
-        records = await self.demand.starts(model.model_name, [p["metadata"]["name"] for p in new])
+        records = await self.demand.starts(model.queue_name, [p["metadata"]["name"] for p in new])
 
         def order(pod: Mapping[str, Any]) -> tuple[float, float]:
             record = records.get(pod["metadata"]["name"], {})

@@ -365,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", help="the model's public name")
     worker.add_argument("--weights", type=Path, help="diffusers pipeline folder")
     worker.add_argument("--queue", help="job store URL, e.g. redis://HOST:PORT/DB or sqlite:///")
+    worker.add_argument(
+        "--queue-name",
+        metavar="NAMESPACE/NAME",
+        help="the ImageModel whose queue it works (default: the --model name, as a gateway "
+        "keys a model that no namespaced resource declares)",
+    )
     worker.add_argument("--task", choices=[t.value for t in Task], help="default text-to-image")
     worker.add_argument(
         "--storage",

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tessera.runtime.billing import format_amount
 from tessera.runtime.errors import ModelNotFound
@@ -15,6 +15,13 @@ from tessera.runtime.worker.options import PipelineOptions
 
 # About 310 FLUX.1-schnell 1024x1024 images per dollar, Hyperstack's published price.
 DEFAULT_PRICE_PER_PATCH = Decimal("0.00000079")
+
+
+def queue_name_of(namespace: str, resource: str) -> str:
+    """The job store's name for the queue (and leases, jobs, usage) of one ImageModel:
+    its ``namespace/name``, unique in a cluster where public names may be claimed twice."""
+    return f"{namespace}/{resource}"
+
 
 _MODALITIES: dict[Task, tuple[list[str], list[str]]] = {
     Task.TEXT_TO_IMAGE: (["text"], ["image"]),
@@ -42,6 +49,18 @@ class ModelSpec(BaseModel):
     # job still queued after the timeout fails unbilled; a full queue answers 429.
     queue_timeout_seconds: float | None = None
     max_queued: int | None = None
+    # The store's name for this model's queue, leases and jobs: ``queue_name_of`` for an
+    # ImageModel in a namespace; empty input means the public name (``tessera serve``'s
+    # models, a YAML document without a namespace, a worker started without --queue-name).
+    # Gateways, workers and the autoscaler all key by it.
+    queue_name: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_queue_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("queue_name") and data.get("name"):
+            return {**data, "queue_name": data["name"]}
+        return data
 
     @property
     def refused(self) -> frozenset[str]:

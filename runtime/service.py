@@ -79,7 +79,9 @@ class ImageService:
                 upload_key(key, name) for name in params.source_images if UPLOAD_NAME.match(name)
             )
             params = params.model_copy(update={"source_images": stored, "uploads": uploads})
-        job = await self.store.submit(model.name, key.id, params, max_queued=model.max_queued)
+        job = await self.store.submit(
+            model.name, key.id, params, max_queued=model.max_queued, queue_name=model.queue_name
+        )
         metrics.JOBS_SUBMITTED.labels(model.name).inc()
         return job
 
@@ -109,7 +111,7 @@ class ImageService:
                 f"no worker for model {model.name!r} became ready within its queue timeout "
                 f"of {model.queue_timeout_seconds:g} s; the job did not run and is not billed"
             )
-            expired = await self.store.expire(model.name, model.queue_timeout_seconds, reason)
+            expired = await self.store.expire(model.queue_name, model.queue_timeout_seconds, reason)
             metrics.JOBS_FINISHED.labels(model.name, metrics.Outcome.EXPIRED).inc(expired)
             failed += expired
         return failed

@@ -263,6 +263,10 @@ class WorkerSettings(_Settings):
     model: str = Field(min_length=1)
     weights: Path
     queue: str
+    # The queue within it (the ImageModel's namespace/name, as the operator renders it);
+    # empty: the model's public name, as a gateway keys a model no namespaced resource
+    # declares.
+    queue_name: str = ""
     # Results and edit sources; by default the folder beside a sqlite queue.
     storage: StorageUrl | None = None
     task: Task = Task.TEXT_TO_IMAGE

@@ -286,9 +286,19 @@ class WebhookOutbox(Protocol):
 
 class JobStore(WebhookOutbox, Protocol):
     async def submit(
-        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+        self,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None = None,
+        queue_name: str | None = None,
     ) -> Job:
-        """The job, durable and queued; ``QueueFull`` if ``max_queued`` jobs already wait."""
+        """The job, durable and queued in ``queue_name`` (``ModelSpec.queue_name``; by
+        default ``model``); ``QueueFull`` if ``max_queued`` jobs already wait.
+
+        ``model`` is the public name the job records; every other method that names a model
+        (``lease``, ``expire``, ``queue_depth``) takes its queue name.
+        """
         ...
 
     async def get(self, job_id: int) -> Job:
@@ -296,7 +306,7 @@ class JobStore(WebhookOutbox, Protocol):
         ...
 
     async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
-        """The oldest queued job of ``models``, now in progress for ``worker_id``.
+        """The oldest queued job of ``models`` (queue names), now in progress for ``worker_id``.
 
         Waits up to ``wait`` seconds for one to arrive; ``None`` if none did.
         """

@@ -17,10 +17,12 @@ connection errors and timeouts with exponential backoff for about a minute (redi
 that writes is idempotent: a submission already written, or a completion or failure by
 the same worker already recorded, answers as the first run did.
 
-Keys, for a model M and job N:
+M is a model's queue name (``ModelSpec.queue_name``): its ImageModel's ``namespace/name``,
+unique in a cluster even when two resources claim one public name (the job hash keeps the
+public name). Keys, for a model M and job N:
 - ``tessera:next-job-id``             counter for numeric job ids
-- ``tessera:job:N:model``             which model N belongs to (so a task lookup finds it)
-- ``tessera:models``                  every model that ever had a job (usage export)
+- ``tessera:job:N:model``             the queue name of N's model (so a task lookup finds it)
+- ``tessera:models``                  the queue name of every model that ever had a job
 - ``tessera:ledger-id``               this store's random id, part of every usage event id
 - ``tessera:usage-cursor:NAME``       an exporter's saved cursor
 - ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any)
@@ -51,7 +53,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
 from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
 from tessera.runtime.jobs.base import (
@@ -372,6 +374,10 @@ return 1
 # waiter re-reads on a timer only as a last resort.
 SAFETY_POLL_SECONDS = 15.0
 
+# Connections per process, and how long a command waits for one when all are busy.
+MAX_CONNECTIONS = 100
+CONNECTION_WAIT_SECONDS = 20.0
+
 # 0.1, 0.2, 0.4 ... then every 2 s: 40 tries outlast a Redis that is gone for about a minute.
 RETRY_ATTEMPTS = 40
 RETRY_BACKOFF = ExponentialBackoff(cap=2.0, base=0.1)
@@ -451,12 +457,18 @@ class RedisJobStore:
     def __init__(self, url: str, policy: StorePolicy | None = None, prefix: str = "tessera"):
         self.policy = policy or StorePolicy()
         self.prefix = prefix
-        self._redis: aioredis.Redis = aioredis.from_url(
+        # A pool that waits for a free connection: redis-py's default pool refuses the
+        # 101st concurrent command ("Too many connections"), which 500 clients of one
+        # gateway reach (tests/gateway/test_load.py).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CONNECTION_WAIT_SECONDS,
             decode_responses=True,
             retry=Retry(RETRY_BACKOFF, RETRY_ATTEMPTS),
             retry_on_error=[ConnectionError, TimeoutError],
         )
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
         self._ledger: str | None = None
@@ -517,6 +529,33 @@ class RedisJobStore:
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"the job store (Redis) is unavailable: {error}") from error
 
+    async def _pipelined(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        script: str,
+        keys: list[str],
+        args: list[Any],
+    ) -> list[Any]:
+        """``commands``, then one of our scripts, in one round trip.
+
+        EVALSHA by hand: a pipeline given a registered script first asks SCRIPT EXISTS, one
+        more round trip per call. A Redis that lost the script (restarted, flushed) answers
+        NOSCRIPT; it is loaded and the whole pipeline, idempotent, is sent again.
+        """
+        source = self._scripts[script]
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                for command in commands:
+                    pipeline.execute_command(*command)
+                pipeline.evalsha(source.sha, len(keys), *keys, *args)
+                try:
+                    return list(await pipeline.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+            await self._redis.script_load(source.script)
+        raise AssertionError("unreachable")
+
     async def _listen(self) -> None:
         """Start, once, the task that turns Redis notifications into local wake-ups."""
         if self._listener is None:
@@ -567,23 +606,29 @@ class RedisJobStore:
     # -- JobStore ---------------------------------------------------------------------------
 
     async def submit(
-        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+        self,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None = None,
+        queue_name: str | None = None,
     ) -> Job:
+        queue = queue_name or model
         job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
         pointer = f"{self.prefix}:job:{job_id}:model"
         # One round trip, in order: the pointer exists before a worker can lease the job.
-        async with self._redis.pipeline(transaction=False) as pipeline:
-            pipeline.set(pointer, model)
-            pipeline.sadd(f"{self.prefix}:models", model)
-            await self._scripts["submit"](
+        _, _, created = await self._call(
+            self._pipelined(
+                [("SET", pointer, queue), ("SADD", f"{self.prefix}:models", queue)],
+                "submit",
                 keys=[
-                    self._model_key(model, "queue"),
-                    *([self._model_key(model, "webhooks")] if params.webhook_url else []),
+                    self._model_key(queue, "queue"),
+                    *([self._model_key(queue, "webhooks")] if params.webhook_url else []),
                 ],
                 args=[
-                    f"{self._job_prefix(model)}{job_id}",
+                    f"{self._job_prefix(queue)}{job_id}",
                     job_id,
-                    self._model_key(model, "events"),
+                    self._model_key(queue, "events"),
                     max_queued or 0,
                     "model", model,
                     "key_id", key_id,
@@ -593,9 +638,8 @@ class RedisJobStore:
                     "attempts", 0,
                     *(("batch", batch) if (batch := batch_key(params)) else ()),
                 ],
-                client=pipeline,
-            )  # fmt: skip
-            _, _, created = await self._call(pipeline.execute())
+            )
+        )  # fmt: skip
         if not created:
             await self._call(self._redis.delete(pointer))
             raise QueueFull(model, max_queued or 0, QUEUE_FULL_RETRY_AFTER_SECONDS)

@@ -52,6 +52,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     model       TEXT    NOT NULL,
+    queue       TEXT    NOT NULL, -- ModelSpec.queue_name: where it waits
     key_id      TEXT    NOT NULL,
     params      TEXT    NOT NULL,
     status      TEXT    NOT NULL,
@@ -65,7 +66,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_id   TEXT,
     lease_until REAL
 );
-CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (status, model, id);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
 -- The usage ledger. Writers are serialised (BEGIN IMMEDIATE), so ``sequence`` grows in
 -- commit order: the cursor of an export. AUTOINCREMENT never reuses one that was trimmed.
@@ -97,6 +97,16 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_by_due ON webhook_outbox (due_at);
+"""
+
+# Files made before jobs had a queue name queued them by public name, the default still.
+_ADD_QUEUE = """
+ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT '';
+UPDATE jobs SET queue = model;
+"""
+_QUEUE_INDEX = """
+DROP INDEX IF EXISTS jobs_by_queue;
+CREATE INDEX IF NOT EXISTS jobs_by_queue_name ON jobs (status, queue, id);
 """
 
 # How often a waiter re-reads the file for changes made by another process.
@@ -182,6 +192,10 @@ class SQLiteJobStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             connection.executescript(_SCHEMA)
+            columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
+            if "queue" not in columns:
+                connection.executescript(_ADD_QUEUE)
+            connection.executescript(_QUEUE_INDEX)
             connection.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('ledger_id', ?)",
                 (secrets.token_hex(8),),
@@ -296,20 +310,34 @@ class SQLiteJobStore:
     # -- JobStore ---------------------------------------------------------------------------
 
     async def submit(
-        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+        self,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None = None,
+        queue_name: str | None = None,
     ) -> Job:
+        queue = queue_name or model
+
         def insert(connection: sqlite3.Connection) -> Job:
             if max_queued is not None:
                 (waiting,) = connection.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE status = ? AND model = ?",
-                    (JobStatus.QUEUED.value, model),
+                    "SELECT COUNT(*) FROM jobs WHERE status = ? AND queue = ?",
+                    (JobStatus.QUEUED.value, queue),
                 ).fetchone()
                 if waiting >= max_queued:
                     raise QueueFull(model, max_queued, QUEUE_FULL_RETRY_AFTER_SECONDS)
             cursor = connection.execute(
-                "INSERT INTO jobs (model, key_id, params, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (model, key_id, params.model_dump_json(), JobStatus.QUEUED.value, time.time()),
+                "INSERT INTO jobs (model, queue, key_id, params, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    model,
+                    queue,
+                    key_id,
+                    params.model_dump_json(),
+                    JobStatus.QUEUED.value,
+                    time.time(),
+                ),
             )
             assert cursor.lastrowid is not None
             if params.webhook_url:
@@ -341,7 +369,7 @@ class SQLiteJobStore:
             now = time.time()
             self._reclaim_expired(connection, now)
             row = connection.execute(
-                f"SELECT id FROM jobs WHERE status = ? AND model IN ({placeholders})"  # noqa: S608
+                f"SELECT id FROM jobs WHERE status = ? AND queue IN ({placeholders})"  # noqa: S608
                 " ORDER BY id LIMIT 1",
                 (JobStatus.QUEUED.value, *models),
             ).fetchone()
@@ -377,8 +405,8 @@ class SQLiteJobStore:
             def queued(among: list[str], after: int, limit: int) -> list[sqlite3.Row]:
                 placeholders = ",".join("?" * len(among))
                 return connection.execute(
-                    "SELECT id, model, params FROM jobs WHERE status = ? AND id > ?"  # noqa: S608
-                    f" AND model IN ({placeholders}) ORDER BY id LIMIT ?",
+                    "SELECT id, queue, params FROM jobs WHERE status = ? AND id > ?"  # noqa: S608
+                    f" AND queue IN ({placeholders}) ORDER BY id LIMIT ?",
                     (JobStatus.QUEUED.value, after, *among, limit),
                 ).fetchall()
 
@@ -392,7 +420,7 @@ class SQLiteJobStore:
                 if not lead:
                     return None
                 chosen.append(lead[0]["id"])
-                wanted, among, after = _batch_key_of(lead[0]), [lead[0]["model"]], lead[0]["id"]
+                wanted, among, after = _batch_key_of(lead[0]), [lead[0]["queue"]], lead[0]["id"]
             if wanted is not None and len(chosen) < max_jobs:
                 for row in queued(among, after, BATCH_LOOKAHEAD):
                     if _batch_key_of(row) == wanted:
@@ -492,7 +520,7 @@ class SQLiteJobStore:
     async def queue_depth(self, model: str) -> QueueDepth:
         def count(connection: sqlite3.Connection) -> QueueDepth:
             rows = connection.execute(
-                "SELECT status, COUNT(*) AS n FROM jobs WHERE model = ? AND status IN (?, ?)"
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? AND status IN (?, ?)"
                 " GROUP BY status",
                 (model, JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value),
             ).fetchall()
@@ -510,7 +538,7 @@ class SQLiteJobStore:
             self._reclaim_expired(connection, now)
             cursor = connection.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
-                " WHERE status = ? AND model = ? AND created_at <= ?",
+                " WHERE status = ? AND queue = ? AND created_at <= ?",
                 (
                     JobStatus.FAILED.value,
                     now,
