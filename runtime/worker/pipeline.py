@@ -213,7 +213,8 @@ class LoadedPipeline:
         if options.compile and denoiser is not None:
             # Compiling the repeated blocks once is far quicker than the whole model.
             if hasattr(denoiser, "compile_repeated_blocks"):
-                denoiser.compile_repeated_blocks(fullgraph=True)
+                # First-Block-Cache decides per step outside the graph (a graph break).
+                denoiser.compile_repeated_blocks(fullgraph=options.first_block_cache is None)
             else:
                 denoiser.compile()
         pipeline.set_progress_bar_config(disable=True)
