@@ -277,6 +277,8 @@ def main() -> None:
         server = ServerProcess(data).start()
         try:
             calls, encodes, served = paired_runs(pipeline, server, args.jobs, args.steps)
+            print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline, interleaved")
+            report(calls, encodes, served)  # printed now: the busy phase below is long
             busy = poll_latency(server, args.poll_seconds, 20)
             with server.client() as client:  # the backlog must drain first
                 one_served_job(
@@ -286,8 +288,6 @@ def main() -> None:
         finally:
             server.kill()
 
-    print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline on CPU, interleaved")
-    report(calls, encodes, served)
     print(
         f"task endpoint while busy ({len(busy)} polls): p50 {percentile(busy, 0.5) * 1000:.2f} ms,"
         f" p99 {percentile(busy, 0.99) * 1000:.2f} ms"
