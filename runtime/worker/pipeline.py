@@ -72,7 +72,7 @@ def encode(image: Image.Image, output_format: OutputFormat) -> tuple[bytes, str]
     call it off the event loop."""
     content_type = CONTENT_TYPES[output_format]
     if output_format is OutputFormat.PNG:
-        return imagecodecs.png_encode(numpy.asarray(image), **PNG_OPTIONS), content_type
+        return bytes(imagecodecs.png_encode(numpy.asarray(image), **PNG_OPTIONS)), content_type
     name, options = _PILLOW_ENCODERS[output_format]
     buffer = io.BytesIO()
     image.save(buffer, format=name, **options)
