@@ -27,6 +27,7 @@ from tessera.runtime.settings import (
     GatewaySettings,
     ServeSettings,
     WorkerSettings,
+    parse_image_model_argument,
     parse_model_argument,
     parse_network,
     parse_origin,
@@ -59,6 +60,14 @@ def _rates_argument(value: str) -> str:
 def _model_argument(value: str) -> str:
     try:
         parse_model_argument(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def _image_model_argument(value: str) -> str:
+    try:
+        parse_image_model_argument(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return value
@@ -292,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the diffusers pipeline in PATH as NAME (task: text-to-image by default)",
     )
     serve.add_argument(
+        "--image-model",
+        action="append",
+        type=_image_model_argument,
+        metavar="FILE=PATH",
+        help="serve the pipeline in PATH as the ImageModel in FILE says (name, task, "
+        "parameters, pipeline options, price), as a cluster would",
+    )
+    serve.add_argument(
         "--data-dir", type=Path, help="job store, images, keys (default ~/.local/share/tessera)"
     )
     serve.add_argument("--device", help="torch device for the pipelines (default: cuda if any)")
@@ -339,6 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--price-per-patch", help="price of one 16x16 patch, a decimal")
     worker.add_argument("--pipeline", metavar="JSON", help="loading options (spec.pipeline)")
+    worker.add_argument(
+        "--batch-max-size",
+        type=int,
+        help="most compatible jobs run as one pipeline call (spec.batch.maxSize, default 1)",
+    )
+    worker.add_argument(
+        "--batch-max-wait-ms",
+        type=int,
+        help="how long a batch's first job waits for others to join (default 0)",
+    )
     worker.add_argument("--worker-id", help="this worker's name in leases (default host-pid)")
     worker.add_argument("--namespace", help="the ImageModel's namespace, for usage records")
     worker.set_defaults(handler=_worker)

@@ -125,8 +125,13 @@ class ParameterLimits(_Limits):
     guidance_scale: FloatRange = GLOBAL_GUIDANCE
     output_formats: tuple[OutputFormat, ...] = tuple(OutputFormat)
     default_output_format: OutputFormat = OutputFormat.PNG
-    # Reference images an edit may carry; most edit pipelines take exactly one.
+    # Reference images an edit may carry; most edit pipelines take exactly one. An
+    # image-to-image model with a minimum of 0 also generates from text alone (FLUX.2).
     max_source_images: int = Field(default=1, ge=1, le=4)
+    min_source_images: int = Field(default=1, ge=0, le=4)
+    # Sent when a request gives none: Qwen-Image runs true CFG only with a negative prompt,
+    # and its model card passes " ".
+    default_negative_prompt: str | None = Field(default=None, max_length=10_000)
 
     @model_validator(mode="after")
     def _narrower_than_the_api(self) -> Self:
@@ -135,6 +140,11 @@ class ParameterLimits(_Limits):
         _check_range("numImages", self.num_images, GLOBAL_NUM_IMAGES)
         _check_range("numInferenceSteps", self.num_inference_steps, GLOBAL_STEPS)
         _check_range("guidanceScale", self.guidance_scale, GLOBAL_GUIDANCE)
+        if self.min_source_images > self.max_source_images:
+            raise ValueError(
+                f"minSourceImages {self.min_source_images} is larger than "
+                f"maxSourceImages {self.max_source_images}"
+            )
         if not self.output_formats:
             raise ValueError("outputFormats must name at least one format")
         if self.default_output_format not in self.output_formats:
@@ -222,14 +232,35 @@ def _within(field: str, value: float, limits: IntRange | FloatRange) -> None:
         )
 
 
+# The request fields a model may refuse (``PipelineOptions.arguments`` set to null).
+REFUSABLE = ("guidance_scale", "negative_prompt", "image_size")
+
+
+def generates_from_text(limits: ParameterLimits, task: Task) -> bool:
+    return task is Task.TEXT_TO_IMAGE or limits.min_source_images == 0
+
+
 def resolve(
-    request: GenerationRequest, limits: ParameterLimits, task: Task, *, edit: bool
+    request: GenerationRequest,
+    limits: ParameterLimits,
+    task: Task,
+    *,
+    edit: bool,
+    refused: frozenset[str] = frozenset(),
 ) -> JobParams:
     """Apply the model's defaults and limits to a request, or raise ``InvalidParameter``.
 
     A missing seed is drawn here, once, so the task can report the seed that made the image
-    and the same request can be replayed exactly.
+    and the same request can be replayed exactly. A parameter the model cannot honour
+    (``refused``) is an error here, before a job exists, not a failed job later.
     """
+    for name in REFUSABLE:
+        if name in refused and getattr(request, name) is not None:
+            raise InvalidParameter(
+                f"model {request.model!r} does not take {name}; omit it",
+                field=name,
+                rule="unsupported",
+            )
     if edit and task is not Task.IMAGE_TO_IMAGE:
         raise ModalityIncompatible(
             f"model {request.model!r} is a {task.value} model and cannot edit images; "
@@ -237,7 +268,7 @@ def resolve(
             field="model",
             rule="modality",
         )
-    if not edit and task is Task.IMAGE_TO_IMAGE:
+    if not edit and not generates_from_text(limits, task):
         raise ModalityIncompatible(
             f"model {request.model!r} is an image-to-image model and needs a source image; "
             "use POST /images/edits with image_url",
@@ -245,9 +276,10 @@ def resolve(
             rule="modality",
         )
     sources = request.source_images()
-    if edit and not sources:
+    if edit and len(sources) < max(1, limits.min_source_images):
         raise InvalidParameter(
-            "an edit needs a source image: set image_url (or image_urls)",
+            f"an edit with this model needs at least {max(1, limits.min_source_images)} "
+            "source image(s): set image_url (or image_urls)",
             field="image_url",
             rule="required",
         )
@@ -298,7 +330,9 @@ def resolve(
 
     return JobParams(
         prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
+        negative_prompt=request.negative_prompt
+        if request.negative_prompt is not None
+        else limits.default_negative_prompt,
         width=width,
         height=height,
         num_images=num_images,
@@ -311,13 +345,17 @@ def resolve(
     )
 
 
-def request_schema(limits: ParameterLimits, task: Task) -> dict[str, Any]:
-    """The JSON Schema a model publishes for its requests, with its own limits and defaults."""
+def request_schema(
+    limits: ParameterLimits, task: Task, refused: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The JSON Schema a model publishes for its requests, with its own limits and defaults;
+    a parameter the model refuses is absent, and listed in ``x-unsupported``."""
     dimensions = {"type": "integer", "minimum": limits.min_side, "maximum": limits.max_side}
     default_size = limits.default_image_size
     properties: dict[str, Any] = {
         "prompt": {"type": "string", "minLength": 1},
-        "negative_prompt": {"type": ["string", "null"]},
+        "negative_prompt": {"type": ["string", "null"]}
+        | ({"default": limits.default_negative_prompt} if limits.default_negative_prompt else {}),
         "image_size": {
             "default": default_size.model_dump()
             if isinstance(default_size, ImageDimensions)
@@ -346,12 +384,19 @@ def request_schema(limits: ParameterLimits, task: Task) -> dict[str, Any]:
     }
     if task is Task.IMAGE_TO_IMAGE:
         properties["image_url"] = {"type": "string"}
-        properties["image_urls"] = {"type": "array", "items": {"type": "string"}, "maxItems": 4}
+        properties["image_urls"] = {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": limits.min_source_images,
+            "maxItems": limits.max_source_images,
+        }
     schema_extra = (
         {"anyOf": [{"required": ["image_url"]}, {"required": ["image_urls"]}]}
-        if task is Task.IMAGE_TO_IMAGE
+        if not generates_from_text(limits, task)
         else {}
     )
+    for name in refused:
+        properties.pop(name, None)
     return {
         **schema_extra,
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -360,6 +405,7 @@ def request_schema(limits: ParameterLimits, task: Task) -> dict[str, Any]:
         "required": ["prompt"],
         "x-max-side": limits.max_side,
         "x-min-side": limits.min_side,
+        "x-unsupported": sorted(refused),
     }
 
 

@@ -52,7 +52,7 @@ class ImageService:
     async def submit(self, key: ApiKey, request: GenerationRequest, *, edit: bool) -> Job:
         await self.limiter.hit(Action.SUBMIT, key)
         model = self.catalog.get(request.model)
-        params = resolve(request, model.limits, model.task, edit=edit)
+        params = resolve(request, model.limits, model.task, edit=edit, refused=model.refused)
         if params.source_images:
             stored = await self.sources.store_inputs(
                 key, params.source_images, (params.width, params.height)

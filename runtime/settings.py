@@ -36,7 +36,7 @@ from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.storage.base import PublicDownloads
 from tessera.runtime.usage.export import PushPolicy
 from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format
-from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime.worker.options import BatchOptions, BatchSize, BatchWaitMs, PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
 # A prompt and its settings fit in a few kilobytes; edits' images travel as URLs, uploads
@@ -68,6 +68,14 @@ def parse_model_argument(value: str) -> tuple[str, Path, Task]:
     if colon and suffix in {t.value for t in Task}:
         location, task = path, Task(suffix)
     return name, Path(location).expanduser(), task
+
+
+def parse_image_model_argument(value: str) -> tuple[Path, Path]:
+    """``FILE=PATH``: an ImageModel document and the pipeline folder that serves it."""
+    file, sep, location = value.partition("=")
+    if not sep or not file or not location:
+        raise ValueError(f"expected FILE=PATH (an ImageModel YAML file, a pipeline), not {value!r}")
+    return Path(file).expanduser(), Path(location).expanduser()
 
 
 def storage_url(value: str) -> str:
@@ -188,6 +196,7 @@ class ServeSettings(ApiSettings):
 
     demo: bool = False
     model: Strings = ()
+    image_model: Strings = ()
     data_dir: Path = DEFAULT_DATA_DIR
     device: str | None = None
 
@@ -198,6 +207,13 @@ class ServeSettings(ApiSettings):
             parse_model_argument(entry)
         return value
 
+    @field_validator("image_model", mode="after")
+    @classmethod
+    def _image_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_image_model_argument(entry)
+        return value
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -205,6 +221,9 @@ class ServeSettings(ApiSettings):
 
     def model_arguments(self) -> list[tuple[str, Path, Task]]:
         return [parse_model_argument(entry) for entry in self.model]
+
+    def image_model_arguments(self) -> list[tuple[Path, Path]]:
+        return [parse_image_model_argument(entry) for entry in self.image_model]
 
 
 class GatewaySettings(ApiSettings):
@@ -252,9 +271,15 @@ class WorkerSettings(_Settings):
     model_parameters: ParameterLimits = ParameterLimits()
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     pipeline: PipelineOptions = PipelineOptions()
+    batch_max_size: BatchSize = 1
+    batch_max_wait_ms: BatchWaitMs = 0
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     # The ImageModel's namespace (TESSERA_NAMESPACE, rendered by the operator), for usage.
     namespace: str = ""
+
+    @property
+    def batch(self) -> BatchOptions:
+        return BatchOptions(max_size=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms)
 
 
 class UsageExportSettings(_Settings):

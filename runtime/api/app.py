@@ -47,7 +47,7 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
     pipelines = {}
     for model in config.models:
         pipelines[model.name] = await asyncio.to_thread(
-            LoadedPipeline.load, Path(model.weights), config.device
+            LoadedPipeline.load, Path(model.weights), config.device, None, model.pipeline
         )
     await service.store.release(EMBEDDED_WORKER_ID)
     worker = Worker(

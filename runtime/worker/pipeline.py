@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,11 @@ import numpy
 from PIL import Image, ImageOps
 
 from tessera.runtime.params import JobParams, OutputFormat
-from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime.worker.options import (
+    SIZE_ARGUMENTS,
+    ApiArgument,
+    PipelineOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,11 @@ class LoadedPipeline:
     pipeline: Any
     device: str
     accepted: frozenset[str]
+    # Which ``__call__`` argument carries each API parameter that families name differently
+    # (None: the model has none, and the gateway refuses the parameter at submit).
+    targets: Mapping[ApiArgument, str | None]
+    # Sides are rounded up to this: the VAE's downscale times the transformer's 2x2 packing.
+    size_multiple: int
     # The default ``strength`` of image-to-image pipelines that have one: they denoise only
     # ``steps * strength`` of the steps.
     strength: float | None
@@ -177,13 +186,19 @@ class LoadedPipeline:
             loader = getattr(diffusers, options.class_name, None)
             if loader is None:
                 raise ValueError(f"diffusers has no pipeline class {options.class_name!r}")
-        # Straight from safetensors to the GPU (a few times faster than loading to host
-        # memory and moving); diffusers maps a whole pipeline onto its own device only.
-        straight = options.cpu_offload == "none" and device == pick_device()
-        pipeline = loader.from_pretrained(
-            str(path), dtype=torch_dtype, device_map=device if straight else None
+        # Straight from safetensors to the device (a few times faster on a GPU than loading to
+        # host memory and moving); diffusers maps a whole pipeline onto its own device only.
+        straight = (
+            options.device_map is None and options.cpu_offload == "none" and device == pick_device()
         )
-        if options.cpu_offload == "none":
+        device_map = options.device_map or (device if straight else None)
+        pipeline = loader.from_pretrained(str(path), dtype=torch_dtype, device_map=device_map)
+        if options.device_map:
+            if not device.startswith("cuda"):
+                raise ValueError(f"deviceMap {options.device_map!r} needs CUDA devices")
+            # Components stay on the GPUs diffusers placed them on; inputs go to the first.
+            device = "cuda:0"
+        elif options.cpu_offload == "none":
             if not straight:
                 pipeline.to(device)
         elif not device.startswith("cuda"):
@@ -220,11 +235,15 @@ class LoadedPipeline:
         pipeline.set_progress_bar_config(disable=True)
         parameters = inspect.signature(pipeline.__call__).parameters
         strength = getattr(parameters.get("strength"), "default", None)
+        targets = _check_targets(type(pipeline).__name__, frozenset(parameters), options)
+        scale = getattr(pipeline, "vae_scale_factor", None)
         log.info("loaded %s from %s on %s", type(pipeline).__name__, path, device)
         return cls(
             pipeline=pipeline,
             device=device,
             accepted=frozenset(parameters),
+            targets=targets,
+            size_multiple=max(SIZE_MULTIPLE, 2 * scale if isinstance(scale, int) else 0),
             strength=strength if isinstance(strength, float) and strength > 0 else None,
             lock=threading.Lock(),
             import_seconds=imported - started,
@@ -240,7 +259,8 @@ class LoadedPipeline:
         """Keyword arguments for ``__call__``, mapped from API names by introspection."""
         import torch
 
-        width, height = round_up(params.width), round_up(params.height)
+        width = round_up(params.width, self.size_multiple)
+        height = round_up(params.height, self.size_multiple)
         generator_device = "cpu" if self.device == "mps" else self.device
         kwargs: dict[str, Any] = {
             "prompt": params.prompt,
@@ -254,30 +274,33 @@ class LoadedPipeline:
             ],
             "output_type": "pil",
         }
-        takes_size = {"width", "height"} <= self.accepted
-        if takes_size:
+        name = type(self.pipeline).__name__
+        size = self.targets["image_size"]
+        if size == SIZE_ARGUMENTS:
             kwargs["width"], kwargs["height"] = width, height
         elif not sources:
-            raise UnsupportedParameter(f"{type(self.pipeline).__name__} takes no image size")
+            raise UnsupportedParameter(f"{name} takes no image size")
         else:
             # Image-to-image pipelines without a size (StableDiffusionImg2ImgPipeline and its
             # kin) make images the size of their source: hand them the source at the size
-            # asked for, scaled to cover it and centre-cropped, so nothing is stretched.
+            # asked for, scaled to cover it and centre-cropped, so nothing is stretched. One
+            # whose spec refuses image_size (it resizes to an area of its own) gets it at the
+            # model's default size, so the image billed is the image made.
             sources = [
                 ImageOps.fit(source, (width, height), Image.Resampling.LANCZOS)
                 for source in sources
             ]
-        if "guidance_scale" in self.accepted:
-            kwargs["guidance_scale"] = params.guidance_scale
+        guidance = self.targets["guidance_scale"]
+        if guidance is not None:
+            kwargs[guidance] = params.guidance_scale
         if params.negative_prompt:
-            if "negative_prompt" not in self.accepted:
-                raise UnsupportedParameter(
-                    f"{type(self.pipeline).__name__} does not take a negative_prompt"
-                )
-            kwargs["negative_prompt"] = params.negative_prompt
+            negative = self.targets["negative_prompt"]
+            if negative is None:
+                raise UnsupportedParameter(f"{name} does not take a negative_prompt")
+            kwargs[negative] = params.negative_prompt
             # Flux-style pipelines only use a negative prompt under true classifier-free
             # guidance; give it the requested guidance so the negative prompt has an effect.
-            if "true_cfg_scale" in self.accepted:
+            if "true_cfg_scale" in self.accepted and guidance != "true_cfg_scale":
                 kwargs["true_cfg_scale"] = params.guidance_scale
         if sources:
             if "image" not in self.accepted:
@@ -293,13 +316,7 @@ class LoadedPipeline:
             if "_auto_resize" in self.accepted:
                 kwargs["_auto_resize"] = False
         if on_step is not None and "callback_on_step_end" in self.accepted:
-            total = params.num_inference_steps
-
-            def callback(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> Any:
-                on_step(step + 1, total)
-                return tensors
-
-            kwargs["callback_on_step_end"] = callback
+            kwargs["callback_on_step_end"] = _step_callback(on_step, params.num_inference_steps)
         unknown = set(kwargs) - self.accepted
         if unknown:
             raise UnsupportedParameter(
@@ -329,3 +346,80 @@ class LoadedPipeline:
         with self.lock, torch.inference_mode():
             output = self.pipeline(**kwargs)
         return [crop_center(image, params.width, params.height) for image in output.images]
+
+    def generate_batch(
+        self,
+        jobs: Sequence[tuple[JobParams, list[Image.Image]]],
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[list[Image.Image]]:
+        """Run jobs that share a ``batch_key`` as one pipeline call; each job's images, in
+        order.
+
+        Every image is its own prompt entry with its own seeded generator, as it is made
+        alone, so batching changes an image by floating-point noise only.
+        """
+        import torch
+
+        calls = [self.arguments(params, sources) for params, sources in jobs]
+        counts = [params.num_images for params, _ in jobs]
+        merged = dict(calls[0], num_images_per_prompt=1)
+        for name in _PER_IMAGE:
+            if name in merged:
+                merged[name] = [
+                    call[name] for call, n in zip(calls, counts, strict=True) for _ in range(n)
+                ]
+        merged["generator"] = [generator for call in calls for generator in call["generator"]]
+        differing = {
+            name
+            for call in calls[1:]
+            for name in call.keys() | merged.keys()
+            if name not in _PER_IMAGE | {"generator", "num_images_per_prompt"}
+            and call.get(name) != merged.get(name)
+        }
+        if differing:
+            raise ValueError(f"these jobs cannot share a call: {', '.join(sorted(differing))}")
+        if on_step is not None and "callback_on_step_end" in self.accepted:
+            merged["callback_on_step_end"] = _step_callback(on_step, jobs[0][0].num_inference_steps)
+        with self.lock, torch.inference_mode():
+            images = iter(self.pipeline(**merged).images)
+        return [
+            [crop_center(next(images), params.width, params.height) for _ in range(n)]
+            for (params, _), n in zip(jobs, counts, strict=True)
+        ]
+
+
+# The arguments a batched call takes as one entry per image, in job order.
+_PER_IMAGE = frozenset({"prompt", "negative_prompt", "image"})
+
+
+def _step_callback(on_step: Callable[[int, int], None], total: int) -> Any:
+    """A ``callback_on_step_end`` that reports each finished step out of ``total``."""
+
+    def callback(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> Any:
+        on_step(step + 1, total)
+        return tensors
+
+    return callback
+
+
+def _check_targets(
+    name: str, accepted: frozenset[str], options: PipelineOptions
+) -> Mapping[ApiArgument, str | None]:
+    """The argument for each API parameter; a declared one the pipeline lacks, or one it
+    cannot take that the spec does not refuse (so the gateway would let it through), is an
+    error at start-up rather than a failed job."""
+    targets = options.resolve_arguments(accepted)
+    for api_name, target in options.arguments.items():
+        if not set(target.split(",")) <= accepted:
+            raise ValueError(
+                f"spec.pipeline.arguments.{api_name} names {target!r}, which {name} does not take"
+            )
+    lacking = sorted(n for n, target in targets.items() if target is None)
+    undeclared = [n for n in lacking if n not in options.refused]
+    if undeclared:
+        raise ValueError(
+            f"{name} cannot take {', '.join(undeclared)}: declare "
+            + f"spec.pipeline.unsupported: [{', '.join(undeclared)}]"
+            + " so that the gateway refuses it at submit"
+        )
+    return targets
