@@ -53,6 +53,12 @@ class PipelineOptions(BaseModel):
     vae_tiling: bool = False
     vae_slicing: bool = False
     compile: bool = False
+    # First-Block-Cache (diffusers hooks): skip the denoiser's other blocks on a step whose
+    # first block changed less than this; faster, and the image drifts as it grows.
+    first_block_cache: float | None = Field(default=None, gt=0, le=1)
+    # Keep the denoiser's weights in float8 (e4m3) and compute in ``dtype``: about half its
+    # weight memory, at the cost of rounding every weight to 3 mantissa bits.
+    fp8_weights: bool = False
     # Spread the components over every GPU of the pod (diffusers' pipeline-level
     # device_map), for models whose components together do not fit one GPU.
     device_map: Literal["balanced"] | None = None

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
+import numpy
 from PIL import Image, ImageOps
 
 from tessera.runtime.params import JobParams, OutputFormat
@@ -34,11 +36,21 @@ log = logging.getLogger(__name__)
 # transformers: sizes on a 16-pixel grid are safe for all of them.
 SIZE_MULTIPLE = 16
 
-_ENCODERS: dict[OutputFormat, tuple[str, dict[str, Any], str]] = {
-    # zlib level 1: a few times faster than the default for noisy images, a little larger.
-    OutputFormat.PNG: ("PNG", {"compress_level": 1}, "image/png"),
-    OutputFormat.JPEG: ("JPEG", {"quality": 95}, "image/jpeg"),
-    OutputFormat.WEBP: ("WEBP", {"quality": 95}, "image/webp"),
+# Chosen with bench/serving_overhead.py (docs/benchmarks.md): encoding runs on the pipeline's
+# thread, so its milliseconds are GPU time, and each extra byte is egress. PNG through
+# imagecodecs (zlib level 1, run-length strategy, the "average" filter) is 3-5x faster than
+# Pillow's level 1 and smaller than Pillow's default level; fpng is faster still but 20-65%
+# larger, which costs more in egress than it saves. Pillow's JPEG is libjpeg-turbo already;
+# WebP's fastest method is about twice as fast as the default for 0-16% more bytes.
+PNG_OPTIONS: dict[str, int] = {"level": 1, "strategy": 3, "filter": 64}
+_PILLOW_ENCODERS: dict[OutputFormat, tuple[str, dict[str, Any]]] = {
+    OutputFormat.JPEG: ("JPEG", {"quality": 95}),
+    OutputFormat.WEBP: ("WEBP", {"quality": 95, "method": 0}),
+}
+CONTENT_TYPES = {
+    OutputFormat.PNG: "image/png",
+    OutputFormat.JPEG: "image/jpeg",
+    OutputFormat.WEBP: "image/webp",
 }
 
 
@@ -60,8 +72,12 @@ def crop_center(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def encode(image: Image.Image, output_format: OutputFormat) -> tuple[bytes, str]:
-    """Image bytes and their content type."""
-    name, options, content_type = _ENCODERS[output_format]
+    """Image bytes and their content type. Blocking (tens of milliseconds at 1024x1024):
+    call it off the event loop."""
+    content_type = CONTENT_TYPES[output_format]
+    if output_format is OutputFormat.PNG:
+        return bytes(imagecodecs.png_encode(numpy.asarray(image), **PNG_OPTIONS)), content_type
+    name, options = _PILLOW_ENCODERS[output_format]
     buffer = io.BytesIO()
     image.save(buffer, format=name, **options)
     return buffer.getvalue(), content_type
@@ -153,6 +169,7 @@ class LoadedPipeline:
         quiet_libraries()
         import diffusers
         import torch
+        from diffusers.hooks import FirstBlockCacheConfig
 
         imported = time.monotonic()
 
@@ -169,15 +186,21 @@ class LoadedPipeline:
             loader = getattr(diffusers, options.class_name, None)
             if loader is None:
                 raise ValueError(f"diffusers has no pipeline class {options.class_name!r}")
-        placement = {"device_map": options.device_map} if options.device_map else {}
-        pipeline = loader.from_pretrained(str(path), dtype=torch_dtype, **placement)
+        # Straight from safetensors to the device (a few times faster on a GPU than loading to
+        # host memory and moving); diffusers maps a whole pipeline onto its own device only.
+        straight = (
+            options.device_map is None and options.cpu_offload == "none" and device == pick_device()
+        )
+        device_map = options.device_map or (device if straight else None)
+        pipeline = loader.from_pretrained(str(path), dtype=torch_dtype, device_map=device_map)
         if options.device_map:
             if not device.startswith("cuda"):
                 raise ValueError(f"deviceMap {options.device_map!r} needs CUDA devices")
             # Components stay on the GPUs diffusers placed them on; inputs go to the first.
             device = "cuda:0"
         elif options.cpu_offload == "none":
-            pipeline.to(device)
+            if not straight:
+                pipeline.to(device)
         elif not device.startswith("cuda"):
             raise ValueError(f"cpuOffload {options.cpu_offload!r} needs a CUDA device")
         elif options.cpu_offload == "model":
@@ -193,10 +216,20 @@ class LoadedPipeline:
             pipeline.vae.enable_tiling()
         if options.vae_slicing:
             pipeline.vae.enable_slicing()
+        if options.first_block_cache is not None or options.fp8_weights:
+            if denoiser is None or not hasattr(denoiser, "enable_cache"):
+                raise ValueError(f"{type(pipeline).__name__} has no diffusers denoiser to change")
+            if options.first_block_cache is not None:
+                denoiser.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
+            if options.fp8_weights:
+                denoiser.enable_layerwise_casting(
+                    storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype
+                )
         if options.compile and denoiser is not None:
             # Compiling the repeated blocks once is far quicker than the whole model.
             if hasattr(denoiser, "compile_repeated_blocks"):
-                denoiser.compile_repeated_blocks(fullgraph=True)
+                # First-Block-Cache decides per step outside the graph (a graph break).
+                denoiser.compile_repeated_blocks(fullgraph=options.first_block_cache is None)
             else:
                 denoiser.compile()
         pipeline.set_progress_bar_config(disable=True)
