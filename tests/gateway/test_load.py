@@ -62,7 +62,11 @@ async def one_client(pools: list[httpx.AsyncClient], jobs: itertools.count[int])
 
 
 async def run_clients(api_urls: list[str]) -> list[Any]:
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    # Idle connections expire on our side well before the server's keep-alive timeout (5 s):
+    # reusing one the server is closing at that moment is a disconnect no server can avoid.
+    limits = httpx.Limits(
+        max_connections=CLIENTS, max_keepalive_connections=CLIENTS, keepalive_expiry=2
+    )
     pools = [
         httpx.AsyncClient(base_url=url, headers={"api_key": KEYS[0]}, limits=limits, timeout=60)
         for url in api_urls
