@@ -93,6 +93,7 @@ def completed_count(worker: WorkerProcess) -> float:
     )
 
 
+@pytest.mark.load
 @pytest.mark.timeout(900)
 def test_500_clients_5000_jobs_two_gateways_two_workers(
     tmp_path: Path, demo_models_dir: Path
