@@ -847,11 +847,20 @@ class RedisJobStore:
         return jobs[:limit]
 
     async def delete(self, jobs: Sequence[Job]) -> None:
-        for model in {job.model for job in jobs}:
-            ids = [job.id for job in jobs if job.model == model]
+        # A job's keys are its queue's, which its pointer names (``job.model`` is the public
+        # name, and two queues may share one).
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for job in jobs:
+                pipeline.get(f"{self.prefix}:job:{job.id}:model")
+            queues = await self._call(pipeline.execute())
+        by_queue: dict[str, list[int]] = {}
+        for job, queue in zip(jobs, queues, strict=True):
+            if queue is not None:  # None: an overlapping sweep deleted it already
+                by_queue.setdefault(str(queue), []).append(job.id)
+        for queue, ids in by_queue.items():
             await self._call(
                 self._scripts["delete"](
-                    keys=[self._model_key(model, "finished")], args=[self._job_prefix(model), *ids]
+                    keys=[self._model_key(queue, "finished")], args=[self._job_prefix(queue), *ids]
                 )
             )
         # The pointers live outside the models' hash slots: one DEL each, so Redis Cluster
