@@ -42,18 +42,24 @@ class JobStatus(enum.StrEnum):
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     FAILED = "failed"
+    # Stopped by its client (or by its Cancel-After deadline) and never billed. A client that
+    # knows only the four statuses above reads it as "not completed".
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 # An in-progress job goes back to QUEUED when its lease runs out.
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED}),
-    JobStatus.IN_PROGRESS: frozenset({JobStatus.QUEUED, JobStatus.COMPLETED, JobStatus.FAILED}),
+    JobStatus.QUEUED: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.IN_PROGRESS: frozenset(
+        {JobStatus.QUEUED, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
     JobStatus.COMPLETED: frozenset(),
     JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
 }
 
 
