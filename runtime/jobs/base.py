@@ -140,6 +140,8 @@ class Job:
     result: JobResult | None = None
     worker_id: str | None = None
     lease_until: datetime | None = None
+    # Cancel-After: a job still queued at this moment is cancelled, unbilled.
+    start_by: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,23 @@ class StorePolicy:
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
 
 
+# How long an Idempotency-Key names its job (Stripe's and the IETF draft's window).
+IDEMPOTENCY_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A submission's Idempotency-Key (unique per API key) and a digest of its body: the same
+    key with the same body answers the first job; with another body, ``IdempotencyMismatch``."""
+
+    key: str
+    fingerprint: str
+
+
+DEADLINE_REASON = (
+    "the job had not started by its Cancel-After deadline; it did not run and is not billed"
+)
+
 # A full queue drains at the pace of its workers; a client that waits this long before it
 # retries gives them time without leaving the caller idle for long.
 QUEUE_FULL_RETRY_AFTER_SECONDS = 5
@@ -173,9 +192,31 @@ QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 
 class JobStore(Protocol):
     async def submit(
-        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+        self,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None = None,
+        *,
+        idempotency: Idempotency | None = None,
+        start_by: datetime | None = None,
     ) -> Job:
-        """The job, durable and queued; ``QueueFull`` if ``max_queued`` jobs already wait."""
+        """The job, durable and queued; ``QueueFull`` if ``max_queued`` jobs already wait.
+
+        With ``idempotency``, a key this API key used in the last 24 h answers its first job
+        (however many submissions race) or raises ``IdempotencyMismatch`` for another body.
+        """
+        ...
+
+    async def cancel(self, job_id: int, reason: str) -> Job:
+        """Cancel a queued or running job, unbilled; a running job's worker then loses its
+        lease at its next heartbeat. Against a completion racing it exactly one wins, in one
+        atomic step; a finished job raises ``JobFinished`` (an already cancelled one is
+        returned as it is)."""
+        ...
+
+    async def queue_position(self, job: Job) -> int:
+        """How many of its model's queued jobs go before ``job`` (0: next), without a scan."""
         ...
 
     async def get(self, job_id: int) -> Job:

@@ -20,10 +20,13 @@ Keys, for a model M and job N:
 - ``tessera:models``                  every model that ever had a job (usage export)
 - ``tessera:{M}:job:N``               the job, a hash
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
+- ``tessera:{M}:queue:order``         the same ids scored by id: ZRANK is a queue position
+- ``tessera:{M}:queue:deadlines``     queued ids with a Cancel-After, scored by deadline
 - ``tessera:{M}:leases``              ids in progress, scored by lease expiry
 - ``tessera:{M}:usage``               usage records, scored by job id
 - ``tessera:{M}:finished``            finished ids, scored by finish time (retention sweeps)
 - ``tessera:{M}:start:W``             worker W's start-up phases (JSON), for 24 hours
+- ``tessera:idempotency:{K}:H``       API key K's Idempotency-Key (digest H): its job, 24 h
 - channel ``tessera:{M}:events``      a job id on every status change
 """
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -43,9 +47,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
-from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
+from tessera.runtime.errors import (
+    IdempotencyMismatch,
+    JobFinished,
+    JobNotFound,
+    QueueFull,
+    StoreUnavailable,
+)
 from tessera.runtime.jobs.base import (
+    DEADLINE_REASON,
+    IDEMPOTENCY_SECONDS,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
+    Idempotency,
     Job,
     JobResult,
     JobStatus,
@@ -67,8 +80,9 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 """
 
 # Put expired leases back in the queue (at its head: they were first), or fail them after
-# the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished; ARGV[1] job key
-# prefix, ARGV[2] lease seconds, ARGV[3] max attempts, ARGV[4] events channel.
+# the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished, KEYS[4] queue order,
+# KEYS[5] deadlines; ARGV[1] job key prefix, ARGV[2] lease seconds, ARGV[3] max attempts,
+# ARGV[4] events channel.
 _RECLAIM = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, id in ipairs(expired) do
@@ -83,18 +97,37 @@ for _, id in ipairs(expired) do
   else
     redis.call('HSET', key, 'status', 'queued', 'progress', 0, 'worker_id', '', 'lease_until', '')
     redis.call('LPUSH', KEYS[1], id)
+    redis.call('ZADD', KEYS[4], id, id)
   end
   redis.call('PUBLISH', ARGV[4], id)
 end
 """
 
+# Cancel the queued jobs whose Cancel-After deadline has passed; KEYS and ARGV as _RECLAIM.
+_ABORT_LATE = """
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
+  redis.call('ZREM', KEYS[5], id)
+  local key = ARGV[1] .. id
+  if redis.call('HGET', key, 'status') == 'queued' then
+    redis.call('LREM', KEYS[1], 1, id)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'error', REASON)
+    redis.call('ZADD', KEYS[3], now, id)
+    redis.call('PUBLISH', ARGV[4], id)
+  end
+end
+""".replace("REASON", json.dumps(DEADLINE_REASON))
+
 # KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id.
 _LEASE = (
     _NOW
     + _RECLAIM
+    + _ABORT_LATE
     + """
 local id = redis.call('LPOP', KEYS[1])
 if not id then return false end
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZREM', KEYS[5], id)
 local key = ARGV[1] .. id
 local lease_until = now + tonumber(ARGV[2])
 redis.call('HSET', key, 'status', 'in_progress', 'started_at', now, 'worker_id', ARGV[5],
@@ -186,9 +219,10 @@ return 1
 """
 )
 
-# KEYS[1] queue; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
-# (0: no limit), then field/value pairs. Returns the creation time, or 0, queueing nothing,
-# when the queue is full; a retry of a submission that landed queues nothing twice.
+# KEYS[1] queue, KEYS[2] queue order, KEYS[3] deadlines; ARGV[1] job key, ARGV[2] id,
+# ARGV[3] channel, ARGV[4] most jobs waiting (0: no limit), then field/value pairs. Returns
+# the creation time, or 0, queueing nothing, when the queue is full; a retry of a
+# submission that landed queues nothing twice.
 _SUBMIT = (
     _NOW
     + """
@@ -198,6 +232,9 @@ local limit = tonumber(ARGV[4])
 if limit > 0 and redis.call('LLEN', KEYS[1]) >= limit then return 0 end
 redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+local start_by = redis.call('HGET', ARGV[1], 'start_by')
+if start_by then redis.call('ZADD', KEYS[3], start_by, ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return tostring(now)
 """
@@ -210,6 +247,7 @@ return tostring(now)
 _EXPIRE = (
     _NOW
     + _RECLAIM
+    + _ABORT_LATE
     + """
 local cutoff = now - tonumber(ARGV[5])
 local failed = 0
@@ -220,6 +258,7 @@ while true do
   local created = redis.call('HGET', key, 'created_at')
   if created and tonumber(created) > cutoff then break end
   redis.call('LPOP', KEYS[1])
+  redis.call('ZREM', KEYS[4], id)
   if created then
     redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[6])
     redis.call('ZADD', KEYS[3], now, id)
@@ -228,6 +267,30 @@ while true do
   end
 end
 return failed
+"""
+)
+
+# A cancel against a completion or a lease: one script, so exactly one wins. KEYS as
+# _RECLAIM; ARGV[1] job key, ARGV[2] id, ARGV[3] reason, ARGV[4] channel. Returns the
+# status the job had; a second run finds it cancelled and changes nothing.
+_CANCEL = (
+    _NOW
+    + """
+local status = redis.call('HGET', ARGV[1], 'status')
+if status == 'queued' then
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('ZREM', KEYS[5], ARGV[2])
+elseif status == 'in_progress' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  return status or false
+end
+redis.call('HSET', ARGV[1], 'status', 'cancelled', 'finished_at', now, 'error', ARGV[3],
+  'lease_until', '')
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[2])
+return status
 """
 )
 
@@ -256,6 +319,11 @@ SAFETY_POLL_SECONDS = 15.0
 # 0.1, 0.2, 0.4 ... then every 2 s: 40 tries outlast a Redis that is gone for about a minute.
 RETRY_ATTEMPTS = 40
 RETRY_BACKOFF = ExponentialBackoff(cap=2.0, base=0.1)
+
+# A submission that finds its Idempotency-Key claimed waits this long (at most) for the
+# claimant's job to be written: one round trip, usually.
+REPLAY_POLL_SECONDS = 0.02
+REPLAY_TRIES = 250
 
 
 def _job_id(data: Any) -> int | None:
@@ -294,6 +362,7 @@ class RedisJobStore:
                 "fail": _FAIL,
                 "submit": _SUBMIT,
                 "expire": _EXPIRE,
+                "cancel": _CANCEL,
                 "finished": _FINISHED,
                 "delete": _DELETE,
             }.items()
@@ -312,6 +381,8 @@ class RedisJobStore:
             self._model_key(model, "queue"),
             self._model_key(model, "leases"),
             self._model_key(model, "finished"),
+            self._model_key(model, "queue:order"),
+            self._model_key(model, "queue:deadlines"),
         ]
         args = [
             self._job_prefix(model),
@@ -371,6 +442,7 @@ class RedisJobStore:
             result=result_from_json(fields.get("result")),
             worker_id=fields.get("worker_id") or None,
             lease_until=_when(fields.get("lease_until")),
+            start_by=_when(fields.get("start_by")),
         )
 
     async def _model_for_lease(self, job_id: int) -> str:
@@ -382,16 +454,77 @@ class RedisJobStore:
     # -- JobStore ---------------------------------------------------------------------------
 
     async def submit(
-        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+        self,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None = None,
+        *,
+        idempotency: Idempotency | None = None,
+        start_by: datetime | None = None,
     ) -> Job:
-        job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
+        while True:
+            job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
+            if idempotency is None:
+                return await self._enqueue(job_id, model, key_id, params, max_queued, start_by)
+            claim = self._idempotency_key(key_id, idempotency)
+            # The claim names its job before the job exists; it lives a minute until the job
+            # is written, so a gateway that dies in between blocks the key only that long.
+            mine = json.dumps({"fingerprint": idempotency.fingerprint, "job_id": job_id})
+            if await self._call(self._redis.set(claim, mine, nx=True, ex=60)):
+                try:
+                    job = await self._enqueue(job_id, model, key_id, params, max_queued, start_by)
+                except QueueFull:
+                    await self._call(self._redis.delete(claim))
+                    raise
+                await self._call(self._redis.expire(claim, IDEMPOTENCY_SECONDS))
+                return job
+            if (job := await self._replay(claim, idempotency)) is not None:
+                return job
+            # The claim lapsed or its submission was refused: claim the key afresh.
+
+    def _idempotency_key(self, key_id: str, idempotency: Idempotency) -> str:
+        digest = hashlib.sha256(idempotency.key.encode()).hexdigest()
+        return f"{self.prefix}:idempotency:{{{key_id}}}:{digest}"
+
+    async def _replay(self, claim: str, idempotency: Idempotency) -> Job | None:
+        """The job another submission with this key made (waiting the moment it takes to be
+        written), or None once its claim is gone."""
+        for _ in range(REPLAY_TRIES):
+            held = await self._call(self._redis.get(claim))
+            if held is None:
+                return None
+            first = json.loads(held)
+            if first["fingerprint"] != idempotency.fingerprint:
+                raise IdempotencyMismatch(int(first["job_id"]))
+            with contextlib.suppress(JobNotFound):
+                return await self.get(int(first["job_id"]))
+            await asyncio.sleep(REPLAY_POLL_SECONDS)
+        raise StoreUnavailable(
+            "an earlier submission with this Idempotency-Key is still being written; retry"
+        )
+
+    async def _enqueue(
+        self,
+        job_id: int,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None,
+        start_by: datetime | None,
+    ) -> Job:
         pointer = f"{self.prefix}:job:{job_id}:model"
+        deadline = [] if start_by is None else ["start_by", f"{start_by.timestamp():f}"]
         # One round trip, in order: the pointer exists before a worker can lease the job.
         async with self._redis.pipeline(transaction=False) as pipeline:
             pipeline.set(pointer, model)
             pipeline.sadd(f"{self.prefix}:models", model)
             await self._scripts["submit"](
-                keys=[self._model_key(model, "queue")],
+                keys=[
+                    self._model_key(model, "queue"),
+                    self._model_key(model, "queue:order"),
+                    self._model_key(model, "queue:deadlines"),
+                ],
                 args=[
                     f"{self._job_prefix(model)}{job_id}",
                     job_id,
@@ -403,6 +536,7 @@ class RedisJobStore:
                     "status", JobStatus.QUEUED.value,
                     "progress", 0,
                     "attempts", 0,
+                    *deadline,
                 ],
                 client=pipeline,
             )  # fmt: skip
@@ -419,6 +553,7 @@ class RedisJobStore:
             params=params,
             status=JobStatus.QUEUED,
             created_at=datetime.fromtimestamp(float(created), UTC),
+            start_by=start_by,
         )
 
     async def get(self, job_id: int) -> Job:
@@ -497,6 +632,27 @@ class RedisJobStore:
                 await self._call(self._scripts["release"](keys=keys, args=[*args, worker_id]))
             )
         return released
+
+    async def cancel(self, job_id: int, reason: str) -> Job:
+        model = await self._model_of(job_id)
+        keys, args = self._reclaim_args(model)
+        was = await self._call(
+            self._scripts["cancel"](
+                keys=keys, args=[f"{self._job_prefix(model)}{job_id}", job_id, reason, args[3]]
+            )
+        )
+        if not was:
+            raise JobNotFound(job_id)
+        if was in (JobStatus.COMPLETED.value, JobStatus.FAILED.value):
+            raise JobFinished(job_id, str(was))
+        return await self._read(model, job_id)
+
+    async def queue_position(self, job: Job) -> int:
+        # ZRANK: O(log n) in the model's queued jobs.
+        rank = await self._call(
+            self._redis.zrank(self._model_key(job.model, "queue:order"), job.id)
+        )
+        return 0 if rank is None else int(rank)
 
     async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
         return await self._changes.wait_for_status(self.get, job_id, status, timeout)

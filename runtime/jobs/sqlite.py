@@ -20,10 +20,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
+from tessera.runtime.errors import (
+    IdempotencyMismatch,
+    JobFinished,
+    JobNotFound,
+    QueueFull,
+    StoreUnavailable,
+)
 from tessera.runtime.jobs.base import (
+    DEADLINE_REASON,
+    IDEMPOTENCY_SECONDS,
     MAX_JOB_ID,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
+    Idempotency,
     Job,
     JobResult,
     JobStatus,
@@ -55,10 +64,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,
     result      TEXT,
     worker_id   TEXT,
-    lease_until REAL
+    lease_until REAL,
+    start_by    REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (status, model, id);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key_id      TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    fingerprint TEXT    NOT NULL,
+    job_id      INTEGER NOT NULL,
+    created_at  REAL    NOT NULL,
+    PRIMARY KEY (key_id, key)
+);
 CREATE TABLE IF NOT EXISTS usage (
     job_id       INTEGER PRIMARY KEY, -- outlives its job: retention keeps the ledger
     model        TEXT    NOT NULL,
@@ -94,6 +112,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         result=result_from_json(row["result"]),
         worker_id=row["worker_id"],
         lease_until=_when(row["lease_until"]),
+        start_by=_when(row["start_by"]),
     )
 
 
@@ -121,6 +140,9 @@ class SQLiteJobStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             connection.executescript(_SCHEMA)
+            columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
+            if "start_by" not in columns:  # a file written before Cancel-After existed
+                connection.execute("ALTER TABLE jobs ADD COLUMN start_by REAL")
             self._connection = connection
         return self._connection
 
@@ -210,12 +232,50 @@ class SQLiteJobStore:
                     (JobStatus.QUEUED.value, row["id"]),
                 )
 
+    @staticmethod
+    def _abort_late(connection: sqlite3.Connection, now: float) -> int:
+        """Cancel the queued jobs whose Cancel-After deadline passed before they started."""
+        return connection.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
+            " WHERE status = ? AND start_by <= ?",
+            (JobStatus.CANCELLED.value, now, DEADLINE_REASON, JobStatus.QUEUED.value, now),
+        ).rowcount
+
+    def _replay(
+        self, connection: sqlite3.Connection, key_id: str, idempotency: Idempotency
+    ) -> Job | None:
+        """The job this key's Idempotency-Key already names, if it is recent and still kept."""
+        row = connection.execute(
+            "SELECT fingerprint, job_id FROM idempotency"
+            " WHERE key_id = ? AND key = ? AND created_at > ?",
+            (key_id, idempotency.key, time.time() - IDEMPOTENCY_SECONDS),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["fingerprint"] != idempotency.fingerprint:
+            raise IdempotencyMismatch(row["job_id"])
+        try:
+            return self._fetch(connection, row["job_id"])
+        except JobNotFound:  # retention took it: the key names nothing any more
+            return None
+
     # -- JobStore ---------------------------------------------------------------------------
 
     async def submit(
-        self, model: str, key_id: str, params: JobParams, max_queued: int | None = None
+        self,
+        model: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None = None,
+        *,
+        idempotency: Idempotency | None = None,
+        start_by: datetime | None = None,
     ) -> Job:
         def insert(connection: sqlite3.Connection) -> Job:
+            # One transaction holds the write lock: concurrent submits with one key queue
+            # behind each other here, and all but the first find its job.
+            if idempotency is not None and (job := self._replay(connection, key_id, idempotency)):
+                return job
             if max_queued is not None:
                 (waiting,) = connection.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status = ? AND model = ?",
@@ -223,12 +283,25 @@ class SQLiteJobStore:
                 ).fetchone()
                 if waiting >= max_queued:
                     raise QueueFull(model, max_queued, QUEUE_FULL_RETRY_AFTER_SECONDS)
+            now = time.time()
             cursor = connection.execute(
-                "INSERT INTO jobs (model, key_id, params, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (model, key_id, params.model_dump_json(), JobStatus.QUEUED.value, time.time()),
+                "INSERT INTO jobs (model, key_id, params, status, created_at, start_by)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    model,
+                    key_id,
+                    params.model_dump_json(),
+                    JobStatus.QUEUED.value,
+                    now,
+                    None if start_by is None else start_by.timestamp(),
+                ),
             )
             assert cursor.lastrowid is not None
+            if idempotency is not None:
+                connection.execute(
+                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                    (key_id, idempotency.key, idempotency.fingerprint, cursor.lastrowid, now),
+                )
             return self._fetch(connection, cursor.lastrowid)
 
         return await self._run(insert, notify=True)
@@ -252,6 +325,7 @@ class SQLiteJobStore:
         def take(connection: sqlite3.Connection) -> Job | None:
             now = time.time()
             self._reclaim_expired(connection, now)
+            self._abort_late(connection, now)
             row = connection.execute(
                 f"SELECT id FROM jobs WHERE status = ? AND model IN ({placeholders})"  # noqa: S608
                 " ORDER BY id LIMIT 1",
@@ -346,6 +420,35 @@ class SQLiteJobStore:
 
         return await self._run(requeue, notify=True)
 
+    async def cancel(self, job_id: int, reason: str) -> Job:
+        def stop(connection: sqlite3.Connection) -> Job:
+            job = self._fetch(connection, job_id)
+            if job.status is JobStatus.CANCELLED:
+                return job
+            if job.status.finished:
+                raise JobFinished(job_id, job.status.value)
+            # The worker keeps its id on the job, so its next heartbeat sees it lost the job.
+            connection.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_until = NULL"
+                " WHERE id = ?",
+                (JobStatus.CANCELLED.value, time.time(), reason, job_id),
+            )
+            return self._fetch(connection, job_id)
+
+        return await self._run(stop, notify=True)
+
+    async def queue_position(self, job: Job) -> int:
+        # Counts index entries (status, model, id) ahead of the job, never table rows: O(k)
+        # for k jobs ahead, which max_queued bounds. SQLite has no order-statistic index.
+        def count(connection: sqlite3.Connection) -> int:
+            (ahead,) = connection.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ? AND model = ? AND id < ?",
+                (JobStatus.QUEUED.value, job.model, job.id),
+            ).fetchone()
+            return int(ahead)
+
+        return await self._run(count, notify=False, write=False)
+
     async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
         return await self._changes.wait_for_status(self.get, job_id, status, timeout)
 
@@ -368,6 +471,7 @@ class SQLiteJobStore:
         def fail_waiting(connection: sqlite3.Connection) -> int:
             now = time.time()
             self._reclaim_expired(connection, now)
+            self._abort_late(connection, now)
             cursor = connection.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
                 " WHERE status = ? AND model = ? AND created_at <= ?",
