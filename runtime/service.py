@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tessera.runtime import metrics
+from tessera.runtime import control, metrics
 from tessera.runtime.billing import format_amount
 from tessera.runtime.errors import JobNotFound, StorageUnavailable
 from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS, Job, JobStatus, JobStore
@@ -49,8 +49,19 @@ class ImageService:
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
     limiter: KeyRateLimiter = field(default_factory=lambda: KeyRateLimiter(RateLimits()))
 
-    async def submit(self, key: ApiKey, request: GenerationRequest, *, edit: bool) -> Job:
+    async def submit(
+        self,
+        key: ApiKey,
+        request: GenerationRequest,
+        *,
+        edit: bool,
+        idempotency_key: str | None = None,
+        cancel_after: str | None = None,
+    ) -> Job:
+        """Queue a job (or, for a repeated ``Idempotency-Key``, answer the first one)."""
         await self.limiter.hit(Action.SUBMIT, key)
+        once = control.idempotency(idempotency_key, request, edit=edit)
+        start_by = control.start_deadline(cancel_after)
         model = self.catalog.get(request.model)
         params = resolve(request, model.limits, model.task, edit=edit)
         if params.source_images:
@@ -61,8 +72,27 @@ class ImageService:
                 upload_key(key, name) for name in params.source_images if UPLOAD_NAME.match(name)
             )
             params = params.model_copy(update={"source_images": stored, "uploads": uploads})
-        job = await self.store.submit(model.name, key.id, params, max_queued=model.max_queued)
+        job = await self.store.submit(
+            model.name,
+            key.id,
+            params,
+            max_queued=model.max_queued,
+            idempotency=once,
+            start_by=start_by,
+        )
         metrics.JOBS_SUBMITTED.labels(model.name).inc()
+        return job
+
+    async def cancel(self, key: ApiKey, job_id: int) -> Job:
+        """Cancel the caller's queued or running job; it is never billed."""
+        await self.limiter.hit(Action.POLL, key)
+        job = await self.store.get(job_id)
+        if job.key_id != key.id:
+            raise JobNotFound(job_id)
+        was = job.status
+        job = await self.store.cancel(job_id, "cancelled by its client; not billed")
+        if not was.finished:
+            metrics.JOBS_FINISHED.labels(job.model, JobStatus.CANCELLED.value).inc()
         return job
 
     async def expire_waiting(self) -> int:
@@ -148,6 +178,10 @@ class ImageService:
         }
         if job.status is JobStatus.FAILED:
             body["error"] = {"code": "job.failed", "message": job.error or "the job failed"}
+        if job.status is JobStatus.CANCELLED:
+            body["error"] = {"code": "job.cancelled", "message": job.error or "cancelled"}
+        if job.status is JobStatus.QUEUED:
+            body["queue_position"] = await self.store.queue_position(job)
         if job.result is not None:
             params = job.params
             encoded: list[str | None] = [None] * len(job.result.images)

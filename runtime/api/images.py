@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 from pydantic import BaseModel
 
 from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.api.openapi import errors
+from tessera.runtime.control import CANCEL_AFTER_HEADER, IDEMPOTENCY_HEADER
 from tessera.runtime.jobs.base import MAX_JOB_ID, JobStatus
 from tessera.runtime.params import GenerationRequest
 from tessera.runtime.service import MAX_WAIT_SECONDS, UPLOAD_URL_TTL_SECONDS
@@ -33,6 +34,24 @@ class SignedUpload(BaseModel):
     expires_in: int
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="Up to 255 visible ASCII characters (a UUID). The same key and body from"
+        " this API key within 24 h answer the first job_id; another body is a 422.",
+    ),
+]
+CancelAfter = Annotated[
+    str | None,
+    Header(
+        alias=CANCEL_AFTER_HEADER,
+        description="Cancel the job, unbilled, if it has not started this long after"
+        " submission: seconds (300) or a duration (90s, 5m, 1h30m), 1 s to 24 h.",
+    ),
+]
+
+
 @router.post(
     "/generations",
     response_model=JobAccepted,
@@ -40,9 +59,15 @@ class SignedUpload(BaseModel):
     summary="Submit a text-to-image job",
 )
 async def create_generation(
-    body: GenerationRequest, key: CurrentKey, service: Service
+    body: GenerationRequest,
+    key: CurrentKey,
+    service: Service,
+    idempotency_key: IdempotencyKey = None,
+    cancel_after: CancelAfter = None,
 ) -> JobAccepted:
-    job = await service.submit(key, body, edit=False)
+    job = await service.submit(
+        key, body, edit=False, idempotency_key=idempotency_key, cancel_after=cancel_after
+    )
     return JobAccepted(job_id=job.id, status=job.status)
 
 
@@ -52,16 +77,27 @@ async def create_generation(
     responses=SUBMIT_ERRORS,
     summary="Submit an image-to-image job",
 )
-async def create_edit(body: GenerationRequest, key: CurrentKey, service: Service) -> JobAccepted:
-    job = await service.submit(key, body, edit=True)
+async def create_edit(
+    body: GenerationRequest,
+    key: CurrentKey,
+    service: Service,
+    idempotency_key: IdempotencyKey = None,
+    cancel_after: CancelAfter = None,
+) -> JobAccepted:
+    job = await service.submit(
+        key, body, edit=True, idempotency_key=idempotency_key, cancel_after=cancel_after
+    )
     return JobAccepted(job_id=job.id, status=job.status)
+
+
+JobId = Annotated[
+    int, Path(ge=1, le=MAX_JOB_ID, description="The job_id that the submission returned.")
+]
 
 
 @router.get("/tasks/{job_id}", responses=errors(404), summary="A job's status, progress and result")
 async def get_task(
-    job_id: Annotated[
-        int, Path(ge=1, le=MAX_JOB_ID, description="The job_id that the submission returned.")
-    ],
+    job_id: JobId,
     key: CurrentKey,
     service: Service,
     wait: Annotated[
@@ -75,6 +111,15 @@ async def get_task(
 ) -> dict[str, Any]:
     job = await service.job_for(key, job_id, wait)
     return await service.task_body(job)
+
+
+@router.post(
+    "/tasks/{job_id}/cancel",
+    responses=errors(404, 409),
+    summary="Cancel a queued or running job; it ends cancelled and is never billed",
+)
+async def cancel_task(job_id: JobId, key: CurrentKey, service: Service) -> dict[str, Any]:
+    return await service.task_body(await service.cancel(key, job_id))
 
 
 @router.get(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,17 @@ STORE_RETRY_SECONDS = 1.0
 
 @dataclass
 class _Progress:
-    """Written by the pipeline thread, read by the heartbeat task."""
+    """Written by the pipeline thread, read by the heartbeat task; ``lost`` goes the other
+    way: the heartbeat found the job cancelled (or leased elsewhere), so the pipeline stops
+    at its next step instead of computing an image nobody gets."""
 
     value: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class JobStopped(Exception):
+    """Raised from the pipeline's step callback once the worker no longer holds the job."""
 
 
 class Worker:
@@ -89,8 +97,8 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(job, progress))
         try:
             result = await self._run(job, progress)
-        except LeaseLost:
-            log.warning("job %s: lease lost while running; dropping the result", job.id)
+        except (LeaseLost, JobStopped):
+            log.warning("job %s: cancelled or lease lost while running; stopped", job.id)
             return
         except (StoreUnavailable, StorageUnavailable) as error:
             # Not the job's fault: its lease runs out and it runs again, unbilled until then.
@@ -135,6 +143,8 @@ class Worker:
         sources = await loop.run_in_executor(self._compute, _decode, stored_sources)
 
         def on_step(step: int, total: int) -> None:
+            if progress.lost.is_set():
+                raise JobStopped(f"stopped after step {step} of {total}")
             progress.value = min(99, step * 100 // max(total, 1))
             loop.call_soon_threadsafe(progress.changed.set)
 
@@ -162,7 +172,8 @@ class Worker:
             try:
                 await self.store.heartbeat(job.id, self.worker_id, progress.value)
             except LeaseLost:
-                log.warning("job %s: lease lost", job.id)
+                log.warning("job %s: lease lost (cancelled, or taken by another worker)", job.id)
+                progress.lost.set()
                 return
             except StoreUnavailable as error:
                 log.warning("job %s: could not renew the lease: %s", job.id, error)
