@@ -479,8 +479,8 @@ class RedisJobStore:
                     raise
                 await self._call(self._redis.expire(claim, IDEMPOTENCY_SECONDS))
                 return job
-            if (job := await self._replay(claim, idempotency)) is not None:
-                return job
+            if (first := await self._replay(claim, idempotency)) is not None:
+                return first
             # The claim lapsed or its submission was refused: claim the key afresh.
 
     def _idempotency_key(self, key_id: str, idempotency: Idempotency) -> str:
