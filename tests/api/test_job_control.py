@@ -206,9 +206,7 @@ def test_fifty_concurrent_identical_submits_make_one_job(demo_server: Deployment
         ) as client:
             return await asyncio.gather(
                 *(
-                    client.post(
-                        "/images/generations", json=QUICK, headers={"Idempotency-Key": key}
-                    )
+                    client.post("/images/generations", json=QUICK, headers={"Idempotency-Key": key})
                     for _ in range(50)
                 )
             )

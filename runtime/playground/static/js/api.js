@@ -151,6 +151,12 @@ export class Api {
     return { task: data, seed: data?.result ? exactSeed(text, data.result.seed) : null };
   }
 
+  /** Cancel a queued or running job; it ends `cancelled` and is never billed. */
+  async cancel(jobId) {
+    const { data } = await this.request("POST", `/images/tasks/${encodeURIComponent(jobId)}/cancel`);
+    return data;
+  }
+
   /** Upload a source image through the signed-URL flow; resolves to its `filename`. */
   async upload(file, signal) {
     const { data } = await this.request("GET", "/images/signed-url", { signal });
