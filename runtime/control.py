@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tessera.runtime.errors import InvalidParameter
@@ -33,6 +34,14 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 MIN_CANCEL_AFTER_SECONDS = 1.0
 MAX_CANCEL_AFTER_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class SubmitControls:
+    """The raw header values of one submission (None: not sent)."""
+
+    idempotency_key: str | None = None
+    cancel_after: str | None = None
 
 
 def cancel_after_seconds(text: str) -> float:

@@ -55,13 +55,13 @@ class ImageService:
         request: GenerationRequest,
         *,
         edit: bool,
-        idempotency_key: str | None = None,
-        cancel_after: str | None = None,
+        controls: control.SubmitControls | None = None,
     ) -> Job:
         """Queue a job (or, for a repeated ``Idempotency-Key``, answer the first one)."""
         await self.limiter.hit(Action.SUBMIT, key)
-        once = control.idempotency(idempotency_key, request, edit=edit)
-        start_by = control.start_deadline(cancel_after)
+        controls = controls or control.SubmitControls()
+        once = control.idempotency(controls.idempotency_key, request, edit=edit)
+        start_by = control.start_deadline(controls.cancel_after)
         model = self.catalog.get(request.model)
         params = resolve(request, model.limits, model.task, edit=edit)
         if params.source_images:
@@ -99,6 +99,7 @@ class ImageService:
         """Fail the jobs that waited longer than their model's queue timeout; how many."""
         failed = 0
         for model in self.catalog.all():
+            await self.store.abort_late(model.name)
             if model.queue_timeout_seconds is None:
                 continue
             reason = (

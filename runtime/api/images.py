@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from pydantic import BaseModel
 
 from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.api.openapi import errors
-from tessera.runtime.control import CANCEL_AFTER_HEADER, IDEMPOTENCY_HEADER
+from tessera.runtime.control import CANCEL_AFTER_HEADER, IDEMPOTENCY_HEADER, SubmitControls
 from tessera.runtime.jobs.base import MAX_JOB_ID, JobStatus
 from tessera.runtime.params import GenerationRequest
 from tessera.runtime.service import MAX_WAIT_SECONDS, UPLOAD_URL_TTL_SECONDS
@@ -52,6 +52,15 @@ CancelAfter = Annotated[
 ]
 
 
+def submit_controls(
+    idempotency_key: IdempotencyKey = None, cancel_after: CancelAfter = None
+) -> SubmitControls:
+    return SubmitControls(idempotency_key=idempotency_key, cancel_after=cancel_after)
+
+
+Controls = Annotated[SubmitControls, Depends(submit_controls)]
+
+
 @router.post(
     "/generations",
     response_model=JobAccepted,
@@ -59,15 +68,9 @@ CancelAfter = Annotated[
     summary="Submit a text-to-image job",
 )
 async def create_generation(
-    body: GenerationRequest,
-    key: CurrentKey,
-    service: Service,
-    idempotency_key: IdempotencyKey = None,
-    cancel_after: CancelAfter = None,
+    body: GenerationRequest, key: CurrentKey, service: Service, controls: Controls
 ) -> JobAccepted:
-    job = await service.submit(
-        key, body, edit=False, idempotency_key=idempotency_key, cancel_after=cancel_after
-    )
+    job = await service.submit(key, body, edit=False, controls=controls)
     return JobAccepted(job_id=job.id, status=job.status)
 
 
@@ -78,15 +81,9 @@ async def create_generation(
     summary="Submit an image-to-image job",
 )
 async def create_edit(
-    body: GenerationRequest,
-    key: CurrentKey,
-    service: Service,
-    idempotency_key: IdempotencyKey = None,
-    cancel_after: CancelAfter = None,
+    body: GenerationRequest, key: CurrentKey, service: Service, controls: Controls
 ) -> JobAccepted:
-    job = await service.submit(
-        key, body, edit=True, idempotency_key=idempotency_key, cancel_after=cancel_after
-    )
+    job = await service.submit(key, body, edit=True, controls=controls)
     return JobAccepted(job_id=job.id, status=job.status)
 
 

@@ -215,6 +215,11 @@ class JobStore(Protocol):
         returned as it is)."""
         ...
 
+    async def abort_late(self, model: str) -> int:
+        """Cancel ``model``'s queued jobs whose Cancel-After deadline passed, unbilled; how
+        many. Leasing does it too; gateways call this on a timer for models no worker takes."""
+        ...
+
     async def queue_position(self, job: Job) -> int:
         """How many of its model's queued jobs go before ``job`` (0: next), without a scan."""
         ...

@@ -103,8 +103,10 @@ for _, id in ipairs(expired) do
 end
 """
 
-# Cancel the queued jobs whose Cancel-After deadline has passed; KEYS and ARGV as _RECLAIM.
+# Cancel the queued jobs whose Cancel-After deadline has passed, counting them in
+# ``aborted``; KEYS and ARGV as _RECLAIM.
 _ABORT_LATE = """
+local aborted = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
   redis.call('ZREM', KEYS[5], id)
   local key = ARGV[1] .. id
@@ -114,9 +116,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
     redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'error', REASON)
     redis.call('ZADD', KEYS[3], now, id)
     redis.call('PUBLISH', ARGV[4], id)
+    aborted = aborted + 1
   end
 end
 """.replace("REASON", json.dumps(DEADLINE_REASON))
+
+# The deadline sweep alone, for gateways. Returns how many it cancelled.
+_ABORT_LATE_ONLY = _NOW + _ABORT_LATE + "return aborted"
 
 # KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id.
 _LEASE = (
@@ -247,7 +253,6 @@ return tostring(now)
 _EXPIRE = (
     _NOW
     + _RECLAIM
-    + _ABORT_LATE
     + """
 local cutoff = now - tonumber(ARGV[5])
 local failed = 0
@@ -363,6 +368,7 @@ class RedisJobStore:
                 "submit": _SUBMIT,
                 "expire": _EXPIRE,
                 "cancel": _CANCEL,
+                "abort_late": _ABORT_LATE_ONLY,
                 "finished": _FINISHED,
                 "delete": _DELETE,
             }.items()
@@ -646,6 +652,10 @@ class RedisJobStore:
         if was in (JobStatus.COMPLETED.value, JobStatus.FAILED.value):
             raise JobFinished(job_id, str(was))
         return await self._read(model, job_id)
+
+    async def abort_late(self, model: str) -> int:
+        keys, args = self._reclaim_args(model)
+        return int(await self._call(self._scripts["abort_late"](keys=keys, args=args)))
 
     async def queue_position(self, job: Job) -> int:
         # ZRANK: O(log n) in the model's queued jobs.

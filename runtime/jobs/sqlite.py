@@ -233,12 +233,13 @@ class SQLiteJobStore:
                 )
 
     @staticmethod
-    def _abort_late(connection: sqlite3.Connection, now: float) -> int:
+    def _abort_late(connection: sqlite3.Connection, now: float, models: Sequence[str]) -> int:
         """Cancel the queued jobs whose Cancel-After deadline passed before they started."""
+        placeholders = ",".join("?" * len(models))
         return connection.execute(
-            "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
-            " WHERE status = ? AND start_by <= ?",
-            (JobStatus.CANCELLED.value, now, DEADLINE_REASON, JobStatus.QUEUED.value, now),
+            "UPDATE jobs SET status = ?, finished_at = ?, error = ?"  # noqa: S608
+            f" WHERE status = ? AND model IN ({placeholders}) AND start_by <= ?",
+            (JobStatus.CANCELLED.value, now, DEADLINE_REASON, JobStatus.QUEUED.value, *models, now),
         ).rowcount
 
     def _replay(
@@ -325,7 +326,7 @@ class SQLiteJobStore:
         def take(connection: sqlite3.Connection) -> Job | None:
             now = time.time()
             self._reclaim_expired(connection, now)
-            self._abort_late(connection, now)
+            self._abort_late(connection, now, models)
             row = connection.execute(
                 f"SELECT id FROM jobs WHERE status = ? AND model IN ({placeholders})"  # noqa: S608
                 " ORDER BY id LIMIT 1",
@@ -437,6 +438,11 @@ class SQLiteJobStore:
 
         return await self._run(stop, notify=True)
 
+    async def abort_late(self, model: str) -> int:
+        return await self._run(
+            lambda connection: self._abort_late(connection, time.time(), [model]), notify=True
+        )
+
     async def queue_position(self, job: Job) -> int:
         # Counts index entries (status, model, id) ahead of the job, never table rows: O(k)
         # for k jobs ahead, which max_queued bounds. SQLite has no order-statistic index.
@@ -471,7 +477,6 @@ class SQLiteJobStore:
         def fail_waiting(connection: sqlite3.Connection) -> int:
             now = time.time()
             self._reclaim_expired(connection, now)
-            self._abort_late(connection, now)
             cursor = connection.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
                 " WHERE status = ? AND model = ? AND created_at <= ?",

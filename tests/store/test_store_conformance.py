@@ -339,11 +339,13 @@ async def test_a_job_past_its_start_deadline_is_cancelled_not_leased(store: JobS
     aborted = await store.get(late.id)
     assert aborted.status is JobStatus.CANCELLED and aborted.error == DEADLINE_REASON
     assert aborted.attempts == 0
-    # With no worker leasing, the expiry sweep aborts it too.
+    # With no worker leasing, the gateways' sweep aborts it.
     unwatched = await store.submit("m", "k", PARAMS, start_by=datetime.now(UTC))
+    await store.submit("other", "k", PARAMS, start_by=datetime.now(UTC))
     await asyncio.sleep(0.05)
-    assert await store.expire("m", 3600, "too long") == 0
+    assert await store.abort_late("m") == 1
     assert (await store.get(unwatched.id)).status is JobStatus.CANCELLED
+    assert await store.queue_depth("other") == QueueDepth(queued=1), "only the model named"
 
 
 async def test_fifty_concurrent_idempotent_submits_make_one_job(store: JobStore) -> None:
