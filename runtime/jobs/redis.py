@@ -329,6 +329,8 @@ RETRY_BACKOFF = ExponentialBackoff(cap=2.0, base=0.1)
 # claimant's job to be written: one round trip, usually.
 REPLAY_POLL_SECONDS = 0.02
 REPLAY_TRIES = 250
+# How long an Idempotency-Key's claim lives before its job is written.
+CLAIM_SECONDS = 60
 
 
 def _job_id(data: Any) -> int | None:
@@ -477,7 +479,7 @@ class RedisJobStore:
             # The claim names its job before the job exists; it lives a minute until the job
             # is written, so a gateway that dies in between blocks the key only that long.
             mine = json.dumps({"fingerprint": idempotency.fingerprint, "job_id": job_id})
-            if await self._call(self._redis.set(claim, mine, nx=True, ex=60)):
+            if await self._call(self._redis.set(claim, mine, nx=True, ex=CLAIM_SECONDS)):
                 try:
                     job = await self._enqueue(job_id, model, key_id, params, max_queued, start_by)
                 except QueueFull:
@@ -505,6 +507,11 @@ class RedisJobStore:
                 raise IdempotencyMismatch(int(first["job_id"]))
             with contextlib.suppress(JobNotFound):
                 return await self.get(int(first["job_id"]))
+            if await self._call(self._redis.ttl(claim)) > CLAIM_SECONDS:
+                # Its job was written (the claim got its day) and retention has deleted it
+                # since: the key names nothing any more.
+                await self._call(self._redis.delete(claim))
+                return None
             await asyncio.sleep(REPLAY_POLL_SECONDS)
         raise StoreUnavailable(
             "an earlier submission with this Idempotency-Key is still being written; retry"

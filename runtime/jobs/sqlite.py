@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at  REAL    NOT NULL,
     PRIMARY KEY (key_id, key)
 );
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 CREATE TABLE IF NOT EXISTS usage (
     job_id       INTEGER PRIMARY KEY, -- outlives its job: retention keeps the ledger
     model        TEXT    NOT NULL,
@@ -506,6 +507,11 @@ class SQLiteJobStore:
     async def delete(self, jobs: Sequence[Job]) -> None:
         def forget(connection: sqlite3.Connection) -> None:
             connection.executemany("DELETE FROM jobs WHERE id = ?", [(job.id,) for job in jobs])
+            # Idempotency keys outlive no window: the retention sweep takes them as well.
+            connection.execute(
+                "DELETE FROM idempotency WHERE created_at <= ?",
+                (time.time() - IDEMPOTENCY_SECONDS,),
+            )
 
         await self._run(forget, notify=False)
 

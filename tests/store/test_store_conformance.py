@@ -361,3 +361,14 @@ async def test_fifty_concurrent_idempotent_submits_make_one_job(store: JobStore)
     # Another API key's same Idempotency-Key is its own.
     theirs = await store.submit("m", "key_b", PARAMS, idempotency=once)
     assert theirs.id != jobs[0].id
+
+
+async def test_an_idempotency_key_whose_job_was_deleted_makes_a_new_job(store: JobStore) -> None:
+    once = Idempotency(key="k-2", fingerprint="body-a")
+    first = await store.submit("m", "k", PARAMS, idempotency=once)
+    await store.lease(["m"], "w")
+    await store.complete(first.id, "w", RESULT)
+    await store.delete([first])  # retention shorter than the key's 24 h
+    again = await store.submit("m", "k", PARAMS, idempotency=once)
+    assert again.id != first.id and (await store.get(again.id)).status is JobStatus.QUEUED
+    assert (await store.submit("m", "k", PARAMS, idempotency=once)).id == again.id
