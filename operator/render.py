@@ -210,6 +210,7 @@ def worker_env(model: ImageModel) -> list[dict[str, Any]]:
         },
         {"name": "TESSERA_PRICE_PER_PATCH", "value": str(spec.price_per_patch)},
         {"name": "TESSERA_PIPELINE", "value": _compact(pipeline_options(model))},
+        {"name": "TESSERA_NAMESPACE", "value": model.namespace},
         {
             "name": "TESSERA_WORKER_ID",
             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},

@@ -6,6 +6,8 @@ same numbers come out of the API, the metrics and the usage ledger.
 
 from __future__ import annotations
 
+import decimal
+from collections.abc import Iterable
 from decimal import Decimal
 
 PATCH_SIDE = 16
@@ -22,6 +24,17 @@ def job_patches(width: int, height: int, num_images: int) -> int:
 
 def price(patches: int, price_per_patch: Decimal) -> Decimal:
     return patches * price_per_patch
+
+
+# Sums of amounts never round: 60 significant digits hold any ledger (a trillion dollars to
+# 1e-40), and a sum that would need more raises rather than lose a digit.
+EXACT = decimal.Context(prec=60, traps=[decimal.Inexact, decimal.Rounded, decimal.InvalidOperation])
+
+
+def total(amounts: Iterable[Decimal]) -> Decimal:
+    """The exact sum of ``amounts``."""
+    with decimal.localcontext(EXACT):
+        return sum(amounts, start=Decimal(0))
 
 
 def format_amount(amount: Decimal) -> str:

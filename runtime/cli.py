@@ -32,6 +32,7 @@ from tessera.runtime.settings import (
     parse_origin,
     parse_rates,
 )
+from tessera.runtime.usage import cli as usage_cli
 
 
 def _origin_argument(value: str) -> str:
@@ -69,7 +70,11 @@ S = TypeVar("S", bound=BaseSettings)
 def settings_from(cls: type[S], args: argparse.Namespace) -> S:
     """The command's settings: the flags given (only those: their defaults are suppressed),
     then ``TESSERA_*`` variables, then the defaults. Bad values exit 2 naming the flag."""
-    given = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "log_level")}
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("handler", "command", "usage_command", "log_level")
+    }
     try:
         return cls(**given)
     except ValidationError as error:
@@ -335,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--price-per-patch", help="price of one 16x16 patch, a decimal")
     worker.add_argument("--pipeline", metavar="JSON", help="loading options (spec.pipeline)")
     worker.add_argument("--worker-id", help="this worker's name in leases (default host-pid)")
+    worker.add_argument("--namespace", help="the ImageModel's namespace, for usage records")
     worker.set_defaults(handler=_worker)
 
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline to PATH")
@@ -342,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", choices=[t.value for t in Task], default=Task.TEXT_TO_IMAGE.value)
     demo.set_defaults(handler=_demo_model)
     client_cli.register(commands)
+    usage_cli.register(commands)
 
     for entry in entry_points(group="tessera.commands"):
         try:

@@ -121,8 +121,12 @@ def load_or_create_secret(path: Path) -> bytes:
 def _given_keys(settings: ApiSettings, id_secret: bytes) -> KeyRing | None:
     if settings.api_keys_file is not None:
         return KeyRing.from_file(settings.api_keys_file, id_secret)
-    if settings.api_keys:
-        return KeyRing.from_keys((key.get_secret_value() for key in settings.api_keys), id_secret)
+    if settings.api_keys or settings.admin_api_keys:
+        return KeyRing.from_keys(
+            (key.get_secret_value() for key in settings.api_keys),
+            id_secret,
+            (key.get_secret_value() for key in settings.admin_api_keys),
+        )
     return None
 
 

@@ -5,6 +5,7 @@
     │   ├── ModalityIncompatible  400  an edit sent to a text-to-image model, or the reverse
     │   └── IdempotencyMismatch   an Idempotency-Key reused with another body
     ├── Unauthorized          401  missing or unknown API key
+    ├── Forbidden             403  a valid key that may not do this (usage needs an admin key)
     ├── NotFound              404
     │   ├── ModelNotFound         lists the models that do exist
     │   ├── JobNotFound           also raised for another key's job, so ids leak nothing
@@ -70,6 +71,11 @@ class ModalityIncompatible(InvalidParameter):
 class Unauthorized(TesseraError):
     status_code = 401
     code = "auth.invalid_key"
+
+
+class Forbidden(TesseraError):
+    status_code = 403
+    code = "auth.forbidden"
 
 
 class NotFound(TesseraError):

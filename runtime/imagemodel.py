@@ -272,6 +272,7 @@ class ImageModel:
         spec = self.spec
         return ModelSpec(
             name=self.model_name,
+            namespace=self.namespace,
             task=spec.task,
             limits=spec.parameters,
             price_per_patch=spec.price_per_patch,

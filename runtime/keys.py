@@ -10,6 +10,10 @@ alone:
   ``TESSERA_API_KEYS``) gets ``HMAC-SHA256(server secret, key)``, stable for as long as the
   server keeps its secret.
 
+A key may be an admin key, allowed to read everyone's usage (``GET /v1/usage``): in JSON,
+``"admin": true`` on its entry; in plain text, the word ``admin`` after the key on its line
+(``tsk_... admin``). Files without either keep working: their keys are ordinary ones.
+
 JSON files written before this (ids were ``sha256(key)[:10]``) keep their stored ids, so
 their jobs and bills stay theirs; those ids no longer appear anywhere public, and a new key
 (delete the file, or ``write_key_file``) gets a random one.
@@ -37,6 +41,7 @@ class ApiKey:
     """The identity a request acts as: the public id only, never the key."""
 
     id: str
+    admin: bool = False
 
 
 def _digest(key: str) -> str:
@@ -48,16 +53,18 @@ def _keyed_id(key: str, secret: bytes) -> str:
 
 
 class KeyRing:
-    def __init__(self, ids_by_digest: dict[str, str] | None = None):
-        self._ids = dict(ids_by_digest or {})
+    def __init__(self, keys_by_digest: dict[str, ApiKey] | None = None):
+        self._keys = dict(keys_by_digest or {})
 
     @classmethod
-    def from_keys(cls, keys: Iterable[str], id_secret: bytes) -> KeyRing:
+    def from_keys(
+        cls, keys: Iterable[str], id_secret: bytes, admin_keys: Iterable[str] = ()
+    ) -> KeyRing:
+        admins = set(admin_keys)
         return cls(
             {
-                _digest(key): _ID_PREFIX
-                + hmac.new(id_secret, key.encode(), "sha256").hexdigest()[:10]
-                for key in keys
+                _digest(key): ApiKey(_keyed_id(key, id_secret), admin=key in admins)
+                for key in [*keys, *admins]
                 if key
             }
         )
@@ -68,20 +75,29 @@ class KeyRing:
         try:
             data = json.loads(text)
         except ValueError:
-            lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-            return cls.from_keys((line for line in lines if line), id_secret)
-        return cls({entry["sha256"]: entry["id"] for entry in data["keys"]})
+            plain: list[str] = []
+            admins: list[str] = []
+            for line in text.splitlines():
+                key, _, role = line.split("#", 1)[0].strip().partition(" ")
+                (admins if role.strip() == "admin" else plain).append(key)
+            return cls.from_keys(plain, id_secret, admins)
+        return cls(
+            {
+                entry["sha256"]: ApiKey(entry["id"], admin=bool(entry.get("admin", False)))
+                for entry in data["keys"]
+            }
+        )
 
     def authenticate(self, presented: str | None) -> ApiKey:
         if not presented:
             raise Unauthorized("missing API key: send it in the 'api_key' header")
-        key_id = self._ids.get(_digest(presented.strip()))
-        if key_id is None:
+        key = self._keys.get(_digest(presented.strip()))
+        if key is None:
             raise Unauthorized("invalid API key")
-        return ApiKey(id=key_id)
+        return key
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._keys)
 
 
 def new_key() -> str:

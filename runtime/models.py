@@ -32,6 +32,8 @@ class ModelSpec(BaseModel):
     limits: ParameterLimits = ParameterLimits()
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     provider: str = "Tessera"
+    # The ImageModel's namespace, for usage records; empty outside a cluster.
+    namespace: str = ""
     description: str = ""
     # Gateway queueing (None: unbounded, as in `tessera serve`, whose worker is built in): a
     # job still queued after the timeout fails unbilled; a full queue answers 429.

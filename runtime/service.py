@@ -92,7 +92,7 @@ class ImageService:
         was = job.status
         job = await self.store.cancel(job_id, "cancelled by its client; not billed")
         if not was.finished:
-            metrics.JOBS_FINISHED.labels(job.model, JobStatus.CANCELLED.value).inc()
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.CANCELLED).inc()
         return job
 
     async def expire_waiting(self) -> int:
@@ -106,7 +106,9 @@ class ImageService:
                 f"no worker for model {model.name!r} became ready within its queue timeout "
                 f"of {model.queue_timeout_seconds:g} s; the job did not run and is not billed"
             )
-            failed += await self.store.expire(model.name, model.queue_timeout_seconds, reason)
+            expired = await self.store.expire(model.name, model.queue_timeout_seconds, reason)
+            metrics.JOBS_FINISHED.labels(model.name, metrics.Outcome.EXPIRED).inc(expired)
+            failed += expired
         return failed
 
     async def forget_finished(self) -> int:
@@ -127,6 +129,13 @@ class ImageService:
                 return 0
         await self.store.delete(jobs)
         return len(jobs)
+
+    async def observe_queues(self) -> None:
+        """Set the queue-depth gauges of every served model (for dashboards and alerts)."""
+        for model in self.catalog.all():
+            depth = await self.store.queue_depth(model.name)
+            metrics.QUEUE_JOBS.labels(model.name, "queued").set(depth.queued)
+            metrics.QUEUE_JOBS.labels(model.name, "in_progress").set(depth.in_progress)
 
     async def job_for(self, key: ApiKey, job_id: int, wait: float = 0.0) -> Job:
         """The caller's job, after waiting up to ``wait`` s for its status to change.

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tessera.runtime.api.protocol import ClientDeadlines
@@ -26,6 +34,8 @@ from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
 from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.storage.base import PublicDownloads
+from tessera.runtime.usage.export import PushPolicy
+from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format
 from tessera.runtime.worker.options import PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
@@ -112,13 +122,15 @@ class _Settings(BaseSettings):
 class ApiSettings(_Settings):
     """What every process that answers the image API is told."""
 
-    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_keys", "signing_secret"})
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"api_keys", "admin_api_keys", "signing_secret"})
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
     api_keys_file: Path | None = None
     api_keys: Secrets = ()
+    # Keys that may also read everyone's usage (GET /v1/usage).
+    admin_api_keys: Secrets = ()
     signing_secret_file: Path | None = None
     signing_secret: SecretStr | None = None
     url_ttl_seconds: int = Field(default=3600, ge=1)
@@ -220,8 +232,8 @@ class WorkerSettings(_Settings):
     """``tessera worker``: one model's pipeline, working a shared queue.
 
     The operator renders the model's flags and, for what flags do not carry, the variables
-    ``TESSERA_MODEL_PARAMETERS``, ``TESSERA_PRICE_PER_PATCH``, ``TESSERA_PIPELINE`` and
-    ``TESSERA_WORKER_ID``.
+    ``TESSERA_MODEL_PARAMETERS``, ``TESSERA_PRICE_PER_PATCH``, ``TESSERA_PIPELINE``,
+    ``TESSERA_WORKER_ID`` and ``TESSERA_NAMESPACE``.
     """
 
     model: str = Field(min_length=1)
@@ -241,3 +253,59 @@ class WorkerSettings(_Settings):
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     pipeline: PipelineOptions = PipelineOptions()
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # The ImageModel's namespace (TESSERA_NAMESPACE, rendered by the operator), for usage.
+    namespace: str = ""
+
+
+class UsageExportSettings(_Settings):
+    """``tessera usage export``: one range of the usage ledger, as a file."""
+
+    queue: str
+    since: str = ""
+    until: str | None = None
+    # A time instead of ``until``: every record that finished before it (an invoice period).
+    before: AwareDatetime | None = None
+    format: Format = Format.JSONL
+    source: str = DEFAULT_SOURCE
+    output: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_end(self) -> UsageExportSettings:
+        if self.until is not None and self.before is not None:
+            raise ValueError("give --until or --before, not both")
+        return self
+
+
+class UsagePushSettings(_Settings):
+    """``tessera usage push``: the ledger, as CloudEvents batches, to an HTTP receiver."""
+
+    ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"push_token"})
+
+    queue: str
+    to: str
+    # Sent as ``Authorization: Bearer ...`` (OpenMeter's API token).
+    push_token: SecretStr | None = None
+    source: str = DEFAULT_SOURCE
+    batch_size: int = Field(default=PushPolicy.batch_size, ge=1, le=1000)
+    retention_seconds: float = Field(default=PushPolicy.retention_seconds, ge=0)
+    retry_max_seconds: float = Field(default=PushPolicy.retry_max_seconds, gt=0)
+    idle_seconds: float = Field(default=PushPolicy.idle_seconds, gt=0)
+    # Deliver everything there is, then exit (a cron job, or a test).
+    once: bool = False
+
+    @field_validator("to", mode="after")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(
+                f"expected an http(s) URL such as http://openmeter/api/v1/events, not {value!r}"
+            )
+        return value
+
+    def policy(self) -> PushPolicy:
+        return PushPolicy(
+            batch_size=self.batch_size,
+            retention_seconds=self.retention_seconds,
+            retry_max_seconds=self.retry_max_seconds,
+            idle_seconds=self.idle_seconds,
+        )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayDeployment
+from tests.support.gateway import GatewayDeployment, run_deployment
 from tests.support.redis_server import RedisServer
 from tests.support.s3_server import S3Server
 from tests.support.server import ServerProcess, free_port
@@ -64,25 +64,13 @@ def demo_server(serve_server: ServerProcess) -> ServerProcess:
     return serve_server
 
 
-def _deployment(
-    directory: Path, pipelines: Path, s3: S3Server | None = None
-) -> Iterator[GatewayDeployment]:
-    redis = RedisServer(directory / "redis").start()
-    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3)
-    try:
-        yield deployment.start()
-    finally:
-        deployment.stop()
-        redis.stop()
-
-
 @pytest.fixture(scope="session")
 def gateway_deployment(
     tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
 ) -> Iterator[GatewayDeployment]:
     """``tessera gateway`` + one ``tessera worker`` per demo model over their own redis-server
     and a shared folder (``file://``): the cluster's shape, for the whole session."""
-    yield from _deployment(tmp_path_factory.mktemp("gateway-deployment"), demo_models_dir)
+    yield from run_deployment(tmp_path_factory.mktemp("gateway-deployment"), demo_models_dir)
 
 
 @pytest.fixture(scope="session")
@@ -91,4 +79,4 @@ def gateway_s3_deployment(
 ) -> Iterator[GatewayDeployment]:
     """The same, with results and uploads in a bucket of a real S3 server (SeaweedFS)."""
     directory = tmp_path_factory.mktemp("gateway-s3-deployment")
-    yield from _deployment(directory, demo_models_dir, s3_server)
+    yield from run_deployment(directory, demo_models_dir, s3_server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -185,3 +186,15 @@ def test_the_gateway_installs_and_serves_without_torch_or_kopf(
         gateway.stop()
     assert {m["model_name"] for m in listed} == {"tessera-demo", "tessera-demo-edit"}
     assert queued.status_code == 200 and queued.json()["status"] == "queued", queued.text
+    # The same image exports and pushes usage.
+    exported = subprocess.run(
+        [str(bin_dir / "tessera"), "usage", "export", "--queue", redis_server.url, "--format",
+         "cloudevents"],
+        capture_output=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert exported.returncode == 0 and isinstance(json.loads(exported.stdout), list), exported
+    assert exported.stderr.decode().splitlines()[-1].startswith("cursor: ")
+    libraries = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import cloudevents, stamina"], cwd=tmp_path
+    )
+    assert libraries.returncode == 0, "the usage extra came with the gateway"

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import start_http_server
 
 from tessera.runtime import openai, playground
-from tessera.runtime.api import catalog, errors, files, images, openapi
+from tessera.runtime.api import catalog, errors, files, images, openapi, usage
 from tessera.runtime.api.bodylimit import BodyLimit
 from tessera.runtime.config import ServerConfig
 from tessera.runtime.errors import StorageUnavailable, StoreUnavailable
@@ -70,11 +70,13 @@ EXPIRY_INTERVAL_SECONDS = 1.0
 
 async def _expire_waiting_jobs(service: ImageService, stop: asyncio.Event) -> None:
     """Every replica sweeps; the store's sweep is atomic, so they never fail a job twice,
-    and deleting a job or a file twice is no error."""
+    and deleting a job or a file twice is no error. The same tick samples queue depth for
+    the metrics."""
     while not stop.is_set():
         try:
             failed = await service.expire_waiting()
             forgotten = await service.forget_finished()
+            await service.observe_queues()
         except StoreUnavailable as error:
             log.warning("could not sweep the job store: %s", error)
         else:
@@ -220,6 +222,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     v1.include_router(images.router)
     v1.include_router(catalog.router)
     v1.include_router(files.router)
+    v1.include_router(usage.router)
     app.include_router(v1)
     openai.mount(app, config.openai)
     playground.mount(app)

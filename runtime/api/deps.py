@@ -9,6 +9,7 @@ from fastapi import Depends, Request, Response, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 
+from tessera.runtime.errors import Forbidden
 from tessera.runtime.keys import ApiKey, KeyRing
 from tessera.runtime.service import ImageService
 
@@ -59,5 +60,12 @@ def current_key(
     return authenticate(request)
 
 
+def admin_key(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+    if not key.admin:
+        raise Forbidden("only an admin key may read usage; this key is not one")
+    return key
+
+
 Service = Annotated[ImageService, Depends(get_service)]
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
+AdminKey = Annotated[ApiKey, Depends(admin_key)]

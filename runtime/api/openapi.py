@@ -41,6 +41,7 @@ class ErrorBody(BaseModel):
 _DESCRIPTIONS = {
     400: "The request does not fit the model (an edit sent to a text-to-image model)",
     401: "Missing or unknown API key",
+    403: "The key is valid but may not do this (usage needs an admin key)",
     404: "No such model, job or file (another key's job answers the same)",
     409: "This upload URL was already used, or the job to cancel already finished",
     413: "The body or an image is larger than its limit",

@@ -9,6 +9,10 @@ backend:
 - ``complete`` writes the result, the status and the usage record in one atomic step, and
   only for the worker that holds the lease, so a job is billed exactly once whatever
   crashes. ``fail`` bills nothing.
+- The usage ledger is read in completion order through an opaque cursor that the
+  completion step itself advances: a record is never behind a cursor that was handed out
+  before it was written, so an export resumed from its last cursor misses nothing and
+  repeats nothing; the same range reads the same records.
 - ``submit`` with ``max_queued`` refuses (``QueueFull``) when that many jobs of the model
   already wait, in the same atomic step that would have queued it.
 - ``expire`` fails queued jobs that waited too long, unbilled and with the reason, and
@@ -29,7 +33,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from tessera.runtime.errors import TesseraError
+from tessera.runtime.errors import InvalidParameter, TesseraError
 from tessera.runtime.params import JobParams
 
 # Job ids are positive signed 64-bit integers in every backend (SQLite's INTEGER PRIMARY KEY,
@@ -88,6 +92,7 @@ class JobResult:
     images: tuple[ImageFile, ...]
     patches: int
     price: Decimal
+    price_per_patch: Decimal
 
 
 def result_to_json(result: JobResult) -> str:
@@ -96,6 +101,7 @@ def result_to_json(result: JobResult) -> str:
             "images": [vars(image) for image in result.images],
             "patches": result.patches,
             "price": str(result.price),
+            "price_per_patch": str(result.price_per_patch),
         }
     )
 
@@ -108,20 +114,62 @@ def result_from_json(text: str | None) -> JobResult | None:
         images=tuple(ImageFile(**image) for image in data["images"]),
         patches=data["patches"],
         price=Decimal(data["price"]),
+        # Results written before the rate was kept carry only the total.
+        price_per_patch=Decimal(data.get("price_per_patch") or "0"),
     )
 
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One completed job's bill; the ledger's key is ``job_id``, so export is idempotent."""
+    """One completed job's bill, as the ledger keeps it.
 
+    ``event_id`` comes from the job id and the store (a store rebuilt empty counts job ids
+    from 1 again, so the id alone would collide downstream), never from the attempt, so a
+    retried job has one id and a receiver that deduplicates by it counts the job once.
+    ``amount`` is ``patches * price_per_patch`` exactly.
+    """
+
+    event_id: str
     job_id: int
     model: str
+    namespace: str
     key_id: str
+    image_sizes: tuple[tuple[int, int], ...]
     patches: int
-    price: Decimal
-    images: int
-    completed_at: datetime
+    price_per_patch: Decimal
+    amount: Decimal
+    submitted_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    attempts: int
+
+    @property
+    def images(self) -> int:
+        return len(self.image_sizes)
+
+
+@dataclass(frozen=True)
+class UsagePage:
+    """Records in completion order, and the cursor to read on from after the last one."""
+
+    records: list[UsageRecord]
+    cursor: str
+
+
+def usage_event_id(ledger_id: str, job_id: int) -> str:
+    return f"{ledger_id}-{job_id}"
+
+
+class InvalidCursor(InvalidParameter):
+    """A usage cursor this store did not hand out."""
+
+    def __init__(self, cursor: str):
+        super().__init__(
+            f"{cursor!r} is not a usage cursor of this store: pass one that an export "
+            "printed, or an empty one to start at the beginning",
+            field="cursor",
+            rule="cursor",
+        )
 
 
 @dataclass(frozen=True)
@@ -239,7 +287,12 @@ class JobStore(Protocol):
         """Renew the lease and record progress, or raise ``LeaseLost``."""
         ...
 
-    async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job: ...
+    async def complete(
+        self, job_id: int, worker_id: str, result: JobResult, namespace: str = ""
+    ) -> Job:
+        """Complete and bill the job; ``namespace`` is its model's (the ImageModel's), for
+        the usage record."""
+        ...
 
     async def fail(self, job_id: int, worker_id: str, error: str) -> Job: ...
 
@@ -270,13 +323,27 @@ class JobStore(Protocol):
         stay, for billing. Deleting a job twice is no error, so sweeps may overlap."""
         ...
 
-    async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
-        """Usage records in job-id order, for a billing export that resumes where it left.
+    async def usage(
+        self, since: str = "", until: str | None = None, limit: int = 1000
+    ) -> UsagePage:
+        """Up to ``limit`` usage records after cursor ``since`` (``""``: the first) and not
+        after cursor ``until``, in completion order; ``InvalidCursor`` for a foreign one."""
+        ...
 
-        Jobs complete out of id order (models run at different speeds), so resuming after the
-        last id seen can skip a job that completed later. A billing export needs a cursor in
-        completion order (a ledger sequence); none is built on this yet.
-        """
+    async def usage_cursor_at(self, moment: datetime) -> str:
+        """A cursor behind every record that finished at or after ``moment``: reading from
+        it and filtering by ``finished_at`` selects a time range."""
+        ...
+
+    async def saved_cursor(self, name: str) -> str:
+        """The cursor last saved under ``name`` (an exporter's progress), or ``""``."""
+        ...
+
+    async def save_cursor(self, name: str, cursor: str) -> None: ...
+
+    async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
+        """Delete the records at or before cursor ``delivered`` that finished more than
+        ``keep_seconds`` ago; never a record after it. Returns how many went."""
         ...
 
     async def close(self) -> None: ...

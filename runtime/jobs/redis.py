@@ -3,8 +3,11 @@
 Every step that must be atomic (take a job, renew or check a lease, complete and bill) is
 one Lua script over ONE model's keys, which all carry the model in a hash tag
 (``tessera:{model}:...``). Redis Cluster can then spread models over shards while each
-model's queue, leases and usage ledger stay together. Times come from the server's clock
-(``TIME``), so gateways and workers never disagree about when a lease ran out.
+model's queue, leases and usage ledger stay together. The ledger is therefore one stream
+per model, not one for all: a global stream would sit in another slot than the job it
+bills, and the completion could no longer append to it in the same atomic script. A usage
+cursor is then a position in each model's stream (``LedgerCursor``). Times come from the
+server's clock (``TIME``), so gateways and workers never disagree about when a lease ran out.
 
 Durability is Redis's: run it with ``appendonly yes`` and ``appendfsync always`` for "a job
 is durable before its id is returned" (the chart and the tests do). A Redis that restarts
@@ -18,12 +21,14 @@ Keys, for a model M and job N:
 - ``tessera:next-job-id``             counter for numeric job ids
 - ``tessera:job:N:model``             which model N belongs to (so a task lookup finds it)
 - ``tessera:models``                  every model that ever had a job (usage export)
+- ``tessera:ledger-id``               this store's random id, part of every usage event id
+- ``tessera:usage-cursor:NAME``       an exporter's saved cursor
 - ``tessera:{M}:job:N``               the job, a hash
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
 - ``tessera:{M}:queue:order``         the same ids scored by id: ZRANK is a queue position
 - ``tessera:{M}:queue:deadlines``     queued ids with a Cancel-After, scored by deadline
 - ``tessera:{M}:leases``              ids in progress, scored by lease expiry
-- ``tessera:{M}:usage``               usage records, scored by job id
+- ``tessera:{M}:ledger``              usage records, a stream in completion order
 - ``tessera:{M}:finished``            finished ids, scored by finish time (retention sweeps)
 - ``tessera:{M}:start:W``             worker W's start-up phases (JSON), for 24 hours
 - ``tessera:idempotency:{K}:H``       API key K's Idempotency-Key (digest H): its job, 24 h
@@ -33,10 +38,13 @@ Keys, for a model M and job N:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 import logging
+import re
+import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -59,15 +67,18 @@ from tessera.runtime.jobs.base import (
     IDEMPOTENCY_SECONDS,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
     Idempotency,
+    InvalidCursor,
     Job,
     JobResult,
     JobStatus,
     LeaseLost,
     QueueDepth,
     StorePolicy,
+    UsagePage,
     UsageRecord,
     result_from_json,
     result_to_json,
+    usage_event_id,
 )
 from tessera.runtime.jobs.signal import ChangeSignal
 from tessera.runtime.params import JobParams
@@ -188,9 +199,10 @@ local done = redis.call('HMGET', ARGV[1] .. ARGV[2], 'status', 'worker_id')
 if done[1] == '%s' and done[2] == ARGV[3] then return 1 end
 """
 
-# Completion and its usage record in one step. KEYS[1] leases, KEYS[2] usage, KEYS[3]
-# finished; ARGV[1] prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] result JSON, ARGV[5]
-# patches, ARGV[6] price, ARGV[7] images, ARGV[8] events channel.
+# Completion and its usage record in one step: the stream id is the ledger's order.
+# KEYS[1] leases, KEYS[2] ledger, KEYS[3] finished; ARGV[1] prefix, ARGV[2] id, ARGV[3]
+# worker, ARGV[4] result JSON, ARGV[5] patches, ARGV[6] amount, ARGV[7] image sizes JSON,
+# ARGV[8] events channel, ARGV[9] price per patch, ARGV[10] namespace.
 _COMPLETE = (
     _NOW
     + _ALREADY % "completed"
@@ -200,10 +212,11 @@ redis.call('HSET', key, 'status', 'completed', 'progress', 100, 'finished_at', n
   'result', ARGV[4], 'lease_until', '')
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now, ARGV[2])
-local job = redis.call('HMGET', key, 'model', 'key_id')
-redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), cjson.encode({
-  job_id = tonumber(ARGV[2]), model = job[1], key_id = job[2], patches = tonumber(ARGV[5]),
-  price = ARGV[6], images = tonumber(ARGV[7]), completed_at = now}))
+local job = redis.call('HMGET', key, 'model', 'key_id', 'created_at', 'started_at', 'attempts')
+redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[2], 'model', job[1], 'namespace', ARGV[10],
+  'key_id', job[2], 'image_sizes', ARGV[7], 'patches', ARGV[5], 'price_per_patch', ARGV[9],
+  'amount', ARGV[6], 'submitted_at', job[3], 'started_at', job[4],
+  'finished_at', tostring(now), 'attempts', job[5])
 redis.call('PUBLISH', ARGV[8], ARGV[2])
 return 1
 """
@@ -345,6 +358,62 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# The last id a millisecond can hold: a position just before the next millisecond.
+_LAST_SEQUENCE = 2**64 - 1
+
+StreamId = tuple[int, int]
+
+
+def _stream_id(text: str) -> StreamId:
+    milliseconds, sequence = text.split("-")
+    return int(milliseconds), int(sequence)
+
+
+class LedgerCursor:
+    """A position in every model's ledger stream, as the text that exports print:
+    base64url of ``{"model": "ms-seq"}``, so any model name fits. A model it does not
+    name is read from its start."""
+
+    @staticmethod
+    def decode(cursor: str) -> dict[str, str]:
+        if cursor == "":
+            return {}
+        try:
+            positions = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        except ValueError:
+            raise InvalidCursor(cursor) from None
+        if not isinstance(positions, dict) or not all(
+            isinstance(value, str) and _STREAM_ID.match(value) for value in positions.values()
+        ):
+            raise InvalidCursor(cursor)
+        return positions
+
+    @staticmethod
+    def encode(positions: dict[str, str]) -> str:
+        text = json.dumps(dict(sorted(positions.items())), separators=(",", ":"))
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _record_from_entry(ledger_id: str, fields: dict[str, str]) -> UsageRecord:
+    job_id = int(fields["job_id"])
+    return UsageRecord(
+        event_id=usage_event_id(ledger_id, job_id),
+        job_id=job_id,
+        model=fields["model"],
+        namespace=fields["namespace"],
+        key_id=fields["key_id"],
+        image_sizes=tuple((w, h) for w, h in json.loads(fields["image_sizes"])),
+        patches=int(fields["patches"]),
+        price_per_patch=Decimal(fields["price_per_patch"]),
+        amount=Decimal(fields["amount"]),
+        submitted_at=datetime.fromtimestamp(float(fields["submitted_at"]), UTC),
+        started_at=datetime.fromtimestamp(float(fields["started_at"]), UTC),
+        finished_at=datetime.fromtimestamp(float(fields["finished_at"]), UTC),
+        attempts=int(fields["attempts"]),
+    )
+
+
 class RedisJobStore:
     """``JobStore`` over Redis; ``url`` is a ``redis://`` or ``rediss://`` URL."""
 
@@ -359,6 +428,7 @@ class RedisJobStore:
         )
         self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
+        self._ledger: str | None = None
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
@@ -598,13 +668,15 @@ class RedisJobStore:
             )
         )
 
-    async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job:
+    async def complete(
+        self, job_id: int, worker_id: str, result: JobResult, namespace: str = ""
+    ) -> Job:
         model = await self._model_for_lease(job_id)
         await self._call(
             self._scripts["complete"](
                 keys=[
                     self._model_key(model, "leases"),
-                    self._model_key(model, "usage"),
+                    self._model_key(model, "ledger"),
                     self._model_key(model, "finished"),
                 ],
                 args=[
@@ -614,8 +686,10 @@ class RedisJobStore:
                     result_to_json(result),
                     result.patches,
                     str(result.price),
-                    len(result.images),
+                    json.dumps([[image.width, image.height] for image in result.images]),
                     self._model_key(model, "events"),
+                    str(result.price_per_patch),
+                    namespace,
                 ],
             )
         )
@@ -770,28 +844,76 @@ class RedisJobStore:
                 pipeline.delete(f"{self.prefix}:job:{job.id}:model")
             await self._call(pipeline.execute())
 
-    async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
-        records: list[dict[str, Any]] = []
-        for model in await self._call(self._redis.smembers(f"{self.prefix}:models")):
-            members = await self._call(
-                self._redis.zrangebyscore(
-                    self._model_key(model, "usage"), f"({after_job_id}", "+inf", 0, limit
+    async def _ledger_id(self) -> str:
+        if self._ledger is None:
+            key = f"{self.prefix}:ledger-id"
+            await self._call(self._redis.set(key, secrets.token_hex(8), nx=True))
+            self._ledger = str(await self._call(self._redis.get(key)))
+        return self._ledger
+
+    async def _models(self) -> list[str]:
+        return sorted(await self._call(self._redis.smembers(f"{self.prefix}:models")))
+
+    async def usage(
+        self, since: str = "", until: str | None = None, limit: int = 1000
+    ) -> UsagePage:
+        positions = LedgerCursor.decode(since)
+        ends = None if until is None else LedgerCursor.decode(until)
+        ledger_id = await self._ledger_id()
+        entries: list[tuple[StreamId, str, str, dict[str, str]]] = []
+        for model in await self._models():
+            end = "+" if ends is None else ends.get(model)
+            if end is None:
+                continue  # the model had no record yet when ``until`` was made
+            rows = await self._call(
+                self._redis.xrange(
+                    self._model_key(model, "ledger"),
+                    min=f"({positions.get(model, '0-0')}",
+                    max=end,
+                    count=limit,
                 )
             )
-            records.extend(json.loads(member) for member in members)
-        records.sort(key=lambda record: record["job_id"])
-        return [
-            UsageRecord(
-                job_id=int(record["job_id"]),
-                model=record["model"],
-                key_id=record["key_id"],
-                patches=int(record["patches"]),
-                price=Decimal(record["price"]),
-                images=int(record["images"]),
-                completed_at=datetime.fromtimestamp(float(record["completed_at"]), UTC),
+            entries.extend((_stream_id(id_), model, id_, fields) for id_, fields in rows)
+        # Each model's entries stay in stream order; between models, by time.
+        entries.sort(key=lambda entry: (entry[0][0], entry[1], entry[0][1]))
+        taken = entries[:limit]
+        for _, model, stream_id, _ in taken:
+            positions[model] = stream_id
+        return UsagePage(
+            [_record_from_entry(ledger_id, fields) for *_, fields in taken],
+            LedgerCursor.encode(positions),
+        )
+
+    async def usage_cursor_at(self, moment: datetime) -> str:
+        milliseconds = int(moment.timestamp() * 1000)
+        before = f"{milliseconds - 1}-{_LAST_SEQUENCE}" if milliseconds > 0 else "0-0"
+        return LedgerCursor.encode({model: before for model in await self._models()})
+
+    async def saved_cursor(self, name: str) -> str:
+        saved = await self._call(self._redis.get(f"{self.prefix}:usage-cursor:{name}"))
+        return "" if saved is None else str(saved)
+
+    async def save_cursor(self, name: str, cursor: str) -> None:
+        LedgerCursor.decode(cursor)
+        await self._call(self._redis.set(f"{self.prefix}:usage-cursor:{name}", cursor))
+
+    async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
+        seconds, microseconds = await self._call(self._redis.time())
+        cutoff = (int(seconds * 1000 + microseconds // 1000 - keep_seconds * 1000), 0)
+        trimmed = 0
+        for model, position in LedgerCursor.decode(delivered).items():
+            milliseconds, sequence = _stream_id(position)
+            keep_from = min((milliseconds, sequence + 1), cutoff)
+            trimmed += int(
+                await self._call(
+                    self._redis.xtrim(
+                        self._model_key(model, "ledger"),
+                        minid=f"{keep_from[0]}-{keep_from[1]}",
+                        approximate=False,
+                    )
+                )
             )
-            for record in records[:limit]
-        ]
+        return trimmed
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -10,7 +10,9 @@ from this process and, for writes from another process sharing the file (a separ
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -33,16 +35,19 @@ from tessera.runtime.jobs.base import (
     MAX_JOB_ID,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
     Idempotency,
+    InvalidCursor,
     Job,
     JobResult,
     JobStatus,
     LeaseLost,
     QueueDepth,
     StorePolicy,
+    UsagePage,
     UsageRecord,
     check_transition,
     result_from_json,
     result_to_json,
+    usage_event_id,
 )
 from tessera.runtime.jobs.signal import ChangeSignal
 from tessera.runtime.params import JobParams
@@ -78,15 +83,26 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (key_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
-CREATE TABLE IF NOT EXISTS usage (
-    job_id       INTEGER PRIMARY KEY, -- outlives its job: retention keeps the ledger
-    model        TEXT    NOT NULL,
-    key_id       TEXT    NOT NULL,
-    patches      INTEGER NOT NULL,
-    price        TEXT    NOT NULL,
-    images       INTEGER NOT NULL,
-    completed_at REAL    NOT NULL
+-- The usage ledger. Writers are serialised (BEGIN IMMEDIATE), so ``sequence`` grows in
+-- commit order: the cursor of an export. AUTOINCREMENT never reuses one that was trimmed.
+CREATE TABLE IF NOT EXISTS ledger (
+    sequence        INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id          INTEGER NOT NULL UNIQUE,
+    model           TEXT    NOT NULL,
+    namespace       TEXT    NOT NULL,
+    key_id          TEXT    NOT NULL,
+    image_sizes     TEXT    NOT NULL,
+    patches         INTEGER NOT NULL,
+    price_per_patch TEXT    NOT NULL,
+    amount          TEXT    NOT NULL,
+    submitted_at    REAL    NOT NULL,
+    started_at      REAL    NOT NULL,
+    finished_at     REAL    NOT NULL,
+    attempts        INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS ledger_by_time ON ledger (finished_at);
+CREATE TABLE IF NOT EXISTS usage_cursors (name TEXT PRIMARY KEY, cursor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 # How often a waiter re-reads the file for changes made by another process.
@@ -117,6 +133,32 @@ def _job_from_row(row: sqlite3.Row) -> Job:
     )
 
 
+def _sequence(cursor: str) -> int:
+    if cursor == "":
+        return 0
+    if not cursor.isdecimal() or len(cursor) > 19:
+        raise InvalidCursor(cursor)
+    return int(cursor)
+
+
+def _record_from_row(ledger_id: str, row: sqlite3.Row) -> UsageRecord:
+    return UsageRecord(
+        event_id=usage_event_id(ledger_id, row["job_id"]),
+        job_id=row["job_id"],
+        model=row["model"],
+        namespace=row["namespace"],
+        key_id=row["key_id"],
+        image_sizes=tuple((w, h) for w, h in json.loads(row["image_sizes"])),
+        patches=row["patches"],
+        price_per_patch=Decimal(row["price_per_patch"]),
+        amount=Decimal(row["amount"]),
+        submitted_at=datetime.fromtimestamp(row["submitted_at"], UTC),
+        started_at=datetime.fromtimestamp(row["started_at"], UTC),
+        finished_at=datetime.fromtimestamp(row["finished_at"], UTC),
+        attempts=row["attempts"],
+    )
+
+
 class SQLiteJobStore:
     """``JobStore`` over one SQLite file."""
 
@@ -126,6 +168,8 @@ class SQLiteJobStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._changes = ChangeSignal(CROSS_PROCESS_POLL_SECONDS, probe=self._data_version)
+        # Made once per database, so event ids differ from a rebuilt store's.
+        self._ledger_id = ""
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -144,6 +188,13 @@ class SQLiteJobStore:
             columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
             if "start_by" not in columns:  # a file written before Cancel-After existed
                 connection.execute("ALTER TABLE jobs ADD COLUMN start_by REAL")
+            connection.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('ledger_id', ?)",
+                (secrets.token_hex(8),),
+            )
+            (self._ledger_id,) = connection.execute(
+                "SELECT value FROM meta WHERE name = 'ledger_id'"
+            ).fetchone()
             self._connection = connection
         return self._connection
 
@@ -365,7 +416,9 @@ class SQLiteJobStore:
 
         await self._run(renew, notify=False, durable=False)
 
-    async def complete(self, job_id: int, worker_id: str, result: JobResult) -> Job:
+    async def complete(
+        self, job_id: int, worker_id: str, result: JobResult, namespace: str = ""
+    ) -> Job:
         def finish(connection: sqlite3.Connection) -> Job:
             if done := self._already(connection, job_id, worker_id, JobStatus.COMPLETED):
                 return done
@@ -377,17 +430,24 @@ class SQLiteJobStore:
                 " lease_until = NULL WHERE id = ?",
                 (JobStatus.COMPLETED.value, now, result_to_json(result), job_id),
             )
+            assert job.started_at is not None
             connection.execute(
-                "INSERT INTO usage (job_id, model, key_id, patches, price, images, completed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ledger (job_id, model, namespace, key_id, image_sizes, patches,"
+                " price_per_patch, amount, submitted_at, started_at, finished_at, attempts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     job.model,
+                    namespace,
                     job.key_id,
+                    json.dumps([[image.width, image.height] for image in result.images]),
                     result.patches,
+                    str(result.price_per_patch),
                     str(result.price),
-                    len(result.images),
+                    job.created_at.timestamp(),
+                    job.started_at.timestamp(),
                     now,
+                    job.attempts,
                 ),
             )
             return self._fetch(connection, job_id)
@@ -515,26 +575,66 @@ class SQLiteJobStore:
 
         await self._run(forget, notify=False)
 
-    async def usage(self, after_job_id: int = 0, limit: int = 1000) -> list[UsageRecord]:
-        def read(connection: sqlite3.Connection) -> list[UsageRecord]:
+    async def usage(
+        self, since: str = "", until: str | None = None, limit: int = 1000
+    ) -> UsagePage:
+        after = _sequence(since)
+        last = MAX_JOB_ID if until is None else _sequence(until)
+
+        def read(connection: sqlite3.Connection) -> UsagePage:
             rows = connection.execute(
-                "SELECT * FROM usage WHERE job_id > ? ORDER BY job_id LIMIT ?",
-                (after_job_id, limit),
+                "SELECT * FROM ledger WHERE sequence > ? AND sequence <= ?"
+                " ORDER BY sequence LIMIT ?",
+                (after, last, limit),
             ).fetchall()
-            return [
-                UsageRecord(
-                    job_id=row["job_id"],
-                    model=row["model"],
-                    key_id=row["key_id"],
-                    patches=row["patches"],
-                    price=Decimal(row["price"]),
-                    images=row["images"],
-                    completed_at=datetime.fromtimestamp(row["completed_at"], UTC),
-                )
-                for row in rows
-            ]
+            cursor = str(rows[-1]["sequence"] if rows else after)
+            return UsagePage([_record_from_row(self._ledger_id, row) for row in rows], cursor)
 
         return await self._run(read, notify=False, write=False)
+
+    async def usage_cursor_at(self, moment: datetime) -> str:
+        def find(connection: sqlite3.Connection) -> str:
+            (first,) = connection.execute(
+                "SELECT MIN(sequence) FROM ledger WHERE finished_at >= ?", (moment.timestamp(),)
+            ).fetchone()
+            if first is not None:
+                return str(first - 1)
+            (last,) = connection.execute("SELECT MAX(sequence) FROM ledger").fetchone()
+            return str(last or 0)
+
+        return await self._run(find, notify=False)
+
+    async def saved_cursor(self, name: str) -> str:
+        def read(connection: sqlite3.Connection) -> str:
+            row = connection.execute(
+                "SELECT cursor FROM usage_cursors WHERE name = ?", (name,)
+            ).fetchone()
+            return "" if row is None else str(row["cursor"])
+
+        return await self._run(read, notify=False, write=False)
+
+    async def save_cursor(self, name: str, cursor: str) -> None:
+        _sequence(cursor)
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO usage_cursors (name, cursor) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor",
+                (name, cursor),
+            )
+
+        await self._run(write, notify=False)
+
+    async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
+        through = _sequence(delivered)
+
+        def delete(connection: sqlite3.Connection) -> int:
+            return connection.execute(
+                "DELETE FROM ledger WHERE sequence <= ? AND finished_at < ?",
+                (through, time.time() - keep_seconds),
+            ).rowcount
+
+        return await self._run(delete, notify=False)
 
     async def close(self) -> None:
         def shut() -> None:

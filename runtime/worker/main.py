@@ -40,6 +40,7 @@ def _model_spec(settings: WorkerSettings) -> ModelSpec:
         weights=str(settings.weights),
         limits=settings.model_parameters,
         price_per_patch=settings.price_per_patch,
+        namespace=settings.namespace,
     )
 
 

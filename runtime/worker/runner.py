@@ -98,7 +98,10 @@ class Worker:
         try:
             result = await self._run(job, progress)
         except (LeaseLost, JobStopped):
+            # Cancelled, or taken over after a lapse: the worker cannot tell which, and
+            # neither is billed here.
             log.warning("job %s: cancelled or lease lost while running; stopped", job.id)
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.LEASE_LOST).inc()
             return
         except (StoreUnavailable, StorageUnavailable) as error:
             # Not the job's fault: its lease runs out and it runs again, unbilled until then.
@@ -107,17 +110,24 @@ class Worker:
         except Exception as error:
             log.exception("job %s failed", job.id)
             reason = describe_failure(job.id, error)
-            await self._finish(job, lambda: self.store.fail(job.id, self.worker_id, reason))
-            metrics.JOBS_FINISHED.labels(job.model, "failed").inc()
+            failed = await self._finish(
+                job, lambda: self.store.fail(job.id, self.worker_id, reason)
+            )
+            if failed:
+                metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.FAILED).inc()
             return
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             self.busy = False
-        if await self._finish(job, lambda: self.store.complete(job.id, self.worker_id, result)):
+            metrics.WORKER_BUSY_SECONDS.labels(job.model).inc(time.monotonic() - started)
+        namespace = self.models[job.model].namespace
+        if await self._finish(
+            job, lambda: self.store.complete(job.id, self.worker_id, result, namespace)
+        ):
             metrics.JOB_SECONDS.labels(job.model, "run").observe(time.monotonic() - started)
-            metrics.JOBS_FINISHED.labels(job.model, "completed").inc()
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.COMPLETED).inc()
             metrics.IMAGES.labels(job.model).inc(len(result.images))
             metrics.PATCHES.labels(job.model).inc(result.patches)
             metrics.BILLED.labels(job.model).inc(float(result.price))
@@ -129,6 +139,7 @@ class Worker:
             await write()
         except LeaseLost:
             log.warning("job %s: lease lost before completion; another worker owns it", job.id)
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.LEASE_LOST).inc()
             return False
         except StoreUnavailable as error:
             log.warning("job %s: not recorded, it will run again: %s", job.id, error)
@@ -160,8 +171,13 @@ class Worker:
             await self.files.put(key, data)
             stored.append(ImageFile(key, image.width, image.height, content_type))
         patches = billing.job_patches(params.width, params.height, len(stored))
-        price = billing.price(patches, self.models[job.model].price_per_patch)
-        return JobResult(images=tuple(stored), patches=patches, price=price)
+        rate = self.models[job.model].price_per_patch
+        return JobResult(
+            images=tuple(stored),
+            patches=patches,
+            price=billing.price(patches, rate),
+            price_per_patch=rate,
+        )
 
     async def _heartbeat(self, job: Job, progress: _Progress) -> None:
         """Renew the lease on a timer and report progress as it moves."""

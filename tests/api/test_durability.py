@@ -40,7 +40,7 @@ def test_jobs_complete_after_a_kill_and_restart(tmp_path: Path, demo_models_dir:
     assert [t["status"] for t in tasks] == ["completed"] * 4
     assert tasks[0]["attempts"] == 2, "the job in flight at the crash ran again"
     with sqlite3.connect(tmp_path / "data" / "jobs.db") as db:
-        billed = [row[0] for row in db.execute("SELECT job_id FROM usage ORDER BY job_id")]
+        billed = [row[0] for row in db.execute("SELECT job_id FROM ledger ORDER BY job_id")]
     assert billed == ids, "each job is billed exactly once"
 
 

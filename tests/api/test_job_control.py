@@ -42,7 +42,7 @@ def ledger(server: Deployment) -> list[int]:
     async def read() -> list[int]:
         store = open_store(url)
         try:
-            return [record.job_id for record in await store.usage(limit=100_000)]
+            return [record.job_id for record in (await store.usage(limit=100_000)).records]
         finally:
             await store.close()
 

@@ -43,7 +43,7 @@ def jobs_with_prompt(server: ServerProcess, prompt: str) -> list[sqlite3.Row]:
         db.row_factory = sqlite3.Row
         rows = db.execute(
             "SELECT jobs.id, jobs.status, jobs.attempts, jobs.params,"
-            " (SELECT COUNT(*) FROM usage WHERE usage.job_id = jobs.id) AS billed"
+            " (SELECT COUNT(*) FROM ledger WHERE ledger.job_id = jobs.id) AS billed"
             " FROM jobs ORDER BY jobs.id"
         ).fetchall()
     return [row for row in rows if json.loads(row["params"])["prompt"] == prompt]

@@ -15,8 +15,7 @@ import pytest
 from tessera.runtime.jobs.base import UsageRecord
 from tessera.runtime.jobs.redis import RedisJobStore
 from tests.api.helpers import FAST, download, png_bytes, submit, wait
-from tests.conftest import _deployment
-from tests.support.gateway import GatewayDeployment
+from tests.support.gateway import GatewayDeployment, run_deployment
 from tests.support.redis_server import RedisServer
 
 BODY = {"model": "tessera-demo", "prompt": "a pier", "image_size": "64x48", **FAST}
@@ -28,14 +27,14 @@ def deployment(
     tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path
 ) -> Iterator[GatewayDeployment]:
     """A deployment of its own: restarting its Redis disturbs no other test."""
-    yield from _deployment(tmp_path_factory.mktemp("redis-outages"), demo_models_dir)
+    yield from run_deployment(tmp_path_factory.mktemp("redis-outages"), demo_models_dir)
 
 
 def _ledger(redis: RedisServer) -> list[UsageRecord]:
     async def read() -> list[UsageRecord]:
         store = RedisJobStore(redis.url)
         try:
-            return await store.usage(limit=100_000)
+            return (await store.usage(limit=100_000)).records
         finally:
             await store.close()
 

@@ -97,6 +97,16 @@ def create_results_claim(cluster: Cluster, namespace: str, folder: Path) -> Path
             },
         }
     )
+    # The scheduler reports an unbound claim as the reason a worker waits: bind it first.
+    wait_until(
+        f"claim {namespace}/{claim} to bind",
+        lambda: (
+            cluster.kubectl(
+                "-n", namespace, "get", "pvc", claim, "-o", "jsonpath={.status.phase}"
+            ).stdout
+            == "Bound"
+        ),
+    )
     return folder
 
 

@@ -77,6 +77,11 @@ def loop(
         )
         try:
             operator.start()
+            # A submit before the autoscaler subscribes would be found by a sweep, not heard.
+            wait_until(
+                "the autoscaler to subscribe to the queues' events",
+                lambda: redis.pattern_subscribers() > 0,
+            )
             gateway.start(ready_timeout=90)
         except (OperatorError, AssertionError) as error:
             operator.stop()

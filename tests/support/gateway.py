@@ -8,6 +8,7 @@ tests run unchanged against either deployment.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,17 @@ class GatewayDeployment:
 
     def log(self) -> str:
         return "\n".join(p.log() for p in [*self.gateways, *self.workers])
+
+
+def run_deployment(
+    directory: Path, pipelines: Path, s3: S3Server | None = None
+) -> Iterator[GatewayDeployment]:
+    """A started deployment over its own redis-server, stopped (both) when resumed: the body
+    of a fixture."""
+    redis = RedisServer(directory / "redis").start()
+    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3)
+    try:
+        yield deployment.start()
+    finally:
+        deployment.stop()
+        redis.stop()

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
 from tests.support.server import free_port
 
 
@@ -53,6 +55,12 @@ class RedisServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout} s")
+
+    def pattern_subscribers(self) -> int:
+        """How many pattern subscriptions are open: a test waits for a process's before it
+        makes a change that process must hear rather than find by polling."""
+        with redis.Redis.from_url(self.url) as client:
+            return int(client.execute_command("PUBSUB", "NUMPAT"))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

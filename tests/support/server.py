@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 
 KEYS = ("test-key-alpha", "test-key-bravo")
+# May read everyone's usage (GET /v1/usage); KEYS may not.
+ADMIN_KEY = "test-key-admin"
 
 
 def wait_for_http(
@@ -144,6 +146,7 @@ class ServerProcess:
         env = {
             **os.environ,
             "TESSERA_API_KEYS": ",".join(self.keys),
+            "TESSERA_ADMIN_API_KEYS": ADMIN_KEY,
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }

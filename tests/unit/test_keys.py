@@ -49,3 +49,23 @@ def test_plain_keys_get_ids_keyed_by_the_server_secret(tmp_path: Path) -> None:
     assert from_file != other != derivable("tsk_plain")
     with pytest.raises(Unauthorized):
         KeyRing.from_keys(["tsk_plain"], SECRET).authenticate("tsk_other")
+
+
+def test_a_key_is_admin_only_when_its_file_says_so(tmp_path: Path) -> None:
+    plain = tmp_path / "keys.txt"
+    plain.write_text("tsk_root admin  # may read usage\ntsk_user\n")
+    ring = KeyRing.from_file(plain, SECRET)
+    assert ring.authenticate("tsk_root").admin and not ring.authenticate("tsk_user").admin
+    assert (
+        ring.authenticate("tsk_root").id
+        == KeyRing.from_keys(["tsk_root"], SECRET).authenticate("tsk_root").id
+    ), "the role does not change the key's id"
+    stored = tmp_path / "keys.json"
+    write_key_file(stored, ["tsk_old"])  # a file from before admin keys: no "admin" field
+    assert not KeyRing.from_file(stored, SECRET).authenticate("tsk_old").admin
+    entries = json.loads(stored.read_text())
+    entries["keys"][0]["admin"] = True
+    stored.write_text(json.dumps(entries))
+    assert KeyRing.from_file(stored, SECRET).authenticate("tsk_old").admin
+    ring = KeyRing.from_keys(["tsk_user"], SECRET, admin_keys=["tsk_root"])
+    assert ring.authenticate("tsk_root").admin and len(ring) == 2

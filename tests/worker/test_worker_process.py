@@ -93,7 +93,7 @@ def test_worker_process_runs_jobs_and_reports_health(
                     picture = Image.open(io.BytesIO((storage / image.key).read_bytes()))
                     assert picture.size == (200, 120)
                     assert picture.format == "WEBP"
-                usage = [r for r in await store.usage() if r.job_id == job.id]
+                usage = [r for r in (await store.usage()).records if r.job_id == job.id]
                 assert len(usage) == 1
                 if isinstance(store, RedisJobStore):
                     # The cold start, for the autoscaler: recorded once the first image is.
@@ -112,7 +112,8 @@ def test_worker_process_runs_jobs_and_reports_health(
         asyncio.run(run_one())
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics/").text
         assert f'tessera_patches_total{{model="{model}"}} 208.0' in metrics
-        assert "key_id" not in metrics
+        assert f'tessera_jobs_finished_total{{model="{model}",outcome="completed"}} 1.0' in metrics
+        assert "key_id" not in metrics and "key_test" not in metrics, "no metric is by key"
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0

@@ -1,0 +1,131 @@
+"""``tessera usage export`` and ``tessera usage push``: thin commands over the ledger.
+
+``settings_from`` is imported where it is used: ``tessera.runtime.cli`` imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from tessera.runtime.settings import UsageExportSettings, UsagePushSettings
+from tessera.runtime.usage.formats import Format
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tessera.runtime.cli import settings_from
+
+    settings = settings_from(UsageExportSettings, args)
+    return asyncio.run(_run_export(settings))
+
+
+async def _run_export(settings: UsageExportSettings) -> int:
+    from tessera.runtime.errors import TesseraError
+    from tessera.runtime.jobs import open_store
+    from tessera.runtime.usage.export import export_range
+
+    store = open_store(settings.queue)
+    try:
+        until = settings.until
+        if settings.before is not None:
+            until = await store.usage_cursor_at(settings.before)
+        if settings.output is None:
+            cursor = await export_range(
+                store, sys.stdout.buffer, settings.format, settings.since, until, settings.source
+            )
+        else:
+            with settings.output.open("wb") as out:
+                cursor = await export_range(
+                    store, out, settings.format, settings.since, until, settings.source
+                )
+    except TesseraError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2 if error.status_code < 500 else 1
+    finally:
+        await store.close()
+    sys.stdout.flush()
+    # Last, on its own line: what the next export passes as --since.
+    print(f"cursor: {cursor}", file=sys.stderr)
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from tessera.runtime.cli import settings_from
+
+    settings = settings_from(UsagePushSettings, args)
+    return asyncio.run(_run_push(settings))
+
+
+async def _run_push(settings: UsagePushSettings) -> int:
+    import httpx
+
+    from tessera.runtime.errors import TesseraError
+    from tessera.runtime.jobs import open_store
+    from tessera.runtime.usage.export import Pusher
+
+    headers = {}
+    if settings.push_token is not None:
+        headers["authorization"] = f"Bearer {settings.push_token.get_secret_value()}"
+    store = open_store(settings.queue)
+    try:
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            pusher = Pusher(store, client, settings.to, settings.source, settings.policy())
+            # SIGTERM stops it even mid-retry, with the cursor where the last 2xx left it.
+            work = asyncio.create_task(pusher.drain() if settings.once else pusher.run())
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, work.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    except TesseraError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2 if error.status_code < 500 else 1
+    finally:
+        await store.close()
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``usage export`` and ``usage push`` to the ``tessera`` command."""
+    quiet = argparse.SUPPRESS
+    usage = commands.add_parser("usage", help="export or push the usage ledger (billing)")
+    actions = usage.add_subparsers(dest="usage_command", required=True, metavar="ACTION")
+
+    export = actions.add_parser(
+        "export",
+        argument_default=quiet,
+        help="write a range of usage records; the cursor to resume from goes to stderr last",
+    )
+    export.add_argument("--queue", help="the job store: redis://HOST:PORT/DB or sqlite:///path")
+    export.add_argument("--since", metavar="CURSOR", help="after this cursor (default: start)")
+    export.add_argument("--until", metavar="CURSOR", help="up to this cursor (default: now)")
+    export.add_argument(
+        "--before", metavar="TIME", help="up to the records that finished before TIME (RFC 3339)"
+    )
+    export.add_argument("--format", choices=[f.value for f in Format], help="default jsonl")
+    export.add_argument("--source", help="the CloudEvents source (default tessera)")
+    export.add_argument("--output", type=Path, help="write to this file (default: stdout)")
+    export.set_defaults(handler=_export)
+
+    push = actions.add_parser(
+        "push",
+        argument_default=quiet,
+        help="deliver usage as CloudEvents batches to an HTTP receiver, e.g. OpenMeter",
+    )
+    push.add_argument("--queue", help="the job store: redis://HOST:PORT/DB or sqlite:///path")
+    push.add_argument("--to", help="the receiver, e.g. http://openmeter/api/v1/events")
+    push.add_argument("--source", help="the CloudEvents source (default tessera)")
+    push.add_argument("--batch-size", type=int, help="events per request (default 100)")
+    push.add_argument(
+        "--retention-seconds",
+        type=float,
+        help="keep delivered records this long in the store (default a week)",
+    )
+    push.add_argument("--retry-max-seconds", type=float, help="longest wait between tries")
+    push.add_argument("--idle-seconds", type=float, help="rest this long when caught up")
+    push.add_argument("--once", action="store_true", help="deliver what there is, then exit")
+    push.set_defaults(handler=_push)

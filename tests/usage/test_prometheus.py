@@ -1,0 +1,89 @@
+"""A real Prometheus scrapes a gateway and two workers: what PromQL sums is what the ledger
+holds, model by model."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+from tessera.runtime.jobs.base import UsageRecord
+from tessera.runtime.jobs.redis import RedisJobStore
+from tests.api.helpers import FAST, png_bytes, submit, wait
+from tests.store.conftest import read_all
+from tests.support.gateway import GatewayDeployment
+from tests.support.prometheus import PrometheusServer
+from tests.support.waiting import wait_until
+
+SOURCE = "data:image/png;base64," + base64.b64encode(png_bytes(96, 64)).decode()
+
+
+def ledger(deployment: GatewayDeployment) -> list[UsageRecord]:
+    async def read() -> list[UsageRecord]:
+        store = RedisJobStore(deployment.redis.url)
+        try:
+            return await read_all(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_promql_sums_equal_the_ledger(usage_deployment: GatewayDeployment, tmp_path: Path) -> None:
+    deployment = usage_deployment
+    prometheus = PrometheusServer(tmp_path / "prometheus", deployment.metrics_urls).start()
+    try:
+        alpha = deployment.client(deployment.keys[0])
+        bravo = deployment.client(deployment.keys[1])
+        with alpha, bravo:
+            jobs = []
+            for (width, height), count in [((64, 48), 1), ((100, 60), 2), ((128, 128), 1)]:
+                size = {"width": width, "height": height}
+                body = {"model": "tessera-demo", "prompt": "p", "num_images": count, **FAST}
+                jobs.append((alpha, submit(alpha, body | {"image_size": size})))
+            for _ in range(2):
+                body = {"model": "tessera-demo-edit", "prompt": "p", "image_url": SOURCE}
+                body |= {"image_size": "96x64", "num_inference_steps": 2}
+                jobs.append((bravo, submit(bravo, body, "/images/edits")))
+            tasks = [wait(client, job_id) for client, job_id in jobs]
+        assert all(task["status"] == "completed" for task in tasks), tasks
+        records = ledger(deployment)
+        assert sorted(r.job_id for r in records) == sorted(job_id for _, job_id in jobs)
+
+        prometheus.wait_for_fresh_scrapes()
+        patches: Counter[str] = Counter()
+        images: Counter[str] = Counter()
+        amount: dict[str, Decimal] = {}
+        for record in records:
+            patches[record.model] += record.patches
+            images[record.model] += record.images
+            amount[record.model] = amount.get(record.model, Decimal(0)) + record.amount
+        assert prometheus.by_label("sum by (model) (tessera_patches_total)", "model") == patches
+        assert prometheus.by_label("sum by (model) (tessera_images_total)", "model") == images
+        completed = prometheus.by_label(
+            'sum by (model) (tessera_jobs_finished_total{outcome="completed"})', "model"
+        )
+        assert completed == Counter(record.model for record in records)
+        spend = prometheus.by_label("sum by (model) (tessera_billed_usd_total)", "model")
+        assert spend.keys() == amount.keys()
+        for model, total in amount.items():
+            assert abs(Decimal(str(spend[model])) - total) <= total * Decimal("1e-12")
+        # The gateway samples queue depth every second; nothing is left waiting.
+        wait_until(
+            "empty queues in Prometheus",
+            lambda: (
+                prometheus.by_label("sum by (model) (tessera_queue_jobs)", "model")
+                == {"tessera-demo": 0, "tessera-demo-edit": 0}
+            ),
+            timeout=30,
+        )
+        runs = prometheus.by_label(
+            'sum by (model) (tessera_job_seconds_count{phase="run"})', "model"
+        )
+        assert runs == completed
+        busy = prometheus.by_label("sum by (model) (tessera_worker_busy_seconds_total)", "model")
+        assert busy.keys() == patches.keys() and all(seconds > 0 for seconds in busy.values())
+    finally:
+        prometheus.stop()
