@@ -10,16 +10,20 @@
 # container runtime. The operator runs the worker as uid 1000 with a read-only root
 # filesystem and a writable /tmp, which is where HOME and the Hugging Face cache point.
 
-ARG PYTHON_VERSION=3.11
+# The base, pinned to a patch release (tests/chart/test_image.py holds every FROM to
+# one). To pin its digest as well, for a build that never changes under you:
+#   docker buildx imagetools inspect python:3.11.14-slim-bookworm   # prints Digest: sha256:...
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:... .
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS wheel
+FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runtime runtime
 COPY operator operator
 RUN pip wheel --no-deps --no-cache-dir --wheel-dir /wheels .
 
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -27,7 +31,7 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/tmp/huggingface \
     TESSERA_DATA_DIR=/tmp/tessera
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir "$(ls /wheels/tessera-*.whl)[worker,operator,redis]" \
+    pip install --no-cache-dir "$(ls /wheels/tessera-*.whl)[worker,operator,gateway]" \
     && useradd --uid 1000 --user-group --no-create-home --home-dir /tmp tessera
 USER 1000:1000
 # 8000: the image API (`tessera serve`); 8080: a worker's health and metrics.

@@ -69,6 +69,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help=f"serve a liveness probe at this URL, or 'none' (default {DEFAULT_LIVENESS})",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        default=os.environ.get("TESSERA_OPERATOR_METRICS_PORT") or None,
+        help="serve each model's queue and replicas as Prometheus gauges on this port "
+        "(default: $TESSERA_OPERATOR_METRICS_PORT, else not served)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics listener (default 127.0.0.1)",
+    )
+    parser.add_argument(
         "--queue-url",
         default=None,
         help="the job queue workers use (default: $TESSERA_QUEUE_URL or redis://tessera-redis:6379/0)",
@@ -126,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:
         print(f"error: cannot load Kubernetes credentials: {error}", file=sys.stderr)
         return 2
+
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, args.metrics_host)
 
     memo = kopf.Memo()
     liveness = None if args.liveness in ("", "none") else args.liveness

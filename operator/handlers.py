@@ -124,7 +124,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     reconciler.start()
     if "autoscaler" not in memo:
         # The workers' queue: the same Redis the operator renders into their command.
-        queues = RedisJobStore(reconciler.config.queue_url)
+        queues = RedisJobStore(reconciler.config.own_queue_url())
         memo["autoscaler"] = Autoscaler(reconciler, queues)
     _autoscaler(memo).start()
 

@@ -64,16 +64,34 @@ SHM = "/dev/shm"  # noqa: S108
 HF_HOME = f"{TMP}/huggingface"
 
 
+# The variable a queue URL names its password by, ``redis://:$(REDIS_PASSWORD)@host``: the
+# kubelet expands it in a worker's command from the Secret the Deployment refers to, so no
+# password is written into a Deployment.
+QUEUE_PASSWORD_VARIABLE = "REDIS_PASSWORD"  # noqa: S105 - a variable name, not a password
+_VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """Operator-wide settings that shape every model's objects."""
 
+    # What workers are given; it may name $(REDIS_PASSWORD), see queue_password_secret.
     queue_url: str = DEFAULT_QUEUE_URL
     worker_image: str = DEFAULT_WORKER_IMAGE
     results_claim: str = DEFAULT_RESULTS_CLAIM
     # The image that downloads Hub weights; it needs the `hf` command (huggingface_hub),
     # which the worker image has.
     loader_image: str | None = None
+    # The Secret (in each model's namespace) and key holding the queue's password, which
+    # workers get as $(REDIS_PASSWORD); None when the URL needs no password.
+    queue_password_secret: tuple[str, str] | None = None
+    # s3://BUCKET[/PREFIX]: workers write results there instead of the results claim, with
+    # the endpoint and region given and the keys from a Secret (AWS_ACCESS_KEY_ID,
+    # AWS_SECRET_ACCESS_KEY; None: the pod's own identity, IRSA or EKS Pod Identity).
+    results_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_credentials_secret: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RenderConfig:
@@ -83,6 +101,23 @@ class RenderConfig:
             worker_image=env.get("TESSERA_WORKER_IMAGE") or DEFAULT_WORKER_IMAGE,
             results_claim=env.get("TESSERA_RESULTS_CLAIM") or DEFAULT_RESULTS_CLAIM,
             loader_image=env.get("TESSERA_LOADER_IMAGE") or None,
+            queue_password_secret=(
+                (secret, env.get("TESSERA_QUEUE_PASSWORD_KEY") or "password")
+                if (secret := env.get("TESSERA_QUEUE_PASSWORD_SECRET"))
+                else None
+            ),
+            results_url=env.get("TESSERA_RESULTS_URL") or None,
+            s3_endpoint=env.get("TESSERA_S3_ENDPOINT") or None,
+            s3_region=env.get("TESSERA_S3_REGION") or None,
+            s3_credentials_secret=env.get("TESSERA_S3_CREDENTIALS_SECRET") or None,
+        )
+
+    def own_queue_url(self, env: Mapping[str, str] | None = None) -> str:
+        """The queue URL the operator itself connects with: each $(VAR) replaced from its
+        own environment, where the chart puts the same Secret's value."""
+        env = os.environ if env is None else env
+        return _VARIABLE_REFERENCE.sub(
+            lambda match: env.get(match.group(1), match.group(0)), self.queue_url
         )
 
 
@@ -172,7 +207,7 @@ def worker_command(model: ImageModel, config: RenderConfig) -> list[str]:
         "--queue",
         config.queue_url,
         "--storage",
-        RESULTS_MOUNT,
+        config.results_url or RESULTS_MOUNT,
         "--task",
         spec.task.value,
         "--host",
@@ -184,6 +219,13 @@ def worker_command(model: ImageModel, config: RenderConfig) -> list[str]:
     ]
     if spec.pipeline.dtype != "auto":
         command += ["--dtype", spec.pipeline.dtype]
+    if spec.batch.max_size > 1:  # one job per call is the worker's default
+        command += [
+            "--batch-max-size",
+            str(spec.batch.max_size),
+            "--batch-max-wait-ms",
+            str(spec.batch.max_wait_ms),
+        ]
     return command + list(spec.worker.args)
 
 
@@ -195,10 +237,16 @@ def pipeline_options(model: ImageModel) -> dict[str, Any]:
     return options
 
 
-def worker_env(model: ImageModel) -> list[dict[str, Any]]:
+def worker_env(model: ImageModel, config: RenderConfig) -> list[dict[str, Any]]:
     """The operator's variables, then the spec's; a name in the spec replaces ours."""
     spec = model.spec
-    ours: list[dict[str, Any]] = [
+    ours: list[dict[str, Any]] = []
+    if config.queue_password_secret is not None:
+        name, key = config.queue_password_secret
+        reference = {"secretKeyRef": {"name": name, "key": key}}
+        ours.append({"name": QUEUE_PASSWORD_VARIABLE, "valueFrom": reference})
+    ours += _s3_env(config)
+    ours += [
         # The health port listens on the pod's own address (``--host $(POD_IP)``).
         {
             "name": "POD_IP",
@@ -223,6 +271,22 @@ def worker_env(model: ImageModel) -> list[dict[str, Any]]:
     given = {env.name: env.model_dump(by_alias=True, exclude_none=True) for env in spec.worker.env}
     merged = [given.pop(item["name"], item) for item in ours]
     return merged + list(given.values())
+
+
+def _s3_env(config: RenderConfig) -> list[dict[str, Any]]:
+    """What a worker writing results to S3 needs: the endpoint, the region, the keys."""
+    if config.results_url is None:
+        return []
+    env: list[dict[str, Any]] = []
+    if config.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": config.s3_endpoint})
+    if config.s3_region:
+        env.append({"name": "AWS_REGION", "value": config.s3_region})
+    if config.s3_credentials_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            reference = {"secretKeyRef": {"name": config.s3_credentials_secret, "key": key}}
+            env.append({"name": key, "valueFrom": reference})
+    return env
 
 
 def _compact(value: Any) -> str:
@@ -383,18 +447,26 @@ def deployment(
         "image": worker.image or config.worker_image,
         "imagePullPolicy": worker.image_pull_policy,
         "command": worker_command(model, config),
-        "env": worker_env(model),
+        "env": worker_env(model, config),
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "resources": worker_resources(model),
         **probes(model),
         "securityContext": _security_context(),
         "volumeMounts": [
             {"name": "weights", "mountPath": WEIGHTS_MOUNT, "readOnly": True},
-            {"name": "results", "mountPath": RESULTS_MOUNT},
             {"name": "dshm", "mountPath": SHM},
             {"name": "tmp", "mountPath": TMP},
         ],
     }
+    volumes = [
+        weights_volume,
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "32Gi"}},
+    ]
+    if config.results_url is None:
+        container["volumeMounts"].insert(1, {"name": "results", "mountPath": RESULTS_MOUNT})
+        claim = {"persistentVolumeClaim": {"claimName": config.results_claim}}
+        volumes.insert(1, {"name": "results", **claim})
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -409,12 +481,7 @@ def deployment(
     if init_containers:
         pod_spec["initContainers"] = init_containers
     pod_spec["containers"] = [container]
-    pod_spec["volumes"] = [
-        weights_volume,
-        {"name": "results", "persistentVolumeClaim": {"claimName": config.results_claim}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "32Gi"}},
-    ]
+    pod_spec["volumes"] = volumes
     pod_annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(WORKER_PORT),

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from tessera.operator import apply, status
+from tessera.operator import apply, metrics, status
 from tessera.operator.autoscale import (
     Decision,
     Observed,
@@ -197,6 +197,13 @@ class Autoscaler:
         )
         decision = decide(observed, policy_of(model), held.state, now)
         held.state = decision.state
+        metrics.observe(
+            key,
+            model.model_name,
+            desired=decision.replicas,
+            ready=int(deployment.get("status", {}).get("readyReplicas") or 0),
+            unschedulable=observed.unschedulable,
+        )
         last = previous.get("lastDecision") or held.written.get("lastDecision") or {}
         turned = decision.reason != last.get("reason")
         scales = decision.replicas != current
@@ -288,3 +295,4 @@ class Autoscaler:
 
     def forget(self, key: Key) -> None:
         self._held.pop(key, None)
+        metrics.forget(key)

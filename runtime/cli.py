@@ -339,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--price-per-patch", help="price of one 16x16 patch, a decimal")
     worker.add_argument("--pipeline", metavar="JSON", help="loading options (spec.pipeline)")
+    worker.add_argument(
+        "--batch-max-size",
+        type=int,
+        help="most compatible jobs run as one pipeline call (spec.batch.maxSize, default 1)",
+    )
+    worker.add_argument(
+        "--batch-max-wait-ms",
+        type=int,
+        help="how long a batch's first job waits for others to join (default 0)",
+    )
     worker.add_argument("--worker-id", help="this worker's name in leases (default host-pid)")
     worker.add_argument("--namespace", help="the ImageModel's namespace, for usage records")
     worker.set_defaults(handler=_worker)

@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH, ModelSpec
 from tessera.runtime.params import ParameterLimits, Task
-from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime.worker.options import BatchOptions, PipelineOptions
 
 GROUP = "tessera.dev"
 VERSION = "v1alpha1"
@@ -117,6 +117,8 @@ class Weights(_Spec):
 
 # Shared with the worker, which reads it back from TESSERA_PIPELINE.
 Pipeline = PipelineOptions
+# Shared with the worker, which takes it as --batch-max-size and --batch-max-wait-ms.
+Batch = BatchOptions
 
 
 class Toleration(_Spec):
@@ -216,6 +218,7 @@ class ImageModelSpec(_Spec):
     gpu: GPU = GPU()
     worker: Worker = Worker()
     queue: Queue = Queue()
+    batch: Batch = Batch()
     scaling: Scaling = Scaling()
 
     @field_validator("price_per_patch", mode="before")

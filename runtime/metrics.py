@@ -60,3 +60,9 @@ WORKER_BUSY_SECONDS = Counter(
     "Seconds a worker spent running jobs; its rate is the worker's utilisation.",
     ["model"],
 )
+BATCH_JOBS = Histogram(
+    "tessera_batch_jobs",
+    "Jobs run together in one pipeline call.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)

@@ -36,7 +36,7 @@ from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.storage.base import PublicDownloads
 from tessera.runtime.usage.export import PushPolicy
 from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format
-from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime.worker.options import BatchOptions, BatchSize, BatchWaitMs, PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
 # A prompt and its settings fit in a few kilobytes; edits' images travel as URLs, uploads
@@ -252,9 +252,15 @@ class WorkerSettings(_Settings):
     model_parameters: ParameterLimits = ParameterLimits()
     price_per_patch: Decimal = DEFAULT_PRICE_PER_PATCH
     pipeline: PipelineOptions = PipelineOptions()
+    batch_max_size: BatchSize = 1
+    batch_max_wait_ms: BatchWaitMs = 0
     worker_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     # The ImageModel's namespace (TESSERA_NAMESPACE, rendered by the operator), for usage.
     namespace: str = ""
+
+    @property
+    def batch(self) -> BatchOptions:
+        return BatchOptions(max_size=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms)
 
 
 class UsageExportSettings(_Settings):

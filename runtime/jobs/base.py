@@ -6,6 +6,9 @@ backend:
 - ``submit`` returns only after the job is durable.
 - ``lease`` hands a queued job to one worker until ``lease_until``; a lease that runs out
   puts the job back in the queue, and after ``max_attempts`` leases it fails with the reason.
+- ``lease_batch`` takes the oldest queued job and, in the same atomic step, up to
+  ``max_jobs - 1`` more queued jobs with its ``batch_key``; each carries its own lease, so
+  each completes, fails or returns to the queue on its own.
 - ``complete`` writes the result, the status and the usage record in one atomic step, and
   only for the worker that holds the lease, so a job is billed exactly once whatever
   crashes. ``fail`` bills nothing.
@@ -77,6 +80,34 @@ class LeaseLost(TesseraError):
 def check_transition(current: JobStatus, new: JobStatus) -> None:
     if new not in ALLOWED_TRANSITIONS[current]:
         raise LeaseLost(f"a job cannot go from {current.value} to {new.value}")
+
+
+# How far past the oldest queued job a batch lease looks for jobs that can join it: a
+# bound on the work one atomic lease does, whatever the queue's length.
+BATCH_LOOKAHEAD = 256
+
+
+def batch_key(params: JobParams) -> str | None:
+    """What jobs must share to run as one pipeline call; ``None``: the job runs alone.
+
+    Size, steps, guidance and format are one call's arguments. Whether a negative prompt
+    is given changes how some pipelines guide (Flux's true CFG), so it splits batches too.
+    A job with several source images hands the pipeline a list of its own, which cannot
+    also be a batch.
+    """
+    if len(params.source_images) > 1:
+        return None
+    return json.dumps(
+        [
+            params.width,
+            params.height,
+            params.num_inference_steps,
+            params.guidance_scale,
+            params.output_format.value,
+            bool(params.negative_prompt),
+            len(params.source_images),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -280,6 +311,24 @@ class JobStore(Protocol):
         """The oldest queued job of ``models``, now in progress for ``worker_id``.
 
         Waits up to ``wait`` seconds for one to arrive; ``None`` if none did.
+        """
+        ...
+
+    async def lease_batch(
+        self,
+        models: list[str],
+        worker_id: str,
+        max_jobs: int,
+        wait: float = 0.0,
+        key: str | None = None,
+    ) -> list[Job]:
+        """Up to ``max_jobs`` queued jobs of one of ``models`` that share a ``batch_key``,
+        oldest first, each now in progress for ``worker_id``; ``[]`` if none arrived within
+        ``wait`` seconds.
+
+        Without ``key`` the oldest queued job leads and the rest share its key (a job whose
+        key is ``None`` comes alone); with ``key`` only jobs of that key are taken, to grow
+        a batch already leased. Looks at most ``BATCH_LOOKAHEAD`` jobs past the first.
         """
         ...
 

@@ -23,7 +23,7 @@ Keys, for a model M and job N:
 - ``tessera:models``                  every model that ever had a job (usage export)
 - ``tessera:ledger-id``               this store's random id, part of every usage event id
 - ``tessera:usage-cursor:NAME``       an exporter's saved cursor
-- ``tessera:{M}:job:N``               the job, a hash
+- ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any)
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
 - ``tessera:{M}:queue:order``         the same ids scored by id: ZRANK is a queue position
 - ``tessera:{M}:queue:deadlines``     queued ids with a Cancel-After, scored by deadline
@@ -63,6 +63,7 @@ from tessera.runtime.errors import (
     StoreUnavailable,
 )
 from tessera.runtime.jobs.base import (
+    BATCH_LOOKAHEAD,
     DEADLINE_REASON,
     IDEMPOTENCY_SECONDS,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
@@ -76,6 +77,7 @@ from tessera.runtime.jobs.base import (
     StorePolicy,
     UsagePage,
     UsageRecord,
+    batch_key,
     result_from_json,
     result_to_json,
     usage_event_id,
@@ -90,12 +92,13 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 """
 
-# Put expired leases back in the queue (at its head: they were first), or fail them after
-# the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished, KEYS[4] queue order,
-# KEYS[5] deadlines; ARGV[1] job key prefix, ARGV[2] lease seconds, ARGV[3] max attempts,
-# ARGV[4] events channel.
+# Put expired leases back in the queue (at its head, oldest first: they were first), or
+# fail them after the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished,
+# KEYS[4] queue order, KEYS[5] deadlines; ARGV[1] job key prefix, ARGV[2] lease seconds,
+# ARGV[3] max attempts, ARGV[4] events channel.
 _RECLAIM = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+local requeued = {}
 for _, id in ipairs(expired) do
   local key = ARGV[1] .. id
   redis.call('ZREM', KEYS[2], id)
@@ -107,9 +110,29 @@ for _, id in ipairs(expired) do
     redis.call('ZADD', KEYS[3], now, id)
   else
     redis.call('HSET', key, 'status', 'queued', 'progress', 0, 'worker_id', '', 'lease_until', '')
-    redis.call('LPUSH', KEYS[1], id)
-    redis.call('ZADD', KEYS[4], id, id)
+    requeued[#requeued + 1] = id
   end
+  redis.call('PUBLISH', ARGV[4], id)
+end
+-- A batch's leases lapse together: pushed newest first, the oldest ends at the head.
+table.sort(requeued, function(a, b) return tonumber(a) > tonumber(b) end)
+for _, id in ipairs(requeued) do
+  redis.call('LPUSH', KEYS[1], id)
+  redis.call('ZADD', KEYS[4], id, id)
+end
+"""
+
+# Put one job (already off the queue) in progress for worker ARGV[5], under its own lease.
+_TAKE = """
+local function take(id)
+  local key = ARGV[1] .. id
+  local lease_until = now + tonumber(ARGV[2])
+  redis.call('HSET', key, 'status', 'in_progress', 'started_at', now, 'worker_id', ARGV[5],
+    'lease_until', lease_until, 'progress', 0)
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('ZADD', KEYS[2], lease_until, id)
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
   redis.call('PUBLISH', ARGV[4], id)
 end
 """
@@ -140,19 +163,46 @@ _LEASE = (
     _NOW
     + _RECLAIM
     + _ABORT_LATE
+    + _TAKE
     + """
 local id = redis.call('LPOP', KEYS[1])
 if not id then return false end
-redis.call('ZREM', KEYS[4], id)
-redis.call('ZREM', KEYS[5], id)
-local key = ARGV[1] .. id
-local lease_until = now + tonumber(ARGV[2])
-redis.call('HSET', key, 'status', 'in_progress', 'started_at', now, 'worker_id', ARGV[5],
-  'lease_until', lease_until, 'progress', 0)
-redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('ZADD', KEYS[2], lease_until, id)
-redis.call('PUBLISH', ARGV[4], id)
+take(id)
 return id
+"""
+)
+
+# KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id, ARGV[6] most jobs, ARGV[7]
+# batch key ('': the oldest job leads and sets it), ARGV[8] how far past the head to look.
+# A job without a batch field (unbatchable, or queued before batching) comes alone.
+_LEASE_BATCH = (
+    _NOW
+    + _RECLAIM
+    + _ABORT_LATE
+    + _TAKE
+    + """
+local limit = tonumber(ARGV[6])
+local wanted = ARGV[7]
+local taken = {}
+if wanted == '' then
+  local id = redis.call('LPOP', KEYS[1])
+  if not id then return taken end
+  take(id)
+  taken[1] = id
+  wanted = redis.call('HGET', ARGV[1] .. id, 'batch')
+  if not wanted then return taken end
+end
+if #taken < limit then
+  for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[8]) - 1)) do
+    if redis.call('HGET', ARGV[1] .. id, 'batch') == wanted then
+      redis.call('LREM', KEYS[1], 1, id)
+      take(id)
+      taken[#taken + 1] = id
+      if #taken >= limit then break end
+    end
+  end
+end
+return taken
 """
 )
 
@@ -433,6 +483,7 @@ class RedisJobStore:
             name: self._redis.register_script(source)
             for name, source in {
                 "lease": _LEASE,
+                "lease_batch": _LEASE_BATCH,
                 "release": _RELEASE,
                 "heartbeat": _HEARTBEAT,
                 "complete": _COMPLETE,
@@ -620,6 +671,7 @@ class RedisJobStore:
                     "progress", 0,
                     "attempts", 0,
                     *deadline,
+                    *(("batch", batch) if (batch := batch_key(params)) else ()),
                 ],
                 client=pipeline,
             )  # fmt: skip
@@ -652,6 +704,33 @@ class RedisJobStore:
 
     async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
         return await self._changes.wait_until(lambda: self._take(models, worker_id), wait)
+
+    async def _take_batch(
+        self, models: list[str], worker_id: str, max_jobs: int, key: str | None
+    ) -> list[Job] | None:
+        for model in models:
+            keys, args = self._reclaim_args(model)
+            ids = await self._call(
+                self._scripts["lease_batch"](
+                    keys=keys, args=[*args, worker_id, max_jobs, key or "", BATCH_LOOKAHEAD]
+                )
+            )
+            if ids:
+                return [await self._read(model, int(job_id)) for job_id in ids]
+        return None
+
+    async def lease_batch(
+        self,
+        models: list[str],
+        worker_id: str,
+        max_jobs: int,
+        wait: float = 0.0,
+        key: str | None = None,
+    ) -> list[Job]:
+        jobs = await self._changes.wait_until(
+            lambda: self._take_batch(models, worker_id, max_jobs, key), wait
+        )
+        return jobs or []
 
     async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
         model = await self._model_for_lease(job_id)

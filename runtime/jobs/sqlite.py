@@ -30,6 +30,7 @@ from tessera.runtime.errors import (
     StoreUnavailable,
 )
 from tessera.runtime.jobs.base import (
+    BATCH_LOOKAHEAD,
     DEADLINE_REASON,
     IDEMPOTENCY_SECONDS,
     MAX_JOB_ID,
@@ -44,6 +45,7 @@ from tessera.runtime.jobs.base import (
     StorePolicy,
     UsagePage,
     UsageRecord,
+    batch_key,
     check_transition,
     result_from_json,
     result_to_json,
@@ -131,6 +133,10 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         lease_until=_when(row["lease_until"]),
         start_by=_when(row["start_by"]),
     )
+
+
+def _batch_key_of(row: sqlite3.Row) -> str | None:
+    return batch_key(JobParams.model_validate_json(row["params"]))
 
 
 def _sequence(cursor: str) -> int:
@@ -386,18 +392,7 @@ class SQLiteJobStore:
             ).fetchone()
             if row is None:
                 return None
-            connection.execute(
-                "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
-                " worker_id = ?, lease_until = ?, progress = 0 WHERE id = ?",
-                (
-                    JobStatus.IN_PROGRESS.value,
-                    now,
-                    worker_id,
-                    now + self.policy.lease_seconds,
-                    row["id"],
-                ),
-            )
-            return self._fetch(connection, row["id"])
+            return self._take(connection, row["id"], worker_id, now)
 
         job = await self._changes.wait_until(
             lambda: self._run(take, notify=False, durable=False), wait
@@ -405,6 +400,61 @@ class SQLiteJobStore:
         if job is not None:
             self._changes.notify(job.id)
         return job
+
+    def _take(self, connection: sqlite3.Connection, job_id: int, worker_id: str, now: float) -> Job:
+        """Put one queued job in progress for ``worker_id``, under a lease of its own."""
+        connection.execute(
+            "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
+            " worker_id = ?, lease_until = ?, progress = 0 WHERE id = ?",
+            (JobStatus.IN_PROGRESS.value, now, worker_id, now + self.policy.lease_seconds, job_id),
+        )
+        return self._fetch(connection, job_id)
+
+    async def lease_batch(
+        self,
+        models: list[str],
+        worker_id: str,
+        max_jobs: int,
+        wait: float = 0.0,
+        key: str | None = None,
+    ) -> list[Job]:
+        def take_compatible(connection: sqlite3.Connection) -> list[Job] | None:
+            def queued(among: list[str], after: int, limit: int) -> list[sqlite3.Row]:
+                placeholders = ",".join("?" * len(among))
+                return connection.execute(
+                    "SELECT id, model, params FROM jobs WHERE status = ? AND id > ?"  # noqa: S608
+                    f" AND model IN ({placeholders}) ORDER BY id LIMIT ?",
+                    (JobStatus.QUEUED.value, after, *among, limit),
+                ).fetchall()
+
+            now = time.time()
+            self._reclaim_expired(connection, now)
+            self._abort_late(connection, now, models)
+            chosen: list[int] = []
+            wanted, among, after = key, models, 0
+            if key is None:
+                # The oldest job of any of the models leads, even one that can only run alone.
+                lead = queued(models, 0, 1)
+                if not lead:
+                    return None
+                chosen.append(lead[0]["id"])
+                wanted, among, after = _batch_key_of(lead[0]), [lead[0]["model"]], lead[0]["id"]
+            if wanted is not None and len(chosen) < max_jobs:
+                for row in queued(among, after, BATCH_LOOKAHEAD):
+                    if _batch_key_of(row) == wanted:
+                        chosen.append(row["id"])
+                        if len(chosen) == max_jobs:
+                            break
+            return [self._take(connection, job_id, worker_id, now) for job_id in chosen] or None
+
+        jobs = await self._changes.wait_until(
+            lambda: self._run(take_compatible, notify=False, durable=False), wait
+        )
+        if jobs is None:
+            return []
+        for job in jobs:
+            self._changes.notify(job.id)
+        return jobs
 
     async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
         def renew(connection: sqlite3.Connection) -> None:

@@ -153,6 +153,7 @@ async def run_worker(settings: WorkerSettings) -> None:
             settings.worker_id,
             lease_seconds=settings.lease_seconds,
             on_completed=record,
+            batch=settings.batch,
         )
         state.update(ready=True, worker=worker)
         log.info("worker for %s ready", spec.name)

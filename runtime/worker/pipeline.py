@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,13 +260,7 @@ class LoadedPipeline:
             if "_auto_resize" in self.accepted:
                 kwargs["_auto_resize"] = False
         if on_step is not None and "callback_on_step_end" in self.accepted:
-            total = params.num_inference_steps
-
-            def callback(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> Any:
-                on_step(step + 1, total)
-                return tensors
-
-            kwargs["callback_on_step_end"] = callback
+            kwargs["callback_on_step_end"] = _step_callback(on_step, params.num_inference_steps)
         unknown = set(kwargs) - self.accepted
         if unknown:
             raise UnsupportedParameter(
@@ -296,3 +290,57 @@ class LoadedPipeline:
         with self.lock, torch.inference_mode():
             output = self.pipeline(**kwargs)
         return [crop_center(image, params.width, params.height) for image in output.images]
+
+    def generate_batch(
+        self,
+        jobs: Sequence[tuple[JobParams, list[Image.Image]]],
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[list[Image.Image]]:
+        """Run jobs that share a ``batch_key`` as one pipeline call; each job's images, in
+        order.
+
+        Every image is its own prompt entry with its own seeded generator, as it is made
+        alone, so batching changes an image by floating-point noise only.
+        """
+        import torch
+
+        calls = [self.arguments(params, sources) for params, sources in jobs]
+        counts = [params.num_images for params, _ in jobs]
+        merged = dict(calls[0], num_images_per_prompt=1)
+        for name in _PER_IMAGE:
+            if name in merged:
+                merged[name] = [
+                    call[name] for call, n in zip(calls, counts, strict=True) for _ in range(n)
+                ]
+        merged["generator"] = [generator for call in calls for generator in call["generator"]]
+        differing = {
+            name
+            for call in calls[1:]
+            for name in call.keys() | merged.keys()
+            if name not in _PER_IMAGE | {"generator", "num_images_per_prompt"}
+            and call.get(name) != merged.get(name)
+        }
+        if differing:
+            raise ValueError(f"these jobs cannot share a call: {', '.join(sorted(differing))}")
+        if on_step is not None and "callback_on_step_end" in self.accepted:
+            merged["callback_on_step_end"] = _step_callback(on_step, jobs[0][0].num_inference_steps)
+        with self.lock, torch.inference_mode():
+            images = iter(self.pipeline(**merged).images)
+        return [
+            [crop_center(next(images), params.width, params.height) for _ in range(n)]
+            for (params, _), n in zip(jobs, counts, strict=True)
+        ]
+
+
+# The arguments a batched call takes as one entry per image, in job order.
+_PER_IMAGE = frozenset({"prompt", "negative_prompt", "image"})
+
+
+def _step_callback(on_step: Callable[[int, int], None], total: int) -> Any:
+    """A ``callback_on_step_end`` that reports each finished step out of ``total``."""
+
+    def callback(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> Any:
+        on_step(step + 1, total)
+        return tensors
+
+    return callback

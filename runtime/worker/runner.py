@@ -1,5 +1,10 @@
 """The worker loop: lease a job, run its pipeline off the event loop, store and bill it.
 
+With ``batch.maxSize`` above one it leases up to that many compatible jobs at once (see
+``batch_key``) and runs them as one pipeline call; each job still has its own lease,
+progress, result, failure and one completion, so a batch bills exactly what its jobs would
+alone.
+
 The pipeline runs in a thread so the loop stays free for lease renewals (and, inside
 ``tessera serve``, for the API). Completion is the store's one atomic step; if the lease was
 lost meanwhile, the result is dropped and nothing is billed, because another worker owns
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import threading
@@ -22,9 +28,10 @@ from PIL import Image
 
 from tessera.runtime import billing, metrics
 from tessera.runtime.errors import StorageUnavailable, StoreUnavailable
-from tessera.runtime.jobs.base import ImageFile, Job, JobResult, JobStore, LeaseLost
+from tessera.runtime.jobs.base import ImageFile, Job, JobResult, JobStore, LeaseLost, batch_key
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.storage import FileStore
+from tessera.runtime.worker.options import BatchOptions
 from tessera.runtime.worker.pipeline import LoadedPipeline, UnsupportedParameter, encode
 
 log = logging.getLogger(__name__)
@@ -46,7 +53,7 @@ class _Progress:
 
 
 class JobStopped(Exception):
-    """Raised from the pipeline's step callback once the worker no longer holds the job."""
+    """Raised from the pipeline's step callback once the worker holds none of its jobs."""
 
 
 class Worker:
@@ -60,6 +67,7 @@ class Worker:
         *,
         lease_seconds: float = 60.0,
         on_completed: Callable[[Job], Awaitable[None]] | None = None,
+        batch: BatchOptions | None = None,
     ):
         self.store = store
         self.files = files
@@ -67,6 +75,7 @@ class Worker:
         self.pipelines = pipelines
         self.worker_id = worker_id
         self.on_completed = on_completed
+        self.batch = batch or BatchOptions()
         self.heartbeat_seconds = max(lease_seconds / 3, 0.05)
         self.busy = False
         # One thread for all pipeline work: torch's OpenMP pool belongs to the thread that
@@ -74,29 +83,126 @@ class Worker:
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-pipeline")
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process jobs until ``stop`` is set; a job in flight is finished first."""
+        """Process jobs until ``stop`` is set; the jobs in flight are finished first."""
         names = list(self.pipelines)
         while not stop.is_set():
             try:
-                job = await self.store.lease(names, self.worker_id, wait=1.0)
+                jobs = await self.store.lease_batch(
+                    names, self.worker_id, self.batch.max_size, wait=1.0
+                )
             except StoreUnavailable as error:
                 # The store's client has retried for a minute already; keep asking.
                 log.warning("the job store is unavailable (%s); asking again", error)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), STORE_RETRY_SECONDS)
                 continue
-            if job is not None:
-                await self.process(job)
+            if jobs:
+                jobs += await self._gather(jobs)
+            if len(jobs) == 1:
+                await self.process(jobs[0])
+            elif jobs:
+                await self.process_batch(jobs)
+
+    async def _gather(self, leased: list[Job]) -> list[Job]:
+        """Jobs that can share the call of those ``leased`` and arrive within
+        ``max_wait_ms`` of them, up to ``max_size`` in all."""
+        first = leased[0]
+        key = batch_key(first.params)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch.max_wait_ms / 1000
+        joined: list[Job] = []
+        while key is not None and len(leased) + len(joined) < self.batch.max_size:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                joined += await self.store.lease_batch(
+                    [first.model],
+                    self.worker_id,
+                    self.batch.max_size - len(leased) - len(joined),
+                    wait=left,
+                    key=key,
+                )
+            except StoreUnavailable as error:
+                log.warning("job %s: runs without waiting for a batch: %s", first.id, error)
+                break
+        return joined
 
     async def process(self, job: Job) -> None:
+        self._observe_queue(job)
+        await self._process_alone(job)
+
+    async def _process_alone(self, job: Job) -> None:
         self.busy = True
-        queued_for = (job.started_at or job.created_at) - job.created_at
-        metrics.JOB_SECONDS.labels(job.model, "queue").observe(queued_for.total_seconds())
         started = time.monotonic()
         progress = _Progress()
         heartbeat = asyncio.create_task(self._heartbeat(job, progress))
         try:
-            result = await self._run(job, progress)
+            await self._settle(job, lambda: self._run(job, progress), heartbeat, started)
+        finally:
+            self.busy = False
+            metrics.WORKER_BUSY_SECONDS.labels(job.model).inc(time.monotonic() - started)
+
+    async def process_batch(self, jobs: list[Job]) -> None:
+        """Run compatible jobs as one pipeline call; each then completes, fails or is left
+        to run again on its own. A call that fails as a whole runs again job by job, so a
+        job that cannot run fails alone and the others still complete."""
+        self.busy = True
+        for job in jobs:
+            self._observe_queue(job)
+        metrics.BATCH_JOBS.labels(jobs[0].model).observe(len(jobs))
+        started = time.monotonic()
+        progress = [_Progress() for _ in jobs]
+        heartbeats = [
+            asyncio.create_task(self._heartbeat(job, mine))
+            for job, mine in zip(jobs, progress, strict=True)
+        ]
+        try:
+            try:
+                images = await self._generate_batch(jobs, progress)
+            except JobStopped:
+                log.warning("a batch of %d jobs stopped: every one was cancelled", len(jobs))
+                for job in jobs:
+                    metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.LEASE_LOST).inc()
+                return
+            except Exception:
+                log.exception(
+                    "a batch of %d jobs (%s) failed; running them one by one",
+                    len(jobs),
+                    ", ".join(str(job.id) for job in jobs),
+                )
+                # Each lease is renewed by the batch until the job's own run takes over.
+                for job, heartbeat in zip(jobs, heartbeats, strict=True):
+                    await _stop(heartbeat)
+                    await self._process_alone(job)
+                return
+            for job, made, heartbeat in zip(jobs, images, heartbeats, strict=True):
+                await self._settle(
+                    job, functools.partial(self._store, job, made), heartbeat, started
+                )
+        finally:
+            # Cancelled mid-call, the worker renews none of the leases: the jobs run again.
+            for heartbeat in heartbeats:
+                await _stop(heartbeat)
+            self.busy = False
+            # Once per call: the worker was busy once, whatever the batch's size.
+            metrics.WORKER_BUSY_SECONDS.labels(jobs[0].model).inc(time.monotonic() - started)
+
+    def _observe_queue(self, job: Job) -> None:
+        queued_for = (job.started_at or job.created_at) - job.created_at
+        metrics.JOB_SECONDS.labels(job.model, "queue").observe(queued_for.total_seconds())
+
+    async def _settle(
+        self,
+        job: Job,
+        produce: Callable[[], Awaitable[JobResult]],
+        heartbeat: asyncio.Task[None],
+        started: float,
+    ) -> None:
+        """Bill the job's result, or fail it, or leave it to run again; the lease is renewed
+        until the result is ready."""
+        try:
+            result = await produce()
         except (LeaseLost, JobStopped):
             # Cancelled, or taken over after a lapse: the worker cannot tell which, and
             # neither is billed here.
@@ -117,11 +223,7 @@ class Worker:
                 metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.FAILED).inc()
             return
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            self.busy = False
-            metrics.WORKER_BUSY_SECONDS.labels(job.model).inc(time.monotonic() - started)
+            await _stop(heartbeat)
         namespace = self.models[job.model].namespace
         if await self._finish(
             job, lambda: self.store.complete(job.id, self.worker_id, result, namespace)
@@ -146,22 +248,32 @@ class Worker:
             return False
         return True
 
+    async def _sources(self, job: Job) -> list[Image.Image]:
+        stored = [await self.files.get(key) for key in job.params.source_images]
+        return await asyncio.get_running_loop().run_in_executor(self._compute, _decode, stored)
+
     async def _run(self, job: Job, progress: _Progress) -> JobResult:
         params = job.params
         pipeline = self.pipelines[job.model]
-        loop = asyncio.get_running_loop()
-        stored_sources = [await self.files.get(key) for key in params.source_images]
-        sources = await loop.run_in_executor(self._compute, _decode, stored_sources)
-
-        def on_step(step: int, total: int) -> None:
-            if progress.lost.is_set():
-                raise JobStopped(f"stopped after step {step} of {total}")
-            progress.value = min(99, step * 100 // max(total, 1))
-            loop.call_soon_threadsafe(progress.changed.set)
-
-        images = await loop.run_in_executor(
-            self._compute, pipeline.generate, params, sources, on_step
+        sources = await self._sources(job)
+        images = await asyncio.get_running_loop().run_in_executor(
+            self._compute, pipeline.generate, params, sources, _reporter([progress])
         )
+        return await self._store(job, images)
+
+    async def _generate_batch(
+        self, jobs: list[Job], progress: list[_Progress]
+    ) -> list[list[Image.Image]]:
+        pipeline = self.pipelines[jobs[0].model]
+        requests = [(job.params, await self._sources(job)) for job in jobs]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._compute, pipeline.generate_batch, requests, _reporter(progress)
+        )
+
+    async def _store(self, job: Job, images: list[Image.Image]) -> JobResult:
+        """Encode and store the job's images; what it costs."""
+        params = job.params
+        loop = asyncio.get_running_loop()
         stored = []
         for index, image in enumerate(images):
             data, content_type = await loop.run_in_executor(
@@ -196,6 +308,29 @@ class Worker:
             # Progress is for people watching: a few updates a second are plenty, and every
             # write is work taken from the API and the pipeline.
             await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
+
+
+def _reporter(progress: list[_Progress]) -> Callable[[int, int], None]:
+    """The pipeline thread's step callback: every job of the call moves with it."""
+    loop = asyncio.get_running_loop()
+
+    def on_step(step: int, total: int) -> None:
+        # A batch goes on while any of its jobs is still held; alone, a job stops at once.
+        if all(job_progress.lost.is_set() for job_progress in progress):
+            raise JobStopped(f"stopped after step {step} of {total}")
+        value = min(99, step * 100 // max(total, 1))
+        for job_progress in progress:
+            job_progress.value = value
+        for job_progress in progress:
+            loop.call_soon_threadsafe(job_progress.changed.set)
+
+    return on_step
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _decode(sources: list[bytes]) -> list[Image.Image]:

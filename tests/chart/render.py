@@ -53,11 +53,15 @@ class Rendered:
         return sorted(o["metadata"]["name"] for o in self.objects if o["kind"] == kind)
 
     def pod_specs(self) -> dict[str, dict[str, Any]]:
-        """Every pod template, by its owner's kind/name."""
-        return {
+        """Every pod template, by its owner's kind/name (a bare pod by its own)."""
+        pods = {
             f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"]["spec"]
             for o in self.objects
             if o["kind"] in ("Deployment", "StatefulSet", "Job")
+        }
+        # Bare pods: the `helm test` hook.
+        return pods | {
+            f"Pod/{o['metadata']['name']}": o["spec"] for o in self.objects if o["kind"] == "Pod"
         }
 
 

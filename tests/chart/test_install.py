@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from tests.cluster.harness import Cluster, start_cluster, stop_cluster
 from tests.support.waiting import wait_until
 
+from .release import get, helm
 from .render import CHART
 
 NS = "tessera"
@@ -39,23 +39,6 @@ def cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         stop_cluster(cluster)
-
-
-def helm(cluster: Cluster, *args: str) -> str:
-    result = subprocess.run(
-        ["helm", *args],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def get(cluster: Cluster, *args: str) -> Any:
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
 def secret_values(cluster: Cluster) -> dict[str, str]:

@@ -14,6 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tessera.operator.render import (
+    COMPONENT_WORKER,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    WORKER_PORT,
+)
 from tessera.runtime.errors import Unauthorized
 from tessera.runtime.keys import KeyRing
 
@@ -87,8 +94,13 @@ def test_rbac_rules_are_the_ones_in_crds_folder(component: str) -> None:
     assert pods[f"Deployment/{FULL}-{component}"]["serviceAccountName"] == f"{FULL}-{component}"
 
 
-def test_every_container_names_its_command_and_runs_locked_down() -> None:
-    for owner, pod in render().pod_specs().items():
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"usageExporter.enabled": "true", "usageExporter.to": "http://meter/api/v1/events"}],
+    ids=["defaults", "usage exporter"],
+)
+def test_every_container_names_its_command_and_runs_locked_down(values: dict[str, str]) -> None:
+    for owner, pod in render(values).pod_specs().items():
         security = pod["securityContext"]
         assert security["runAsNonRoot"] is True, owner
         assert security["seccompProfile"] == {"type": "RuntimeDefault"}, owner
@@ -114,7 +126,11 @@ def _defaults(r: Rendered) -> None:
     )
     env = env_of(operator["spec"]["template"]["spec"]["containers"][0])
     queue = f"redis://:$(REDIS_PASSWORD)@{FULL}-redis.tessera.svc:6379/0"
-    assert env["TESSERA_QUEUE_URL"] == queue
+    # The operator renders $(REDIS_PASSWORD) into its workers as written, with the Secret
+    # they read it from: the password itself never lands in a Deployment.
+    assert env["TESSERA_QUEUE_URL"] == queue.replace("$(", "$$(")
+    assert env["TESSERA_QUEUE_PASSWORD_SECRET"] == f"{FULL}-redis"
+    assert env["TESSERA_QUEUE_PASSWORD_KEY"] == "password"
     assert env["TESSERA_RESULTS_CLAIM"] == "tessera-results"
     assert env["TESSERA_WORKER_IMAGE"] == "ghcr.io/tessera-dev/tessera:0.1.0"
     gateway = r.get("Deployment", f"{FULL}-gateway")["spec"]
@@ -154,6 +170,10 @@ def _external_redis(r: Rendered) -> None:
     )
     assert env["TESSERA_QUEUE"] == "rediss://:$(REDIS_PASSWORD)@redis.example.com:6380/2"
     assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "queue-auth", "key": "pw"}}
+    operator = r.get("Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]
+    operator_env = env_of(operator["containers"][0])
+    assert operator_env["TESSERA_QUEUE_PASSWORD_SECRET"] == "queue-auth"
+    assert operator_env["TESSERA_QUEUE_PASSWORD_KEY"] == "pw"
 
 
 def _s3(r: Rendered) -> None:
@@ -166,6 +186,13 @@ def _s3(r: Rendered) -> None:
         "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
     }
     assert "results" not in [v["name"] for v in pod["volumes"]]
+    # The operator renders the same bucket, endpoint and keys into its workers.
+    operator = r.get("Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]
+    operator_env = env_of(operator["containers"][0])
+    assert operator_env["TESSERA_RESULTS_URL"] == "s3://images/tessera"
+    assert operator_env["TESSERA_S3_ENDPOINT"] == "http://seaweedfs:8333"
+    assert operator_env["TESSERA_S3_CREDENTIALS_SECRET"] == "s3-creds"
+    assert "TESSERA_RESULTS_CLAIM" not in operator_env
 
 
 def _crds_not_kept(r: Rendered) -> None:
@@ -206,6 +233,196 @@ def _fixed_gateway(r: Rendered) -> None:
     assert r.get("Deployment", f"{FULL}-gateway")["spec"]["replicas"] == 3
 
 
+# What the operator puts on every model's worker pods and Services: the chart's worker
+# ServiceMonitor and NetworkPolicy select them by it.
+WORKER_LABELS = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_WORKER}
+DASHBOARD = REPO / "docs" / "grafana" / "tessera.json"
+
+
+def _container(r: Rendered, component: str) -> dict[str, Any]:
+    return r.get("Deployment", f"{FULL}-{component}")["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def _flag(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command else None
+
+
+def _monitoring_defaults(r: Rendered) -> None:
+    # Metrics endpoints and the dashboard need no CRD: on. ServiceMonitors and rules: off.
+    for component, port in (("gateway", 9090), ("operator", 9091)):
+        container = _container(r, component)
+        assert _flag(container["command"], "--metrics-port") == str(port), component
+        assert {"name": "metrics", "containerPort": port} in container["ports"], component
+        service = r.get("Service", f"{FULL}-{component}-metrics")["spec"]
+        assert service["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics"}]
+        assert service["selector"]["app.kubernetes.io/component"] == component
+    assert _flag(_container(r, "gateway")["command"], "--metrics-host") == "0.0.0.0"
+    assert r.names("ServiceMonitor") == r.names("PrometheusRule") == []
+    dashboard = r.get("ConfigMap", f"{FULL}-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["tessera.json"]) == json.loads(DASHBOARD.read_text())
+    assert r.names("NetworkPolicy") == []
+    assert all("priorityClassName" not in pod for pod in r.pod_specs().values())
+
+
+def _metrics_off(r: Rendered) -> None:
+    assert "--metrics-port" not in _container(r, "gateway")["command"]
+    assert "--metrics-port" not in _container(r, "operator")["command"]
+    assert f"{FULL}-gateway-metrics" not in r.names("Service")
+    assert r.names("ConfigMap") == []
+
+
+def _service_monitors(r: Rendered) -> None:
+    assert r.names("ServiceMonitor") == [f"{FULL}-gateway", f"{FULL}-operator", f"{FULL}-workers"]
+    for name in r.names("ServiceMonitor"):
+        monitor = r.get("ServiceMonitor", name)
+        assert monitor["metadata"]["labels"]["release"] == "kps", name
+        assert monitor["spec"]["endpoints"][0]["interval"] == "15s", name
+    for component in ("gateway", "operator"):
+        selector = r.get("ServiceMonitor", f"{FULL}-{component}")["spec"]["selector"]
+        service = r.get("Service", f"{FULL}-{component}-metrics")
+        assert selector["matchLabels"].items() <= service["metadata"]["labels"].items()
+        # The workload's own Service is not scraped twice.
+        assert (
+            not selector["matchLabels"].items()
+            <= r.get("Service", f"{FULL}-gateway")["metadata"]["labels"].items()
+        )
+    operator = r.get("ServiceMonitor", f"{FULL}-operator")["spec"]["endpoints"][0]
+    assert operator["honorLabels"] is True  # the gauges' namespace is the ImageModel's
+    workers = r.get("ServiceMonitor", f"{FULL}-workers")["spec"]
+    assert workers["selector"]["matchLabels"] == WORKER_LABELS
+    assert workers["namespaceSelector"] == {"matchNames": ["models-a", "models-b"]}
+    assert workers["endpoints"][0]["port"] == "http"
+
+
+def _rules(r: Rendered) -> None:
+    rules = r.get("PrometheusRule", FULL)["spec"]["groups"][0]["rules"]
+    by_name = {rule["alert"]: rule for rule in rules}
+    assert sorted(by_name) == [
+        "TesseraBacklogGrowing",
+        "TesseraJobsFailing",
+        "TesseraModelUnschedulable",
+        "TesseraNoReadyWorker",
+    ]
+    assert by_name["TesseraBacklogGrowing"]["for"] == "30m"
+    assert by_name["TesseraNoReadyWorker"]["for"] == "20m"
+    assert by_name["TesseraJobsFailing"]["expr"].rstrip().endswith("> 25")
+    # Prometheus's own template syntax reaches it untouched by Helm's.
+    assert "{{ $labels.model }}" in by_name["TesseraNoReadyWorker"]["annotations"]["summary"]
+
+
+def _network_policies(r: Rendered) -> None:
+    assert r.names("NetworkPolicy") == [
+        f"{FULL}-gateway",
+        f"{FULL}-operator",
+        f"{FULL}-redis",
+        f"{FULL}-workers",
+    ]
+    redis_pods = {
+        "podSelector": {
+            "matchLabels": r.get("StatefulSet", f"{FULL}-redis")["spec"]["selector"]["matchLabels"]
+        }
+    }
+    api_ports = [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]
+    for name in ("gateway", "operator", "workers"):
+        policy = r.get("NetworkPolicy", f"{FULL}-{name}")["spec"]
+        assert policy["policyTypes"] == ["Ingress", "Egress"], name
+        egress = policy["egress"]
+        assert egress[0]["ports"] == [
+            {"protocol": "UDP", "port": 53},
+            {"protocol": "TCP", "port": 53},
+        ], name
+        assert {"to": [redis_pods], "ports": [{"protocol": "TCP", "port": 6379}]} in egress, name
+        # file storage is a volume: no S3 rule; only the gateway and the operator watch.
+        to_api = {"ports": api_ports} in egress
+        assert to_api is (name != "workers"), name
+        assert len(egress) == (3 if to_api else 2), name
+    workers = r.get("NetworkPolicy", f"{FULL}-workers")["spec"]
+    assert workers["podSelector"] == {"matchLabels": WORKER_LABELS}
+    assert workers["ingress"] == [{"ports": [{"protocol": "TCP", "port": WORKER_PORT}]}]
+    redis = r.get("NetworkPolicy", f"{FULL}-redis")["spec"]
+    assert redis["egress"] == []
+    allowed = redis["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": WORKER_LABELS}} in allowed
+    for component in ("gateway", "operator"):
+        pods = r.get("Deployment", f"{FULL}-{component}")["spec"]["selector"]
+        assert {"podSelector": pods} in allowed, component
+
+
+def _network_policies_elsewhere(r: Rendered) -> None:
+    # An external Redis and S3 behind given CIDRs; callers and scrapers narrowed.
+    gateway = r.get("NetworkPolicy", f"{FULL}-gateway")["spec"]
+    assert {
+        "ports": [{"protocol": "TCP", "port": 6380}],
+        "to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
+    } in gateway["egress"]
+    assert {
+        "ports": [{"protocol": "TCP", "port": 8333}],
+        "to": [{"ipBlock": {"cidr": "10.2.0.0/16"}}],
+    } in gateway["egress"]
+    assert {
+        "ports": [{"protocol": "TCP", "port": 6443}],
+        "to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}],
+    } in gateway["egress"]
+    api, metrics = gateway["ingress"]
+    ingress_ns = {"namespaceSelector": {"matchLabels": {"team": "ingress"}}}
+    test_pod = r.get("Pod", f"{FULL}-test-generate")["metadata"]["labels"]
+    assert api["from"][0] == ingress_ns
+    assert api["from"][1]["podSelector"]["matchLabels"].items() <= test_pod.items()
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
+    assert f"{FULL}-redis" not in r.names("NetworkPolicy")
+
+
+def _priority_classes(r: Rendered) -> None:
+    pods = r.pod_specs()
+    assert pods[f"Deployment/{FULL}-operator"]["priorityClassName"] == "tessera-control"
+    assert pods[f"Deployment/{FULL}-gateway"]["priorityClassName"] == "tessera-api"
+    assert pods[f"StatefulSet/{FULL}-redis"]["priorityClassName"] == "tessera-queue"
+
+
+def _test_hook(r: Rendered) -> None:
+    pod = r.get("Pod", f"{FULL}-test-generate")
+    env = env_of(pod["spec"]["containers"][0])
+    assert env["TESSERA_BASE_URL"] == f"http://{FULL}-gateway.tessera.svc:80/v1"
+    assert env["TESSERA_TEST_MODEL"] == "tessera-demo"
+    assert env["TESSERA_API_KEY"] == {
+        "secretKeyRef": {"name": f"{FULL}-initial-api-key", "key": "api-key"}
+    }
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def _test_hook_given_key(r: Rendered) -> None:
+    env = env_of(r.get("Pod", f"{FULL}-test-generate")["spec"]["containers"][0])
+    assert env["TESSERA_API_KEY"] == {"secretKeyRef": {"name": "ci-key", "key": "key"}}
+    assert env["TESSERA_TEST_MODEL"] == "sdxl"
+
+
+def _no_test_hook(r: Rendered) -> None:
+    # Keys given as hashes: there is no plain key to test with.
+    assert r.names("Pod") == []
+
+
+def _usage_exporter(r: Rendered) -> None:
+    deployment = r.get("Deployment", f"{FULL}-usage-exporter")["spec"]
+    assert deployment["replicas"] == 1
+    assert deployment["strategy"] == {"type": "Recreate"}  # one pusher per store
+    container = deployment["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["tessera", "usage", "push"]
+    assert _flag(container["command"], "--to") == "https://meter.example.com/api/v1/events"
+    env = env_of(container)
+    assert env["TESSERA_QUEUE"] == f"redis://:$(REDIS_PASSWORD)@{FULL}-redis.tessera.svc:6379/0"
+    assert env["TESSERA_PUSH_TOKEN"] == {"secretKeyRef": {"name": "meter", "key": "token"}}
+    policy = r.get("NetworkPolicy", f"{FULL}-usage-exporter")["spec"]
+    assert policy["ingress"] == []
+    assert {"ports": [{"protocol": "TCP", "port": 443}]} in policy["egress"]
+    redis_from = r.get("NetworkPolicy", f"{FULL}-redis")["spec"]["ingress"][0]["from"]
+    assert {"podSelector": deployment["selector"]} in redis_from
+
+
+def _no_usage_exporter(r: Rendered) -> None:
+    assert f"{FULL}-usage-exporter" not in r.names("Deployment")
+
+
 CASES: dict[str, tuple[dict[str, str], Callable[[Rendered], None]]] = {
     "defaults": ({}, _defaults),
     "external redis": (
@@ -243,6 +460,76 @@ CASES: dict[str, tuple[dict[str, str], Callable[[Rendered], None]]] = {
         {"gateway.autoscaling.enabled": "false", "gateway.replicas": "3"},
         _fixed_gateway,
     ),
+    "monitoring defaults": ({}, _monitoring_defaults),
+    "metrics off": (
+        {"monitoring.metrics.enabled": "false", "monitoring.dashboard.enabled": "false"},
+        _metrics_off,
+    ),
+    "service monitors": (
+        {
+            "monitoring.serviceMonitor.enabled": "true",
+            "monitoring.serviceMonitor.interval": "15s",
+            "monitoring.serviceMonitor.labels.release": "kps",
+            "monitoring.serviceMonitor.workerNamespaces": "{models-a,models-b}",
+        },
+        _service_monitors,
+    ),
+    "rules": (
+        {
+            "monitoring.prometheusRule.enabled": "true",
+            "monitoring.prometheusRule.backlogGrowingFor": "30m",
+            "monitoring.prometheusRule.noReadyWorkerFor": "20m",
+            "monitoring.prometheusRule.failedJobsPercent": "25",
+        },
+        _rules,
+    ),
+    "network policies": ({"networkPolicy.enabled": "true"}, _network_policies),
+    "network policies elsewhere": (
+        {
+            "networkPolicy.enabled": "true",
+            "redis.bundled.enabled": "false",
+            "redis.external.url": "redis://redis.example.com:6380/0",
+            "networkPolicy.externalRedisCidrs[0]": "10.1.0.0/16",
+            "storage.type": "s3",
+            "storage.s3.bucket": "images",
+            "networkPolicy.s3Cidrs[0]": "10.2.0.0/16",
+            "networkPolicy.s3Port": "8333",
+            "networkPolicy.apiServerCidrs[0]": "10.96.0.1/32",
+            "networkPolicy.apiServerPorts[0]": "6443",
+            "networkPolicy.gatewayFrom[0].namespaceSelector.matchLabels.team": "ingress",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team": "monitoring",
+        },
+        _network_policies_elsewhere,
+    ),
+    "priority classes": (
+        {
+            "operator.priorityClassName": "tessera-control",
+            "gateway.priorityClassName": "tessera-api",
+            "redis.bundled.priorityClassName": "tessera-queue",
+        },
+        _priority_classes,
+    ),
+    "usage exporter": (
+        {
+            "usageExporter.enabled": "true",
+            "usageExporter.to": "https://meter.example.com/api/v1/events",
+            "usageExporter.tokenSecret": "meter",
+            "networkPolicy.enabled": "true",
+        },
+        _usage_exporter,
+    ),
+    "no usage exporter by default": ({}, _no_usage_exporter),
+    "test hook": ({}, _test_hook),
+    "test hook with a given key": (
+        {
+            "apiKeys.existingSecret": "keys",
+            "helmTest.apiKeySecret": "ci-key",
+            "helmTest.apiKeySecretKey": "key",
+            "helmTest.model": "sdxl",
+        },
+        _test_hook_given_key,
+    ),
+    "no test hook without a plain key": ({"apiKeys.sha256[0]": "ab" * 32}, _no_test_hook),
 }
 
 
@@ -273,6 +560,31 @@ REFUSED: dict[str, tuple[dict[str, str], str]] = {
         "minReplicas (5) exceeds maxReplicas (2)",
     ),
     "ingress without host": ({"gateway.ingress.enabled": "true"}, "needs gateway.ingress.host"),
+    "service monitors without metrics": (
+        {"monitoring.serviceMonitor.enabled": "true", "monitoring.metrics.enabled": "false"},
+        "monitoring.serviceMonitor.enabled needs monitoring.metrics.enabled",
+    ),
+    "rules without metrics": (
+        {"monitoring.prometheusRule.enabled": "true", "monitoring.metrics.enabled": "false"},
+        "monitoring.prometheusRule.enabled needs monitoring.metrics.enabled",
+    ),
+    "metrics on the API port": (
+        {"monitoring.metrics.gatewayPort": "8000"},
+        "monitoring.metrics.gatewayPort and gateway.port are both 8000",
+    ),
+    "metrics on the liveness port": (
+        {"monitoring.metrics.operatorPort": "8081"},
+        "8081 is the operator's liveness port",
+    ),
+    "duration in words": (
+        {"monitoring.prometheusRule.backlogGrowingFor": "15 minutes"},
+        "backlogGrowingFor",
+    ),
+    "percent over 100": ({"monitoring.prometheusRule.failedJobsPercent": "101"}, "maximum"),
+    "exporter without receiver": (
+        {"usageExporter.enabled": "true"},
+        "usageExporter.enabled needs usageExporter.to",
+    ),
 }
 
 

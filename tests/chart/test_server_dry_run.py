@@ -8,8 +8,11 @@ refused), which `helm lint` and `helm template` never reach.
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.cluster.harness import Cluster
 from tests.support.waiting import wait_until
@@ -17,8 +20,61 @@ from tests.support.waiting import wait_until
 from .render import render
 from .test_render import CASES
 
+# prometheus-operator's ServiceMonitor and PrometheusRule CRDs, pinned (see their headers).
+MONITORING_CRDS = sorted((Path(__file__).parent / "crds").glob("*.yaml"))
 
-@pytest.mark.parametrize("case", ["defaults", "external redis", "s3", "ingress", "one operator"])
+
+def install_crds(cluster: Cluster, crds: list[dict[str, Any]]) -> None:
+    """Apply CRDs for real (a dry run cannot make a new kind known to the objects of that
+    kind) and wait until kubectl resolves every one of their kinds."""
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=chart-test",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}),
+    )
+    for crd in crds:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}")
+    for group in {crd["spec"]["group"] for crd in crds}:
+        kinds = {c["metadata"]["name"] for c in crds if c["spec"]["group"] == group}
+
+        def known(group: str = group, kinds: set[str] = kinds) -> bool:
+            listed = cluster.kubectl(
+                "api-resources", f"--api-group={group}", "-o", "name", check=False
+            ).stdout.split()
+            return kinds <= set(listed)
+
+        wait_until(f"kubectl to know the kinds of {group}", known, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(kube_cluster: Cluster) -> None:
+    """What a cluster with prometheus-operator has, so the dry run validates our objects
+    against the real schemas."""
+    docs = [yaml.safe_load(path.read_text()) for path in MONITORING_CRDS]
+    install_crds(kube_cluster, docs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "defaults",
+        "external redis",
+        "s3",
+        "ingress",
+        "one operator",
+        "service monitors",
+        "rules",
+        "network policies",
+        "network policies elsewhere",
+        "priority classes",
+        "usage exporter",
+    ],
+)
+@pytest.mark.usefixtures("monitoring_crds")
 def test_server_accepts_the_rendered_chart(
     kube_cluster: Cluster, kube_namespace: str, case: str
 ) -> None:
@@ -28,31 +84,8 @@ def test_server_accepts_the_rendered_chart(
     rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
     assert rest, "nothing but CRDs rendered"
     if crds:
-        # The CRDs for real (a dry run cannot make kopf.dev/v1 known to the peering object).
-        kube_cluster.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=chart-test",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}),
-        )
-        for crd in crds:
-            kube_cluster.kubectl(
-                "wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}"
-            )
+        install_crds(kube_cluster, crds)
     listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": rest})
-    wait_until(
-        "kubectl to know the new CRDs",
-        lambda: (
-            kube_cluster.kubectl(
-                "api-resources", "--api-group=kopf.dev", "-o", "name", check=False
-            ).stdout.count("peering")
-            == 2
-        ),
-        timeout=30,
-    )
     result = kube_cluster.kubectl(
         "apply", "--dry-run=server", "-o", "name", "-f", "-", input=listing, check=False
     )

@@ -54,6 +54,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build"
+PROVISIONER_BUILD_SCRIPT = HERE.parent / "tools" / "build-local-path-provisioner"
 KWOKCTL_CONFIG = HERE / "kwokctl.yaml"
 
 # What NVIDIA's GPU operator (GPU feature discovery) puts on an H100 SXM node.
@@ -98,6 +99,16 @@ _SERVICE_ACCOUNT_MOUNT_POINT = "/run/secrets/kubernetes.io/serviceaccount"
 # The agent's own shutdown gives containers at most 10 s of grace; then it is killed.
 _AGENT_STOP_TIMEOUT = 20.0
 _METADATA = "tessera-cluster.json"
+# The default StorageClass of clusters with local nodes: rancher's local-path-provisioner
+# (a process beside the control plane, like KWOK's controller) makes each claim a folder
+# under <cluster folder>/volumes. Every local node shares this machine's disk, so the
+# folder serves any access mode, ReadWriteMany included (its sharedFileSystemPath mode).
+STORAGE_CLASS = "local-path"
+PROVISIONER = "rancher.io/local-path"
+_STORAGE_NAMESPACE = "local-path-storage"
+_STORAGE_ACCOUNT = "local-path-provisioner"
+_STORAGE_CONFIG = "local-path-config"
+VOLUMES_DIR = "volumes"
 
 
 class ClusterError(RuntimeError):
@@ -263,6 +274,7 @@ class Cluster:
         )
         if names:
             _ensure_pod_route()
+            self._start_storage()
         agents = [self._start_agent(name, gpu, backoff_seconds) for gpu, name in names]
         try:
             self._wait_nodes_ready([name for _, name in names], timeout=60)
@@ -297,6 +309,73 @@ class Cluster:
                 start_new_session=True,
             )
         return proc, log
+
+    def _start_storage(self) -> None:
+        """The default StorageClass and its provisioner, once per cluster.
+
+        The provisioner runs each claim's setup (``mkdir``) and teardown (``rm -rf``) as a
+        helper pod, which a local node runs like any other: a claim is provisioned, bound
+        and deleted as on a real cluster, with the chart's own claims unchanged.
+        """
+        log = self.workdir / "logs" / "local-path-provisioner.log"
+        if any(b"local-path-provisioner" in _cmdline_bytes(p) for p in _cluster_pids(self.workdir)):
+            return
+        volumes = self.workdir / VOLUMES_DIR
+        volumes.mkdir(parents=True, exist_ok=True)
+        config = {"sharedFileSystemPath": str(volumes)}
+        helper = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "helper-pod"},
+            "spec": {"containers": [{"name": "helper-pod", "image": "busybox", "command": ["sh"]}]},
+        }
+        self.apply(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": _STORAGE_NAMESPACE}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": _STORAGE_ACCOUNT, "namespace": _STORAGE_NAMESPACE},
+                },
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": _STORAGE_CONFIG, "namespace": _STORAGE_NAMESPACE},
+                    "data": {
+                        "config.json": json.dumps(config),
+                        "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
+                        "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
+                        "helperPod.yaml": json.dumps(helper),
+                    },
+                },
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "StorageClass",
+                    "metadata": {
+                        "name": STORAGE_CLASS,
+                        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                    },
+                    "provisioner": PROVISIONER,
+                    "reclaimPolicy": "Delete",
+                    "volumeBindingMode": "WaitForFirstConsumer",
+                },
+            ]
+        )
+        binary = provisioner_binary()
+        args = [
+            str(binary), "start",
+            "--kubeconfig", str(self.kubeconfig),
+            "--namespace", _STORAGE_NAMESPACE,
+            "--configmap-name", _STORAGE_CONFIG,
+            "--service-account-name", _STORAGE_ACCOUNT,
+            "--provisioner-name", PROVISIONER,
+            "--helper-image", "busybox",
+        ]  # fmt: skip
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
 
     def service_addresses(self, namespace: str, service: str) -> list[str]:
         """``address:port`` of every ready endpoint of a Service, from its EndpointSlices.
@@ -476,6 +555,20 @@ def build_binaries() -> Path:
     if missing:
         raise ClusterError(f"{BUILD_SCRIPT} returned {bin_dir}, which lacks {', '.join(missing)}")
     return bin_dir
+
+
+@functools.cache
+def provisioner_binary() -> Path:
+    """Run ``tests/tools/build-local-path-provisioner`` and return the binary (cached)."""
+    result = subprocess.run(
+        [str(PROVISIONER_BUILD_SCRIPT)], capture_output=True, text=True, check=False
+    )
+    sys.stderr.write(result.stderr)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        tail = result.stderr[-3000:]
+        raise ClusterError(f"{PROVISIONER_BUILD_SCRIPT} failed (exit {result.returncode}):\n{tail}")
+    return Path(lines[-1])
 
 
 @functools.cache

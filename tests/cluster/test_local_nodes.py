@@ -165,6 +165,89 @@ def test_http_server_pod_becomes_ready_and_answers_through_its_service(
     assert '"GET /hello.txt HTTP/1.1" 200' in log
 
 
+# Fetches a URL from inside a pod until its name resolves and answers, then saves the body.
+FETCH = """
+import sys, time, urllib.request
+for _ in range(120):
+    try:
+        body = urllib.request.urlopen(sys.argv[1], timeout=2).read()
+        break
+    except OSError:
+        time.sleep(0.5)
+open(sys.argv[2], "wb").write(body)
+"""
+
+
+def test_a_pod_reaches_a_service_by_name_and_writes_to_a_provisioned_claim(
+    local_cluster: Cluster, local_namespace: str
+) -> None:
+    ns = local_namespace
+    server = web_pod("named")
+    # Told to listen on every address, it gets its pod's: what 0.0.0.0 means in a pod.
+    server["spec"]["containers"][0]["command"] = [
+        a if a != "$(POD_IP)" else "0.0.0.0" for a in SERVE_DATA
+    ]
+    server["metadata"]["namespace"] = ns
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "named", "namespace": ns},
+        "spec": {"selector": {"app": "named"}, "ports": [{"port": 8000, "targetPort": "http"}]},
+    }
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "shared", "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    local_cluster.apply([server, service, claim])
+    wait_pod(local_cluster, ns, "named", "to be Ready", ready)
+    (volume_folder(local_cluster, ns, "named", "data") / "hello.txt").write_text("by name")
+    clients = []
+    for name, url in (("short", "http://named:8000"), ("full", f"http://named.{ns}.svc:8000")):
+        client = pod_manifest(
+            name,
+            [
+                {
+                    "name": "fetch",
+                    "command": ["python", "-c", FETCH, f"{url}/hello.txt", f"/claim/{name}"],
+                    "volumeMounts": [{"name": "claim", "mountPath": "/claim"}],
+                }
+            ],
+            restartPolicy="Never",
+            volumes=[{"name": "claim", "persistentVolumeClaim": {"claimName": "shared"}}],
+        )
+        client["metadata"]["namespace"] = ns
+        clients.append(client)
+    local_cluster.apply(clients)
+    for name in ("short", "full"):
+        wait_pod(local_cluster, ns, name, "to succeed", in_phase("Succeeded"), timeout=90)
+
+    # The default StorageClass provisioned the claim as a folder; both pods wrote into it.
+    bound = json.loads(local_cluster.kubectl("-n", ns, "get", "pvc", "shared", "-o", "json").stdout)
+    assert bound["spec"]["storageClassName"] == "local-path"
+    volume = bound["spec"]["volumeName"]
+    pv = json.loads(local_cluster.kubectl("get", "pv", volume, "-o", "json").stdout)
+    folder = Path(pv["spec"]["hostPath"]["path"])
+    assert folder.parent == local_cluster.workdir / "volumes"
+    assert {f.name: f.read_text() for f in folder.iterdir()} == {
+        "short": "by name",
+        "full": "by name",
+    }
+
+    # Deleting the claim deletes the volume and, through a helper pod, its folder.
+    local_cluster.kubectl("-n", ns, "delete", "pod", "short", "full", "--wait")
+    local_cluster.kubectl("-n", ns, "delete", "pvc", "shared", "--wait")
+    wait_until(
+        "the claim's volume and folder removed",
+        lambda: (
+            not folder.exists()
+            and local_cluster.kubectl("get", "pv", volume, check=False).returncode != 0
+        ),
+        timeout=90,
+    )
+
+
 def test_a_failing_readiness_probe_keeps_the_pod_unready(
     local_cluster: Cluster, local_namespace: str
 ) -> None:

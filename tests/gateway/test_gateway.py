@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.api.helpers import FAST, assert_error, download, image_of, png_bytes, submit, wait
+from tests.support import seed_client
 from tests.support.gateway import GatewayDeployment, demo_image_models, write_models
 from tests.support.server import ServerProcess
 
@@ -127,8 +128,6 @@ def test_the_seed_articles_client_works_against_a_gateway(
 ) -> None:
     """The reference client as the seed article writes it: submit, poll every few seconds
     with no ``wait``, then fetch the url or decode the base64."""
-    headers = {"api_key": gateway_deployment.api_key, "Content-Type": "application/json"}
-    base = gateway_deployment.api_url
     payload = {
         "model": "tessera-demo",
         "prompt": "a lighthouse at dusk",
@@ -137,22 +136,14 @@ def test_the_seed_articles_client_works_against_a_gateway(
         "response_format": "b64_json",
         **FAST,
     }
-    response = httpx.post(f"{base}/images/generations", headers=headers, json=payload)
-    response.raise_for_status()
-    job_id = response.json()["job_id"]
-    while True:
-        status = httpx.get(f"{base}/images/tasks/{job_id}", headers=headers).json()
-        if status["status"] in ("completed", "failed"):
-            break
-        time.sleep(1)
+    status = seed_client.generate(gateway_deployment.api_url, gateway_deployment.api_key, payload)
     assert status["status"] == "completed", status
     assert status["result"]["usage"]["output_tokens"] == 2 * 1024
     for index, item in enumerate(status["result"]["data"]):
-        fetched = httpx.get(item["url"])
-        fetched.raise_for_status()
-        (tmp_path / f"image_{index}.png").write_bytes(fetched.content)
-        assert base64.b64decode(item["b64_json"]) == fetched.content
-        assert image_of(fetched.content).size == (512, 512)
+        fetched = seed_client.fetch(item["url"])
+        (tmp_path / f"image_{index}.png").write_bytes(fetched)
+        assert base64.b64decode(item["b64_json"]) == fetched
+        assert image_of(fetched).size == (512, 512)
 
 
 def test_with_s3_downloads_and_uploads_go_to_the_store(

@@ -15,7 +15,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.runtime.jobs.base import Job
 from tessera.runtime.jobs.redis import RedisJobStore
@@ -23,6 +25,7 @@ from tests.cluster.fixtures import fresh_namespace
 from tests.cluster.harness import Cluster
 from tests.support.params import job_params
 from tests.support.redis_server import RedisServer
+from tests.support.server import free_port
 
 from .process import (
     OperatorProcess,
@@ -59,7 +62,10 @@ def operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     work = tmp_path_factory.mktemp("operator")
-    env = {"TESSERA_QUEUE_URL": redis_server.url}
+    env = {
+        "TESSERA_QUEUE_URL": redis_server.url,
+        "TESSERA_OPERATOR_METRICS_PORT": str(free_port()),
+    }
     before = redis_server.pattern_subscribers()
     with running_operator(cluster, namespace, work, env) as process:
         # A submit before the autoscaler subscribes would be found by a sweep, not heard.
@@ -356,3 +362,43 @@ def test_the_printer_columns_show_the_backlog(
     header, row = table[0].split(), table[1].split()
     values = dict(zip(header, row, strict=False))
     assert (values["QUEUE"], values["DESIRED"], values["SCALING"]) == ("5", "2", "ScaledUp")
+
+
+def model_gauges(operator: OperatorProcess, namespace: str, name: str) -> dict[str, float]:
+    """The operator's gauges for one ImageModel (whose modelName is its name), by metric."""
+    port = operator.env["TESSERA_OPERATOR_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("tessera_model_")
+        and sample.labels == {"namespace": namespace, "imagemodel": name, "model": name}
+    }
+
+
+def test_the_operator_exports_each_models_replicas(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> None:
+    # What the chart's PrometheusRule alerts on (charts/tessera/templates/monitoring.yaml).
+    cluster.apply(model("gauged", namespace))
+    wait_replicas(cluster, namespace, "gauged", 0, operator)
+    submit(redis_server, "gauged", 3)
+    wait_replicas(cluster, namespace, "gauged", 1, operator)
+    # KWOK makes the scheduled pod Ready; the next pass (a sweep at most) counts it.
+    expected = {
+        "tessera_model_desired_replicas": 1,
+        "tessera_model_ready_replicas": 1,
+        "tessera_model_unschedulable_replicas": 0,
+    }
+    wait_until(
+        "the gauges to show the replicas",
+        lambda: expected.items() <= model_gauges(operator, namespace, "gauged").items(),
+        timeout=30,
+    )
+    cluster.kubectl("-n", namespace, "delete", "imagemodel", "gauged", "--wait=true")
+    wait_until(
+        "a deleted model's series to go",
+        lambda: model_gauges(operator, namespace, "gauged") == {},
+        timeout=20,
+    )

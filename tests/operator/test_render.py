@@ -31,9 +31,11 @@ from tessera.operator.spec import (
     parse_spec,
 )
 from tessera.runtime import conditions
-from tessera.runtime.cli import build_parser
+from tessera.runtime.cli import build_parser, settings_from
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits
+from tessera.runtime.settings import WorkerSettings
+from tessera.runtime.worker.options import BatchOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "imagemodel.yaml").read_text())
@@ -234,6 +236,8 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "float price": (merged(DEMO, {"pricePerPatch": 0.1}), "pricePerPatch must be a decimal"),
     "unknown field": (merged(DEMO, {"gpus": 2}), "spec.gpus"),
     "bad task": (merged(DEMO, {"task": "text-to-video"}), "spec.task"),
+    "empty batch": (merged(DEMO, {"batch": {"maxSize": 0}}), "spec.batch.maxSize"),
+    "long batch wait": (merged(DEMO, {"batch": {"maxWaitMs": 60000}}), "spec.batch.maxWaitMs"),
 }
 
 
@@ -543,12 +547,17 @@ def test_every_container_is_locked_down(spec: dict[str, Any]) -> None:
         pod = obj["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in pod["volumes"]}
         for container in pod.get("initContainers", []) + pod["containers"]:
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False
             assert context["readOnlyRootFilesystem"] is True
             assert context["capabilities"] == {"drop": ["ALL"]}
+            # The read-only root's one writable place (HOME, caches): an emptyDir.
+            tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == render.TMP)
+            assert "emptyDir" in volumes[tmp["name"]], container["name"]
     dep = render.deployment(m, CONFIG)
     mounts = {v["name"]: v for v in worker(dep)["volumeMounts"]}
     assert mounts["weights"]["readOnly"] is True
@@ -621,6 +630,14 @@ def test_the_worker_command_is_one_tessera_worker_accepts(queue: str) -> None:
     assert str(args.storage) == render.RESULTS_MOUNT
     assert args.host == "$(POD_IP)"  # expanded by the kubelet from the POD_IP variable
     assert "POD_IP" in env_of(container)
+
+
+def test_the_batch_reaches_the_worker_as_flags() -> None:
+    assert "--batch-max-size" not in worker(render.deployment(model(), CONFIG))["command"]
+    batched = model(merged(HUB, {"batch": {"maxSize": 8, "maxWaitMs": 20}}))
+    command = worker(render.deployment(batched, CONFIG))["command"]
+    settings = settings_from(WorkerSettings, build_parser().parse_args(command[1:]))
+    assert settings.batch == batched.spec.batch == BatchOptions(max_size=8, max_wait_ms=20)
 
 
 def test_service_selects_the_worker_pods() -> None:
@@ -724,6 +741,53 @@ def test_rendering_is_deterministic() -> None:
     ]
     assert third[2] != first[2]
     assert third[3] == first[3]
+
+
+def test_the_queue_password_reaches_workers_from_its_secret_never_in_the_deployment() -> None:
+    config = render.RenderConfig.from_env(
+        {
+            "TESSERA_QUEUE_URL": "redis://:$(REDIS_PASSWORD)@tessera-redis.tessera.svc:6379/0",
+            "TESSERA_QUEUE_PASSWORD_SECRET": "tessera-redis",
+        }
+    )
+    container = worker(render.deployment(model(), config))
+    command = container["command"]
+    # The kubelet expands it in the command from the variable the Secret fills.
+    assert command[command.index("--queue") + 1] == config.queue_url
+    assert env_of(container)["REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "tessera-redis", "key": "password"}
+    }
+    # The operator's own connection (the autoscaler's) uses its own copy of the password.
+    own = config.own_queue_url({"REDIS_PASSWORD": "s3cret"})
+    assert own == "redis://:s3cret@tessera-redis.tessera.svc:6379/0"
+    assert "REDIS_PASSWORD" not in env_of(worker(render.deployment(model(), CONFIG)))
+    assert CONFIG.own_queue_url({}) == CONFIG.queue_url
+
+
+def test_workers_write_results_to_s3_when_the_operator_is_given_a_bucket() -> None:
+    config = render.RenderConfig.from_env(
+        {
+            "TESSERA_RESULTS_URL": "s3://images/results",
+            "TESSERA_S3_ENDPOINT": "http://s3.example:8333",
+            "TESSERA_S3_REGION": "eu-west-1",
+            "TESSERA_S3_CREDENTIALS_SECRET": "s3-keys",
+        }
+    )
+    dep = render.deployment(model(), config)
+    container = worker(dep)
+    command = container["command"]
+    assert command[command.index("--storage") + 1] == "s3://images/results"
+    env = env_of(container)
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://s3.example:8333"
+    assert env["AWS_REGION"] == "eu-west-1"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"secretKeyRef": {"name": "s3-keys", "key": key}}
+    # No results claim to mount: a bucket needs none.
+    assert "results" not in {m["name"] for m in container["volumeMounts"]}
+    assert "results" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert not {"AWS_REGION", "AWS_ENDPOINT_URL_S3"} & set(
+        env_of(worker(render.deployment(model(), CONFIG)))
+    )
 
 
 def test_render_config_from_env() -> None:

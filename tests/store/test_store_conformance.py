@@ -18,8 +18,10 @@ from tessera.runtime.jobs.base import (
     JobStore,
     LeaseLost,
     QueueDepth,
+    batch_key,
 )
-from tests.store.conftest import PARAMS, RESULT, SHORT_LEASE
+from tests.store.conftest import PARAMS, RESULT, SHORT_LEASE, read_all
+from tests.support.params import job_params
 
 
 async def test_submit_then_get(store: JobStore) -> None:
@@ -348,3 +350,78 @@ async def test_an_idempotency_key_whose_job_was_deleted_makes_a_new_job(store: J
     again = await store.submit("m", "k", PARAMS, idempotency=once)
     assert again.id != first.id and (await store.get(again.id)).status is JobStatus.QUEUED
     assert (await store.submit("m", "k", PARAMS, idempotency=once)).id == again.id
+
+
+# -- batch leases -----------------------------------------------------------------------------
+
+SMALL = job_params(prompt="p", width=64, height=48)
+WIDE = job_params(prompt="p", width=96, height=48)
+
+
+async def test_a_batch_is_the_oldest_job_and_the_next_compatible_ones(store: JobStore) -> None:
+    first = await store.submit("m", "k", SMALL)
+    wide = await store.submit("m", "k", WIDE)
+    await store.submit("other", "k", SMALL)
+    same = [await store.submit("m", "k", SMALL.model_copy(update={"seed": s})) for s in (2, 3)]
+    batch = await store.lease_batch(["m"], "w", max_jobs=2)
+    assert [job.id for job in batch] == [first.id, same[0].id]
+    assert all(job.status is JobStatus.IN_PROGRESS and job.worker_id == "w" for job in batch)
+    # The job skipped over leads the next batch, alone: nothing queued matches it.
+    assert [job.id for job in await store.lease_batch(["m"], "w", max_jobs=8)] == [wide.id]
+    assert [job.id for job in await store.lease_batch(["m"], "w", max_jobs=8)] == [same[1].id]
+    assert await store.lease_batch(["m"], "w", max_jobs=8) == []
+    assert (await store.queue_depth("m")).in_progress == 4
+
+
+async def test_a_batch_grows_only_with_its_own_key(store: JobStore) -> None:
+    wide = await store.submit("m", "k", WIDE)
+    small = await store.submit("m", "k", SMALL)
+    key = batch_key(SMALL)
+    assert key is not None and key != batch_key(WIDE)
+    grown = await store.lease_batch(["m"], "w", max_jobs=4, key=key)
+    assert [job.id for job in grown] == [small.id]
+    assert (await store.get(wide.id)).status is JobStatus.QUEUED
+
+
+async def test_a_job_that_cannot_batch_comes_alone(store: JobStore) -> None:
+    two_sources = job_params(prompt="p", source_images=("a.png", "b.png"))
+    assert batch_key(two_sources) is None
+    lone = await store.submit("m", "k", two_sources)
+    await store.submit("m", "k", two_sources)
+    await store.submit("m", "k", SMALL)
+    assert [job.id for job in await store.lease_batch(["m"], "w", max_jobs=4)] == [lone.id]
+
+
+async def test_a_batch_lease_waits_for_a_submission(store: JobStore) -> None:
+    async def submit_later() -> None:
+        await asyncio.sleep(0.1)
+        await store.submit("m", "k", SMALL)
+
+    task = asyncio.create_task(submit_later())
+    batch = await store.lease_batch(["m"], "w", max_jobs=4, wait=5)
+    await task
+    assert len(batch) == 1
+
+
+async def test_a_crashed_batch_returns_every_job_and_bills_each_once(store: JobStore) -> None:
+    ids = [(await store.submit("m", "k", SMALL)).id for _ in range(3)]
+    assert [job.id for job in await store.lease_batch(["m"], "dead", max_jobs=8)] == ids
+    await asyncio.sleep(SHORT_LEASE.lease_seconds + 0.1)
+    again = await store.lease_batch(["m"], "w2", max_jobs=8)
+    assert [(job.id, job.attempts) for job in again] == [(i, 2) for i in ids]
+    for job_id in ids:
+        with pytest.raises(LeaseLost):
+            await store.complete(job_id, "dead", RESULT)
+        await store.complete(job_id, "w2", RESULT)
+        await store.complete(job_id, "w2", RESULT)  # a retried completion bills nothing more
+    assert sorted(record.job_id for record in await read_all(store)) == ids
+
+
+async def test_concurrent_batch_leases_never_share_a_job(store: JobStore) -> None:
+    ids = {(await store.submit("m", "k", SMALL)).id for _ in range(20)}
+    batches = await asyncio.gather(
+        *(store.lease_batch(["m"], f"w{n}", max_jobs=3) for n in range(10))
+    )
+    leased = [job.id for batch in batches for job in batch]
+    assert len(leased) == len(set(leased)) == 20 and set(leased) == ids
+    assert all(len(batch) <= 3 for batch in batches)

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
 
 from tessera.runtime import metrics
+from tests.support.metrics import exported_series
 from tests.support.prometheus import PrometheusServer
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "tessera.json"
@@ -33,17 +32,6 @@ def queries(node: Any) -> Iterator[str]:
             yield from queries(child)
 
 
-def exported_names() -> set[str]:
-    """Every sample name the metrics module's collectors can write."""
-    suffixes = {Counter: ("_total",), Gauge: ("",), Histogram: ("_bucket", "_count", "_sum")}
-    names = set()
-    for collector in vars(metrics).values():
-        if isinstance(collector, MetricWrapperBase):
-            (family,) = collector.describe()
-            names |= {family.name + suffix for suffix in suffixes[type(collector)]}
-    return names
-
-
 def expanded(query: str) -> str:
     for variable, value in VARIABLES.items():
         query = query.replace(variable, value)
@@ -54,7 +42,8 @@ def test_every_metric_the_dashboard_names_is_exported() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     named = {name for query in queries(dashboard) for name in re.findall(r"tessera_\w+", query)}
     assert named, "the dashboard asks for no metric at all"
-    assert named <= exported_names(), named - exported_names()
+    exported = exported_series(metrics).keys()
+    assert named <= exported, named - exported
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for topic in ("patches", "spend", "backlog", "wait, p95", "run time, p95"):
         assert topic in titles

@@ -63,6 +63,11 @@ the variable that "tessera.redisEnv" declares first). */}}
 {{- end -}}
 {{- end -}}
 
+{{/* Where results live with storage.type s3, for the gateway and the operator's workers. */}}
+{{- define "tessera.s3Url" -}}
+{{- printf "s3://%s/%s" .Values.storage.s3.bucket .Values.storage.s3.prefix | trimSuffix "/" -}}
+{{- end -}}
+
 {{/* REDIS_PASSWORD, which the queue URL refers to, when there is a password. */}}
 {{- define "tessera.redisEnv" -}}
 {{- if .Values.redis.bundled.enabled }}
@@ -118,6 +123,22 @@ the variable that "tessera.redisEnv" declares first). */}}
 {{- end -}}
 {{- if and .Values.gateway.ingress.enabled (not .Values.gateway.ingress.host) -}}
 {{- fail "ERROR: gateway.ingress.enabled needs gateway.ingress.host" -}}
+{{- end -}}
+{{- $mon := .Values.monitoring -}}
+{{- range $what := list "serviceMonitor" "prometheusRule" -}}
+{{- if and (index $mon $what).enabled (not $mon.metrics.enabled) -}}
+{{- fail (printf "ERROR: monitoring.%s.enabled needs monitoring.metrics.enabled (the gateway and the operator serve no metrics without it)" $what) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $mon.metrics.enabled (eq (int $mon.metrics.gatewayPort) (int .Values.gateway.port)) -}}
+{{- fail (printf "ERROR: monitoring.metrics.gatewayPort and gateway.port are both %d" (int .Values.gateway.port)) -}}
+{{- end -}}
+{{- $exporter := .Values.usageExporter -}}
+{{- if and $exporter.enabled (not (regexMatch "^https?://[^/]+" $exporter.to)) -}}
+{{- fail (printf "ERROR: usageExporter.enabled needs usageExporter.to, the receiver's http(s) URL (e.g. http://openmeter/api/v1/events), not %q" $exporter.to) -}}
+{{- end -}}
+{{- if and $mon.metrics.enabled (eq (int $mon.metrics.operatorPort) 8081) -}}
+{{- fail "ERROR: monitoring.metrics.operatorPort 8081 is the operator's liveness port" -}}
 {{- end -}}
 {{- end -}}
 

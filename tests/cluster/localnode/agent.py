@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 40
 LEASE_RENEW_EVERY = 10.0
 STATUS_EVERY = 60.0
+# How often the Services' endpoints are read for the pods' hosts files.
+NAMES_EVERY = 1.0
 # When the agent stops, no container waits longer than this for its grace period.
 SHUTDOWN_GRACE_CAP = 10.0
 # What every container's PATH starts with: this Python's folder first, so `tessera` and
@@ -146,10 +148,12 @@ class NodeAgent:
                 backoff_seconds=self.backoff_seconds,
                 http=http,
                 mount_namespaces=mount_namespaces_work(),
+                services={},
             )
             if not self.context.mount_namespaces:
                 log.warning("no mount namespaces: service-account folders only by rewritten path")
             heartbeat = asyncio.create_task(self._heartbeat(uid))
+            names = asyncio.create_task(self._names())
             watcher = threading.Thread(
                 target=self.api.watch_pods,
                 args=(
@@ -165,6 +169,7 @@ class NodeAgent:
             log.info("stopping: every container gets SIGTERM")
             self._stop.set()
             heartbeat.cancel()
+            names.cancel()
             await asyncio.gather(
                 *(
                     runner.terminate(min(runner.grace, SHUTDOWN_GRACE_CAP))
@@ -187,6 +192,24 @@ class NodeAgent:
                     await asyncio.to_thread(self.api.patch_node_status, self.name, status)
             except Exception as error:
                 log.warning("heartbeat failed: %s", error)
+
+    async def _names(self) -> None:
+        """Keep every pod's hosts file naming the Services' ready endpoints."""
+        services = self.context.services
+        while True:
+            try:
+                current = await asyncio.to_thread(self.api.service_addresses)
+                # Its endpoint is the address the API server advertises; pods reach it here.
+                current[("default", "kubernetes")] = [self.api.server_host]
+            except Exception as error:
+                log.warning("reading the Services' endpoints failed: %s", error)
+            else:
+                if current != services:
+                    services.clear()
+                    services.update(current)
+                    for runner in list(self.runners.values()):
+                        await asyncio.to_thread(runner.write_hosts, services)
+            await asyncio.sleep(NAMES_EVERY)
 
     # -- pods ---------------------------------------------------------------------------
 

@@ -75,6 +75,21 @@ class NodeApi:
         volume = (pvc or {}).get("spec", {}).get("volumeName")
         return self.kube.get(f"/api/v1/persistentvolumes/{quote(volume)}") if volume else None
 
+    def service_addresses(self) -> dict[tuple[str, str], list[str]]:
+        """(namespace, Service) -> the addresses of its ready endpoints, cluster-wide."""
+        found: dict[tuple[str, str], list[str]] = {}
+        listing = self.kube.get("/apis/discovery.k8s.io/v1/endpointslices") or {}
+        for piece in listing.get("items") or []:
+            service = (piece["metadata"].get("labels") or {}).get("kubernetes.io/service-name")
+            if not service:
+                continue
+            addresses = found.setdefault((piece["metadata"]["namespace"], service), [])
+            for endpoint in piece.get("endpoints") or []:
+                # An absent condition means ready (the API's rule for consumers).
+                if (endpoint.get("conditions") or {}).get("ready") is not False:
+                    addresses += endpoint.get("addresses") or []
+        return {key: sorted(set(value)) for key, value in found.items() if value}
+
     def token(
         self, pod: dict[str, Any], audiences: list[str], seconds: int
     ) -> tuple[str, datetime.datetime]:

@@ -25,11 +25,12 @@ from .containers import Container, Launch
 from .env import container_env, expand
 from .errors import CannotRunHere, ConfigNotReady
 from .kube import NodeApi, now
+from .names import HOSTS_PATH, ServiceAddresses, hosts_file, pin_wildcard, write_in_place
 from .volumes import (
     SERVICE_ACCOUNT_PATH,
     PodVolumes,
     localize,
-    with_service_account_at_its_path,
+    with_bound_paths,
 )
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ class NodeContext:
     base_env: dict[str, str]
     backoff_seconds: float
     http: httpx.AsyncClient
-    # Whether the service-account folder can also appear at its real path.
+    # Whether the service-account folder (and /etc/hosts) can appear at their real paths.
     mount_namespaces: bool
+    # The cluster's Services by their ready endpoints, kept current by the agent.
+    services: dict[tuple[str, str], list[str]]
 
 
 def pod_dir(state_dir: Path, pod: Mapping[str, Any]) -> Path:
@@ -140,6 +143,7 @@ class PodRunner:
                 await asyncio.sleep(2)
         if self._terminating:  # deleted while waiting for its volumes
             return
+        await asyncio.to_thread(self.write_hosts, self.node.services)
         self.sandbox_ready = True
         self._dirty.set()
         refresher = asyncio.create_task(self._refresh_tokens())
@@ -192,7 +196,8 @@ class PodRunner:
             container_env, pod, spec, self.node.api, base, lambda v: localize(v, mounts)
         )
         argv = [
-            localize(expand(arg, env), mounts) for arg in spec["command"] + (spec.get("args") or [])
+            pin_wildcard(localize(expand(arg, env), mounts), self.address)
+            for arg in spec["command"] + (spec.get("args") or [])
         ]
         executable = shutil.which(argv[0], path=env.get("PATH"))
         if executable is None:
@@ -211,10 +216,24 @@ class PodRunner:
             localize=lambda value: localize(value, mounts),
         )
         argv = [executable, *argv[1:]]
-        service_account = dict(mounts).get(SERVICE_ACCOUNT_PATH)
-        if service_account is not None and self.node.mount_namespaces:
-            argv = with_service_account_at_its_path(argv, service_account)
+        if self.node.mount_namespaces:
+            binds = [(self.hosts_path, HOSTS_PATH)]
+            service_account = dict(mounts).get(SERVICE_ACCOUNT_PATH)
+            if service_account is not None:
+                binds.append((service_account, SERVICE_ACCOUNT_PATH))
+            argv = with_bound_paths(argv, binds)
         return Launch(argv=argv, env=env, cwd=cwd, target=target)
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.dir / "hosts"
+
+    def write_hosts(self, services: ServiceAddresses) -> None:
+        """The pod's /etc/hosts, naming the cluster's Services (see ``names``)."""
+        meta = self.pod["metadata"]
+        text = hosts_file(meta["name"], self.address, meta["namespace"], services)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_in_place(self.hosts_path, text)
 
     def _pod_with_addresses(self) -> dict[str, Any]:
         status = dict(self.pod.get("status") or {})

@@ -7,7 +7,7 @@ command (shell scripts included, see ``localize``) is rewritten to the folder. A
 program builds itself, from a mount path it was not given (such as a library's hard-coded
 default), is not rewritten: that is the one way local pods see a different filesystem
 than real ones. The service-account folder is the exception, because every in-cluster
-client hard-codes its path: it is also bound there (``with_service_account_at_its_path``).
+client hard-codes its path: it is also bound there (``with_bound_paths``).
 
 Kinds: ``emptyDir`` (a fresh folder; ``medium: Memory`` is a plain folder too),
 ``persistentVolumeClaim`` (the bound PersistentVolume's ``hostPath``/``local`` path, or a
@@ -34,15 +34,6 @@ from .errors import CannotRunHere, ConfigNotReady
 
 # Where the ServiceAccount admission plugin mounts ``kube-api-access-*`` in every pod.
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
-# Puts the pod's folder at that very path, for this process only: a mount namespace of its
-# own (private propagation, so the host never sees the mount), a read-only bind, then exec.
-_BIND_SERVICE_ACCOUNT = " && ".join(
-    [
-        f'mount --bind "$0" {SERVICE_ACCOUNT_PATH}',
-        f"mount -o remount,bind,ro {SERVICE_ACCOUNT_PATH}",
-        'exec "$@"',
-    ]
-)
 
 
 def mount_namespaces_work() -> bool:
@@ -66,13 +57,17 @@ def mount_namespaces_work() -> bool:
     return True
 
 
-def with_service_account_at_its_path(argv: list[str], folder: Path) -> list[str]:
-    """``argv`` run with ``folder`` bound read-only at ``SERVICE_ACCOUNT_PATH``.
-
-    ``unshare`` and ``sh`` both exec, so the pid stays the container's own.
-    """
-    command = ["unshare", "--mount", "--propagation", "private", "--"]
-    return [*command, "sh", "-c", _BIND_SERVICE_ACCOUNT, str(folder), *argv]
+def with_bound_paths(argv: list[str], binds: Sequence[tuple[Path, str]]) -> list[str]:
+    """``argv`` run with each (local path, path in the container) bound read-only there:
+    a mount namespace of its own (private propagation, so the host never sees the mounts),
+    the binds, then exec (``unshare`` and ``sh`` both exec, so the pid stays the
+    container's own)."""
+    steps = []
+    for index, (_, target) in enumerate(binds, start=1):
+        steps += [f'mount --bind "${index}" {target}', f"mount -o remount,bind,ro {target}"]
+    script = " && ".join([*steps, f"shift {len(binds)}", 'exec "$@"'])
+    command = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
+    return [*command, "bind", *(str(local) for local, _ in binds), *argv]
 
 
 # The kubelet rewrites a token once it is 80% through its life.
