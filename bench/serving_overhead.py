@@ -1,12 +1,16 @@
 """What the API adds on top of the pipeline: prints figures, asserts nothing.
 
-1. The demo pipeline called directly in this process, 512x512, N times: median seconds.
-2. The same request through a real `tessera serve --demo` over loopback (submit, long-poll
+1. Encoders side by side at equal pixels (lossless ones checked pixel for pixel): ms, bytes,
+   and what each costs per image as GPU time (encoding runs on the pipeline's thread) plus
+   egress, at stated prices. The worker's choice is marked.
+2. The demo pipeline called directly in this process, 512x512, N times: median seconds.
+3. The same request through a real `tessera serve --demo` over loopback (submit, long-poll
    until complete, download the image), N times in a row: median seconds.
-3. The added milliseconds at the median, with and without the image encoding (which the
-   direct call does not do but a served image needs).
-4. Latency of GET /v1/images/tasks/{id} while the worker is busy: p50 and p99.
-5. The same request with the worker idle, back to back and after 50 ms of quiet: a request
+4. The limit (direct call + the worker's encoding), the API's own share beyond it, and
+   where each millisecond goes: submit, queue wake, the run inside the server beyond the
+   limit, the hand-off of the completion to the long poll, the download.
+5. Latency of GET /v1/images/tasks/{id} while the worker is busy: p50 and p99.
+6. The same request with the worker idle, back to back and after 50 ms of quiet: a request
    that finds the machine idle pays for waking the server's threads, which is most of what
    the API adds to a job on a small CPU machine.
 
@@ -16,14 +20,22 @@ Usage: .venv/bin/python bench/serving_overhead.py [--jobs 50] [--steps 4]
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import fpng
 import httpx
+import imagecodecs
+import numpy
+from PIL import Image, ImageFilter
 
 # The repository root, for tests.support; bench/ itself, for common.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
@@ -35,13 +47,104 @@ from tessera.runtime.params import OutputFormat, Task
 from tessera.runtime.worker.pipeline import LoadedPipeline, encode
 from tests.support.server import ServerProcess
 
+# What a millisecond of encoding and a byte of download cost: an H100 SXM hour, and a
+# typical cloud's internet egress.
+GPU_DOLLARS_PER_HOUR = 3.20
+EGRESS_DOLLARS_PER_GB = 0.09
+
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def one_served_job(client: httpx.Client, body: dict[str, Any]) -> float:
+def _pillow(name: str, **options: Any) -> Callable[[Image.Image], bytes]:
+    def save(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=name, **options)
+        return buffer.getvalue()
+
+    return save
+
+
+ENCODERS: dict[str, tuple[Callable[[Image.Image], bytes], bool]] = {
+    # name: (encoder, lossless)
+    "PNG, Pillow level 6 (its default)": (_pillow("PNG"), True),
+    "PNG, Pillow level 1": (_pillow("PNG", compress_level=1), True),
+    "PNG, imagecodecs level 1 RLE SUB": (
+        lambda image: imagecodecs.png_encode(numpy.asarray(image), level=1, strategy=3, filter=16),
+        True,
+    ),
+    "PNG, fpng": (fpng.from_pil, True),
+    "PNG, the worker's": (lambda image: encode(image, OutputFormat.PNG)[0], True),
+    "JPEG q95, Pillow (libjpeg-turbo)": (_pillow("JPEG", quality=95), False),
+    "WebP q95, Pillow method 4 (default)": (_pillow("WEBP", quality=95), False),
+    "WebP q95, the worker's (method 0)": (
+        lambda image: encode(image, OutputFormat.WEBP)[0],
+        False,
+    ),
+}
+
+
+def smooth_image(size: int) -> Image.Image:
+    """A stand-in for a real generation (no model weights here): smooth colour fields with
+    a little grain, which compress like photographs rather than like the demo's noise."""
+    y, x = numpy.mgrid[0:size, 0:size] / size
+    fields = numpy.stack(
+        [numpy.sin(6 * x + 2 * y) / 2 + 0.5, numpy.cos(4 * y) / 2 + 0.5, x * y], -1
+    )
+    grain = numpy.random.default_rng(0).normal(0, 3, (size, size, 3))
+    pixels = (fields * 220 + grain).clip(0, 255).astype(numpy.uint8)
+    return Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(1))
+
+
+def compare_encoders(images: dict[str, Image.Image], rounds: int) -> None:
+    """Round-robin over the encoders, so each sees the same machine noise."""
+    for label, image in images.items():
+        times: dict[str, list[float]] = {name: [] for name in ENCODERS}
+        sizes: dict[str, int] = {}
+        for _ in range(rounds):
+            for name, (save, lossless) in ENCODERS.items():
+                started = time.perf_counter()
+                data = save(image)
+                times[name].append(time.perf_counter() - started)
+                sizes[name] = len(data)
+                if lossless:
+                    decoded = numpy.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                    assert numpy.array_equal(decoded, numpy.asarray(image)), name
+        print(
+            f"encoders, {label} {image.width}x{image.height}, median of {rounds}"
+            f" (cost: ${GPU_DOLLARS_PER_HOUR:.2f}/GPU-hour"
+            f" + ${EGRESS_DOLLARS_PER_GB:.2f}/GB egress):"
+        )
+        for name in ENCODERS:
+            ms = statistics.median(times[name]) * 1000
+            dollars = (
+                ms / 3_600_000 * GPU_DOLLARS_PER_HOUR + sizes[name] / 1e9 * EGRESS_DOLLARS_PER_GB
+            )
+            print(
+                f"  {name:38s} {ms:7.1f} ms {sizes[name] / 1024:7.0f} KiB"
+                f"  ${dollars * 1e6:6.1f} per million images"
+            )
+
+
+@dataclass
+class ServedJob:
+    """One job's path, in seconds: the client's clock around the server's timestamps."""
+
+    total: float
+    submit: float
+    queued: float  # created -> a worker started it
+    running: float  # started -> finished: decode, pipeline, encode, store writes
+    handed_off: float  # finished -> the long poll answered the client
+    download: float
+
+
+def _seconds(moment: str) -> float:
+    return datetime.fromisoformat(moment + "+00:00").timestamp()
+
+
+def one_served_job(client: httpx.Client, body: dict[str, Any]) -> ServedJob:
     """Submit, long-poll until complete, download: the reference client's whole path.
 
     The download reuses the client's connection pool, as a real client would: a fresh
@@ -49,18 +152,31 @@ def one_served_job(client: httpx.Client, body: dict[str, Any]) -> float:
     """
     started = time.perf_counter()
     job_id = client.post("/images/generations", json=body).json()["job_id"]
+    submitted = time.perf_counter()
     while True:
         task = client.get(f"/images/tasks/{job_id}", params={"wait": 30}).json()
         if task["status"] in ("completed", "failed"):
             break
+    seen, seen_wall = time.perf_counter(), time.time()
     assert task["status"] == "completed", task
     client.get(task["result"]["data"][0]["url"]).raise_for_status()
-    return time.perf_counter() - started
+    done = time.perf_counter()
+    created, began, finished = (
+        _seconds(task[name]) for name in ("created_at", "started_at", "finished_at")
+    )
+    return ServedJob(
+        total=done - started,
+        submit=submitted - started,
+        queued=began - created,
+        running=finished - began,
+        handed_off=seen_wall - finished,
+        download=done - seen,
+    )
 
 
 def paired_runs(
     pipeline: LoadedPipeline, server: ServerProcess, jobs: int, steps: int
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], list[ServedJob]]:
     """Direct call, encode and served job, interleaved, so both see the same machine noise."""
     body: dict[str, Any] = {
         "model": "tessera-demo",
@@ -68,7 +184,9 @@ def paired_runs(
         "image_size": "square",
         "num_inference_steps": steps,
     }
-    calls, encodes, served = [], [], []
+    calls: list[float] = []
+    encodes: list[float] = []
+    served: list[ServedJob] = []
     with server.client() as client:
         one_served_job(client, {**body, "seed": 0})  # warm-up, both sides
         pipeline.generate(demo_params(512, steps, 0))
@@ -110,11 +228,37 @@ def idle_latency(server: ServerProcess, job_id: int, gap: float, requests: int =
     return statistics.median(latencies[5:]) * 1000
 
 
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def report(calls: list[float], encodes: list[float], served: list[ServedJob]) -> None:
+    """The limit, the API's share beyond it, and where that share goes, all medians."""
+    limit = [call + encoded for call, encoded in zip(calls, encodes, strict=True)]
+    share = [job.total - floor for job, floor in zip(served, limit, strict=True)]
+    beyond = [job.running - floor for job, floor in zip(served, limit, strict=True)]
+    rows = [
+        ("direct pipeline call", median_ms(calls)),
+        ("+ the worker's PNG encoding", median_ms(encodes)),
+        ("= the limit", median_ms(limit)),
+        ("through the API (submit..download)", median_ms([job.total for job in served])),
+        ("the API's own share (median of pairs)", median_ms(share)),
+        ("  submit (POST until job_id)", median_ms([job.submit for job in served])),
+        ("  queue wake (created -> started)", median_ms([job.queued for job in served])),
+        ("  run in the server beyond the limit", median_ms(beyond)),
+        ("  hand-off (finished -> long poll answers)", median_ms([j.handed_off for j in served])),
+        ("  download (GET the signed URL)", median_ms([job.download for job in served])),
+    ]
+    for label, ms in rows:
+        print(f"{label:44s} {ms:8.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--poll-seconds", type=float, default=10)
+    parser.add_argument("--encoder-rounds", type=int, default=9)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as scratch:
@@ -125,9 +269,16 @@ def main() -> None:
         ):
             ensure_demo_pipeline(data / "models" / name, task)
         pipeline = LoadedPipeline.load(data / "models" / "tessera-demo", "cpu")
+        [demo_image] = pipeline.generate(demo_params(1024, args.steps))
+        compare_encoders(
+            {"demo (noise-like)": demo_image, "smooth stand-in": smooth_image(1024)},
+            args.encoder_rounds,
+        )
         server = ServerProcess(data).start()
         try:
             calls, encodes, served = paired_runs(pipeline, server, args.jobs, args.steps)
+            print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline, interleaved")
+            report(calls, encodes, served)  # printed now: the busy phase below is long
             busy = poll_latency(server, args.poll_seconds, 20)
             with server.client() as client:  # the backlog must drain first
                 one_served_job(
@@ -137,17 +288,6 @@ def main() -> None:
         finally:
             server.kill()
 
-    added = [api - call for api, call in zip(served, calls, strict=True)]
-    added_after_encode = [a - e for a, e in zip(added, encodes, strict=True)]
-    print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline on CPU, interleaved")
-    print(f"direct pipeline call, median:         {statistics.median(calls) * 1000:8.1f} ms")
-    print(f"PNG encoding, median:                 {statistics.median(encodes) * 1000:8.1f} ms")
-    print(f"through the API (submit..download):   {statistics.median(served) * 1000:8.1f} ms")
-    print(f"added by the API, median of pairs:    {statistics.median(added) * 1000:8.1f} ms")
-    print(
-        "  of which not the PNG encoding:      "
-        f"{statistics.median(added_after_encode) * 1000:8.1f} ms"
-    )
     print(
         f"task endpoint while busy ({len(busy)} polls): p50 {percentile(busy, 0.5) * 1000:.2f} ms,"
         f" p99 {percentile(busy, 0.99) * 1000:.2f} ms"

@@ -206,6 +206,8 @@ def worker_command(model: ImageModel, config: RenderConfig) -> list[str]:
         weights_path(model),
         "--queue",
         config.queue_url,
+        "--queue-name",
+        model.queue_name,
         "--storage",
         config.results_url or RESULTS_MOUNT,
         "--task",

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 SWEEP_SECONDS = 5.0
 # A model whose backlog moves but whose replicas do not writes status at most this often.
 STATUS_INTERVAL_SECONDS = 2.0
+# What brought a decision about (status.autoscaling.lastDecision.trigger): a change in the
+# model's queue, heard as it happened, or the periodic sweep.
+QUEUE_EVENT = "QueueEvent"
+SWEEP = "Sweep"
 
 
 class Demand(Protocol):
@@ -146,39 +150,52 @@ class Autoscaler:
             # Until kopf's indices hold the whole cluster, a missing Deployment may exist.
             if not self.reconciler.ready:
                 continue
-            only: set[str] | None = set(self._woken)
+            woken = frozenset(self._woken)
             self._woken.clear()
+            only: set[str] | None = set(woken)
             if time.monotonic() >= next_sweep:
                 only, next_sweep = None, time.monotonic() + SWEEP_SECONDS
             try:
-                await self.step(only)
+                await self.step(only, woken)
             except StoreUnavailable as error:
                 log.warning("autoscaler: cannot read the queues (%s); trying again", error)
             except Exception:
                 log.exception("autoscaler pass failed; trying again at the next sweep")
 
-    async def step(self, only: set[str] | None = None) -> list[Decision]:
-        """One pass: decide for every model (or those named in ``only``) and act."""
+    async def step(
+        self, only: set[str] | None = None, woken: frozenset[str] = frozenset()
+    ) -> list[Decision]:
+        """One pass: decide for every model (or those named in ``only``) and act; the models
+        in ``woken`` are here because their queue changed, the others on the sweep."""
         models: dict[str, tuple[Key, Mapping[str, Any], ImageModel]] = {}
         for key, body in self.inventory.models():
             try:
                 model = parse(body)
             except InvalidSpec:
                 continue  # the reconciler reports it
-            if only is None or model.model_name in only:
-                models[model.model_name] = (key, body, model)
+            # By queue name: two resources may claim one public name, never one queue.
+            if only is None or model.queue_name in only:
+                models[model.queue_name] = (key, body, model)
         if not models:
             return []
         depths = await self.demand.queue_depths(list(models))
         decisions = await asyncio.gather(
-            *(self._scale(*found, depths[name]) for name, found in models.items())
+            *(
+                self._scale(*found, depths[name], QUEUE_EVENT if name in woken else SWEEP)
+                for name, found in models.items()
+            )
         )
         return [d for d in decisions if d is not None]
 
     # -- one model -------------------------------------------------------------------------
 
     async def _scale(
-        self, key: Key, body: Mapping[str, Any], model: ImageModel, depth: QueueDepth
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        model: ImageModel,
+        depth: QueueDepth,
+        trigger: str,
     ) -> Decision | None:
         deployment = self.inventory.deployment(key)
         if deployment is None or not _weights_ready(body):
@@ -219,6 +236,7 @@ class Autoscaler:
                 "time": iso_time(now),
                 "reason": decision.reason,
                 "message": decision.message,
+                "trigger": trigger,
             }
         if scales:
             autoscaling["lastScaleTime"] = iso_time(now)
@@ -264,7 +282,7 @@ class Autoscaler:
         new = [p for p in pods if p["metadata"]["name"] not in before]
         if not new:
             return None
-        records = await self.demand.starts(model.model_name, [p["metadata"]["name"] for p in new])
+        records = await self.demand.starts(model.queue_name, [p["metadata"]["name"] for p in new])
 
         def order(pod: Mapping[str, Any]) -> tuple[float, float]:
             record = records.get(pod["metadata"]["name"], {})

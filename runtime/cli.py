@@ -27,6 +27,7 @@ from tessera.runtime.settings import (
     GatewaySettings,
     ServeSettings,
     WorkerSettings,
+    parse_image_model_argument,
     parse_model_argument,
     parse_network,
     parse_origin,
@@ -59,6 +60,14 @@ def _rates_argument(value: str) -> str:
 def _model_argument(value: str) -> str:
     try:
         parse_model_argument(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def _image_model_argument(value: str) -> str:
+    try:
+        parse_image_model_argument(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return value
@@ -199,6 +208,31 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
         "host, e.g. 10.20.0.0/16); repeatable",
     )
     parser.add_argument(
+        "--allow-private-webhook-urls",
+        action="store_true",
+        help="let webhook_url reach private and loopback addresses (off: SSRF protection)",
+    )
+    parser.add_argument(
+        "--allow-webhook-network",
+        action="append",
+        type=_network_argument,
+        metavar="CIDR",
+        help="let webhook_url reach this network though it is not public; repeatable",
+    )
+    parser.add_argument(
+        "--webhook-retry-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="wait before retrying a failed webhook, doubled on each failure up to an hour "
+        "(default 5)",
+    )
+    parser.add_argument(
+        "--webhook-max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts at one webhook event before giving it up (default 10)",
+    )
+    parser.add_argument(
         "--cors-origin",
         action="append",
         type=_origin_argument,
@@ -292,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the diffusers pipeline in PATH as NAME (task: text-to-image by default)",
     )
     serve.add_argument(
+        "--image-model",
+        action="append",
+        type=_image_model_argument,
+        metavar="FILE=PATH",
+        help="serve the pipeline in PATH as the ImageModel in FILE says (name, task, "
+        "parameters, pipeline options, price), as a cluster would",
+    )
+    serve.add_argument(
         "--data-dir", type=Path, help="job store, images, keys (default ~/.local/share/tessera)"
     )
     serve.add_argument("--device", help="torch device for the pipelines (default: cuda if any)")
@@ -323,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", help="the model's public name")
     worker.add_argument("--weights", type=Path, help="diffusers pipeline folder")
     worker.add_argument("--queue", help="job store URL, e.g. redis://HOST:PORT/DB or sqlite:///")
+    worker.add_argument(
+        "--queue-name",
+        metavar="NAMESPACE/NAME",
+        help="the ImageModel whose queue it works (default: the --model name, as a gateway "
+        "keys a model that no namespaced resource declares)",
+    )
     worker.add_argument("--task", choices=[t.value for t in Task], help="default text-to-image")
     worker.add_argument(
         "--storage",

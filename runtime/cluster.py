@@ -155,14 +155,17 @@ class ClusterModels:
 
     async def _publish(self) -> None:
         served, conflicts = assign_names(self._resources.values())
-        before = {model.name for model in self.catalog.all()}
+        before = {model.queue_name: model.name for model in self.catalog.all()}
         self.catalog.replace(resource.model_spec() for resource in served.values())
-        for name in sorted(before - served.keys()):
-            log.info("model %s was removed; failing its queued jobs", name)
+        # By queue, not by public name: a name that passes to the next claim still leaves
+        # the queue of the resource that went, with no worker behind it.
+        for queue in sorted(before.keys() - {r.queue_name for r in served.values()}):
+            name = before[queue]
+            log.info("model %s (%s) was removed; failing its queued jobs", name, queue)
             try:
-                await self.store.expire(name, 0, removed_reason(name))
+                await self.store.expire(queue, 0, removed_reason(name))
             except StoreUnavailable as error:
-                log.warning("could not fail the queued jobs of %s: %s", name, error)
+                log.warning("could not fail the queued jobs of %s: %s", queue, error)
         for resource in served.values():
             await self._set_served(
                 resource, True, REASON_SERVED, f"served as {resource.model_name!r}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
+import json
 import math
 import os
 import secrets
@@ -31,6 +33,8 @@ from tessera.runtime.settings import (
 )
 from tessera.runtime.sources import SourceLimits
 from tessera.runtime.storage import InvalidStorageUrl, PublicDownloads, open_storage
+from tessera.runtime.webhooks import WebhookPolicy
+from tessera.runtime.worker.options import PipelineOptions, introspected_arguments
 
 DEMO_MODELS = {"tessera-demo": Task.TEXT_TO_IMAGE, "tessera-demo-edit": Task.IMAGE_TO_IMAGE}
 # The demo pipelines make a 1024x1024 image in well under a second on one CPU core at four
@@ -78,6 +82,7 @@ class ServerConfig:
     # Prometheus metrics on their own listener, for scrapers only; None: not served at all.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
 
     @property
     def max_edit_json_bytes(self) -> int:
@@ -179,6 +184,12 @@ def _server_config(
         ),
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        webhooks=WebhookPolicy(
+            allow_private_addresses=settings.allow_private_webhook_urls,
+            allowed_networks=settings.allow_webhook_network,
+            first_retry_seconds=settings.webhook_retry_seconds,
+            max_attempts=settings.webhook_max_attempts,
+        ),
     )
 
 
@@ -201,14 +212,52 @@ def demo_models(data_dir: Path) -> list[ModelSpec]:
     return models
 
 
+def _check_pipeline_folder(path: Path) -> None:
+    if not (path / "model_index.json").exists():
+        raise ConfigError(f"{path} holds no diffusers pipeline (model_index.json)")
+
+
+def introspected_options(path: Path) -> PipelineOptions:
+    """Loading options that refuse what the pipeline class in ``path`` cannot take, learnt
+    from its ``__call__``, so that ``serve --model`` refuses it at submit as a cluster does
+    from a spec."""
+    import diffusers
+
+    class_name = json.loads((path / "model_index.json").read_text()).get("_class_name", "")
+    pipeline_class = getattr(diffusers, class_name, None)
+    if pipeline_class is None:
+        raise ConfigError(f"{path}: diffusers has no pipeline class {class_name!r}")
+    accepted = inspect.signature(pipeline_class.__call__).parameters
+    targets = introspected_arguments(accepted)
+    lacking = tuple(name for name, target in targets.items() if not target)
+    return PipelineOptions(unsupported=lacking)
+
+
+def _image_models(file: Path, path: Path) -> list[ModelSpec]:
+    """The ImageModels in ``file``, served from the pipeline in ``path``."""
+    from tessera.runtime.imagemodel import InvalidImageModel, load_documents
+
+    try:
+        resources = load_documents(file)
+    except InvalidImageModel as error:
+        raise ConfigError(str(error)) from None
+    return [
+        resource.model_spec().model_copy(update={"weights": str(path)}) for resource in resources
+    ]
+
+
 def serve_config(settings: ServeSettings) -> Assembled:
     """One process: SQLite and files in the data directory, a worker for every model."""
     data_dir = prepare_data_dir(settings.data_dir)
     models = demo_models(data_dir) if settings.demo else []
     for name, path, task in settings.model_arguments():
-        if not (path / "model_index.json").exists():
-            raise ConfigError(f"{path} holds no diffusers pipeline (model_index.json)")
-        models.append(ModelSpec(name=name, task=task, weights=str(path)))
+        _check_pipeline_folder(path)
+        models.append(
+            ModelSpec(name=name, task=task, weights=str(path), pipeline=introspected_options(path))
+        )
+    for file, path in settings.image_model_arguments():
+        _check_pipeline_folder(path)
+        models.extend(_image_models(file, path))
     if not models:
         raise ConfigError("nothing to serve: pass --demo or --model NAME=PATH")
 

@@ -24,7 +24,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH, ModelSpec
+from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH, ModelSpec, queue_name_of
 from tessera.runtime.params import ParameterLimits, Task
 from tessera.runtime.worker.options import BatchOptions, PipelineOptions
 
@@ -247,6 +247,9 @@ class ImageModel:
     created: str = ""
     # The autoscaler's last decision (status.autoscaling.desiredReplicas), read in mode Auto.
     autoscaled_replicas: int | None = None
+    # Whether metadata named a namespace: every resource of a cluster does; a YAML document
+    # for ``tessera gateway --models`` may not.
+    namespaced: bool = True
 
     @property
     def model_name(self) -> str:
@@ -270,6 +273,13 @@ class ImageModel:
     def reference(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def queue_name(self) -> str:
+        """Where this resource's jobs wait in the job store: ``namespace/name``, unique in
+        the cluster; a document without a namespace (no cluster) keys by its public name,
+        as ``tessera worker --model NAME`` does when not told otherwise."""
+        return queue_name_of(self.namespace, self.name) if self.namespaced else self.model_name
+
     def model_spec(self) -> ModelSpec:
         """What the gateway serves for this resource (weights are the workers' business)."""
         spec = self.spec
@@ -278,10 +288,12 @@ class ImageModel:
             namespace=self.namespace,
             task=spec.task,
             limits=spec.parameters,
+            pipeline=spec.pipeline,
             price_per_patch=spec.price_per_patch,
             description=spec.description,
             queue_timeout_seconds=spec.queue.timeout_seconds,
             max_queued=spec.queue.max_queued,
+            queue_name=self.queue_name,
         )
 
 
@@ -319,6 +331,7 @@ def parse(body: Mapping[str, Any]) -> ImageModel:
     return ImageModel(
         name=metadata["name"],
         namespace=metadata.get("namespace") or "default",
+        namespaced=bool(metadata.get("namespace")),
         uid=metadata.get("uid", ""),
         generation=int(metadata.get("generation") or 0),
         labels=dict(metadata.get("labels") or {}),

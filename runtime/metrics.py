@@ -66,3 +66,8 @@ BATCH_JOBS = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+WEBHOOK_DELIVERIES = Counter(
+    "tessera_webhook_deliveries_total",
+    "Webhook attempts by outcome: delivered, failed (to be retried), abandoned (given up).",
+    ["outcome"],
+)

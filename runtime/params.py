@@ -38,6 +38,18 @@ class OutputFormat(enum.StrEnum):
     WEBP = "webp"
 
 
+class WebhookEvent(enum.StrEnum):
+    """What a webhook may be sent for: the job started, or it finished so (the names of the
+    finished statuses, so a new one is an event too)."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+# Long enough for any real endpoint with a token in its query; far below a header's size.
+MAX_WEBHOOK_URL_CHARS = 2048
+
 PRESETS: dict[str, tuple[int, int]] = {
     "square_hd": (1024, 1024),
     "square": (512, 512),
@@ -125,8 +137,13 @@ class ParameterLimits(_Limits):
     guidance_scale: FloatRange = GLOBAL_GUIDANCE
     output_formats: tuple[OutputFormat, ...] = tuple(OutputFormat)
     default_output_format: OutputFormat = OutputFormat.PNG
-    # Reference images an edit may carry; most edit pipelines take exactly one.
+    # Reference images an edit may carry; most edit pipelines take exactly one. An
+    # image-to-image model with a minimum of 0 also generates from text alone (FLUX.2).
     max_source_images: int = Field(default=1, ge=1, le=4)
+    min_source_images: int = Field(default=1, ge=0, le=4)
+    # Sent when a request gives none: Qwen-Image runs true CFG only with a negative prompt,
+    # and its model card passes " ".
+    default_negative_prompt: str | None = Field(default=None, max_length=10_000)
 
     @model_validator(mode="after")
     def _narrower_than_the_api(self) -> Self:
@@ -135,6 +152,11 @@ class ParameterLimits(_Limits):
         _check_range("numImages", self.num_images, GLOBAL_NUM_IMAGES)
         _check_range("numInferenceSteps", self.num_inference_steps, GLOBAL_STEPS)
         _check_range("guidanceScale", self.guidance_scale, GLOBAL_GUIDANCE)
+        if self.min_source_images > self.max_source_images:
+            raise ValueError(
+                f"minSourceImages {self.min_source_images} is larger than "
+                f"maxSourceImages {self.max_source_images}"
+            )
         if not self.output_formats:
             raise ValueError("outputFormats must name at least one format")
         if self.default_output_format not in self.output_formats:
@@ -187,6 +209,11 @@ class GenerationRequest(BaseModel):
     # Accepted for compatibility with Hyperstack clients; only their absence is supported.
     scheduler: str | None = None
     preset: str | None = None
+    # Where to POST signed notifications of this job, and for which events (default: all).
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS)
+    webhook_events: list[Annotated[WebhookEvent, Field(strict=False)]] | None = Field(
+        default=None, min_length=1, max_length=len(WebhookEvent)
+    )
 
     def source_images(self) -> list[str]:
         return ([self.image_url] if self.image_url else []) + list(self.image_urls or [])
@@ -211,6 +238,8 @@ class JobParams(BaseModel):
     # (deleted with the job when its retention runs out).
     source_images: tuple[str, ...] = ()
     uploads: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    webhook_events: tuple[WebhookEvent, ...] = ()
 
 
 def _within(field: str, value: float, limits: IntRange | FloatRange) -> None:
@@ -222,14 +251,35 @@ def _within(field: str, value: float, limits: IntRange | FloatRange) -> None:
         )
 
 
+# The request fields a model may refuse (``PipelineOptions.arguments`` set to null).
+REFUSABLE = ("guidance_scale", "negative_prompt", "image_size")
+
+
+def generates_from_text(limits: ParameterLimits, task: Task) -> bool:
+    return task is Task.TEXT_TO_IMAGE or limits.min_source_images == 0
+
+
 def resolve(
-    request: GenerationRequest, limits: ParameterLimits, task: Task, *, edit: bool
+    request: GenerationRequest,
+    limits: ParameterLimits,
+    task: Task,
+    *,
+    edit: bool,
+    refused: frozenset[str] = frozenset(),
 ) -> JobParams:
     """Apply the model's defaults and limits to a request, or raise ``InvalidParameter``.
 
     A missing seed is drawn here, once, so the task can report the seed that made the image
-    and the same request can be replayed exactly.
+    and the same request can be replayed exactly. A parameter the model cannot honour
+    (``refused``) is an error here, before a job exists, not a failed job later.
     """
+    for name in REFUSABLE:
+        if name in refused and getattr(request, name) is not None:
+            raise InvalidParameter(
+                f"model {request.model!r} does not take {name}; omit it",
+                field=name,
+                rule="unsupported",
+            )
     if edit and task is not Task.IMAGE_TO_IMAGE:
         raise ModalityIncompatible(
             f"model {request.model!r} is a {task.value} model and cannot edit images; "
@@ -237,7 +287,7 @@ def resolve(
             field="model",
             rule="modality",
         )
-    if not edit and task is Task.IMAGE_TO_IMAGE:
+    if not edit and not generates_from_text(limits, task):
         raise ModalityIncompatible(
             f"model {request.model!r} is an image-to-image model and needs a source image; "
             "use POST /images/edits with image_url",
@@ -245,9 +295,10 @@ def resolve(
             rule="modality",
         )
     sources = request.source_images()
-    if edit and not sources:
+    if edit and len(sources) < max(1, limits.min_source_images):
         raise InvalidParameter(
-            "an edit needs a source image: set image_url (or image_urls)",
+            f"an edit with this model needs at least {max(1, limits.min_source_images)} "
+            "source image(s): set image_url (or image_urls)",
             field="image_url",
             rule="required",
         )
@@ -296,9 +347,19 @@ def resolve(
             rule="enum",
         )
 
+    if request.webhook_events is not None and request.webhook_url is None:
+        raise InvalidParameter(
+            "webhook_events needs webhook_url: say where to send them",
+            field="webhook_events",
+            rule="requires_webhook_url",
+        )
+    webhook_events = tuple(dict.fromkeys(request.webhook_events or WebhookEvent))
+
     return JobParams(
         prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
+        negative_prompt=request.negative_prompt
+        if request.negative_prompt is not None
+        else limits.default_negative_prompt,
         width=width,
         height=height,
         num_images=num_images,
@@ -308,16 +369,22 @@ def resolve(
         output_format=output_format,
         response_format=request.response_format,
         source_images=tuple(sources),
+        webhook_url=request.webhook_url,
+        webhook_events=webhook_events if request.webhook_url else (),
     )
 
 
-def request_schema(limits: ParameterLimits, task: Task) -> dict[str, Any]:
-    """The JSON Schema a model publishes for its requests, with its own limits and defaults."""
+def request_schema(
+    limits: ParameterLimits, task: Task, refused: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The JSON Schema a model publishes for its requests, with its own limits and defaults;
+    a parameter the model refuses is absent, and listed in ``x-unsupported``."""
     dimensions = {"type": "integer", "minimum": limits.min_side, "maximum": limits.max_side}
     default_size = limits.default_image_size
     properties: dict[str, Any] = {
         "prompt": {"type": "string", "minLength": 1},
-        "negative_prompt": {"type": ["string", "null"]},
+        "negative_prompt": {"type": ["string", "null"]}
+        | ({"default": limits.default_negative_prompt} if limits.default_negative_prompt else {}),
         "image_size": {
             "default": default_size.model_dump()
             if isinstance(default_size, ImageDimensions)
@@ -343,15 +410,35 @@ def request_schema(limits: ParameterLimits, task: Task) -> dict[str, Any]:
             "default": limits.default_output_format.value,
         },
         "response_format": {"type": "string", "enum": ["url", "b64_json"], "default": "url"},
+        "webhook_url": {
+            "type": "string",
+            "format": "uri",
+            "maxLength": MAX_WEBHOOK_URL_CHARS,
+            "description": "An http(s) URL on a public address; signed POSTs go there",
+        },
+        "webhook_events": {
+            "type": "array",
+            "items": {"type": "string", "enum": [event.value for event in WebhookEvent]},
+            "minItems": 1,
+            "maxItems": len(WebhookEvent),
+            "description": "Which events to send (default: all); only with webhook_url",
+        },
     }
     if task is Task.IMAGE_TO_IMAGE:
         properties["image_url"] = {"type": "string"}
-        properties["image_urls"] = {"type": "array", "items": {"type": "string"}, "maxItems": 4}
+        properties["image_urls"] = {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": limits.min_source_images,
+            "maxItems": limits.max_source_images,
+        }
     schema_extra = (
         {"anyOf": [{"required": ["image_url"]}, {"required": ["image_urls"]}]}
-        if task is Task.IMAGE_TO_IMAGE
+        if not generates_from_text(limits, task)
         else {}
     )
+    for name in refused:
+        properties.pop(name, None)
     return {
         **schema_extra,
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -360,6 +447,7 @@ def request_schema(limits: ParameterLimits, task: Task) -> dict[str, Any]:
         "required": ["prompt"],
         "x-max-side": limits.max_side,
         "x-min-side": limits.min_side,
+        "x-unsupported": sorted(refused),
     }
 
 

@@ -10,24 +10,38 @@ import base64
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tessera.runtime import control, metrics
 from tessera.runtime.billing import format_amount
-from tessera.runtime.errors import JobNotFound, StorageUnavailable
+from tessera.runtime.errors import InvalidParameter, JobNotFound, StorageUnavailable
 from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS, Job, JobStatus, JobStore
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.models import ModelCatalog
 from tessera.runtime.params import GenerationRequest, resolve
 from tessera.runtime.ratelimit import Action, KeyRateLimiter, RateLimits
-from tessera.runtime.sources import UPLOAD_NAME, SourceResolver, new_upload_name, upload_key
+from tessera.runtime.sources import (
+    UPLOAD_NAME,
+    PinnedHttp,
+    SourceResolver,
+    new_upload_name,
+    parse_url,
+    upload_key,
+)
 from tessera.runtime.storage import FileStore, UrlSigner
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 60.0
+# An event stream: how often a running job's progress is read, and the longest silence
+# (a comment line then) that proxies and clients must not take for a dead connection.
+PROGRESS_POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+# Resolving a webhook_url's host at submit: longer, and the URL is refused (422).
+WEBHOOK_RESOLVE_SECONDS = 5.0
 UPLOAD_URL_TTL_SECONDS = 900
 _MiB = 1024 * 1024
 
@@ -48,6 +62,8 @@ class ImageService:
     sources: SourceResolver
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
     limiter: KeyRateLimiter = field(default_factory=lambda: KeyRateLimiter(RateLimits()))
+    # Where webhooks may go (the same checks as fetched images, with their own allowances).
+    webhooks: PinnedHttp = field(default_factory=PinnedHttp)
 
     async def submit(
         self,
@@ -63,7 +79,9 @@ class ImageService:
         once = control.idempotency(controls.idempotency_key, request, edit=edit)
         start_by = control.start_deadline(controls.cancel_after)
         model = self.catalog.get(request.model)
-        params = resolve(request, model.limits, model.task, edit=edit)
+        params = resolve(request, model.limits, model.task, edit=edit, refused=model.refused)
+        if params.webhook_url is not None:
+            await self.check_webhook_url(params.webhook_url)
         if params.source_images:
             stored = await self.sources.store_inputs(
                 key, params.source_images, (params.width, params.height)
@@ -77,6 +95,7 @@ class ImageService:
             key.id,
             params,
             max_queued=model.max_queued,
+            queue_name=model.queue_name,
             idempotency=once,
             start_by=start_by,
         )
@@ -95,18 +114,34 @@ class ImageService:
             metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.CANCELLED).inc()
         return job
 
+    async def check_webhook_url(self, reference: str) -> None:
+        """A 422 naming ``webhook_url`` for a URL no webhook would ever reach, found at
+        submit rather than by deliveries that fail for an hour. Each delivery checks the
+        address again: what a name resolves to may change."""
+        url = parse_url(reference, "webhook_url")
+        try:
+            async with asyncio.timeout(WEBHOOK_RESOLVE_SECONDS):
+                await self.webhooks.checked_address(url, "webhook_url")
+        except TimeoutError:
+            raise InvalidParameter(
+                f"webhook_url: resolving {url.host!r} took longer than "
+                f"{WEBHOOK_RESOLVE_SECONDS:g} s",
+                field="webhook_url",
+                rule="url",
+            ) from None
+
     async def expire_waiting(self) -> int:
         """Fail the jobs that waited longer than their model's queue timeout; how many."""
         failed = 0
         for model in self.catalog.all():
-            await self.store.abort_late(model.name)
+            await self.store.abort_late(model.queue_name)
             if model.queue_timeout_seconds is None:
                 continue
             reason = (
                 f"no worker for model {model.name!r} became ready within its queue timeout "
                 f"of {model.queue_timeout_seconds:g} s; the job did not run and is not billed"
             )
-            expired = await self.store.expire(model.name, model.queue_timeout_seconds, reason)
+            expired = await self.store.expire(model.queue_name, model.queue_timeout_seconds, reason)
             metrics.JOBS_FINISHED.labels(model.name, metrics.Outcome.EXPIRED).inc(expired)
             failed += expired
         return failed
@@ -133,7 +168,7 @@ class ImageService:
     async def observe_queues(self) -> None:
         """Set the queue-depth gauges of every served model (for dashboards and alerts)."""
         for model in self.catalog.all():
-            depth = await self.store.queue_depth(model.name)
+            depth = await self.store.queue_depth(model.queue_name)
             metrics.QUEUE_JOBS.labels(model.name, "queued").set(depth.queued)
             metrics.QUEUE_JOBS.labels(model.name, "in_progress").set(depth.in_progress)
 
@@ -153,6 +188,44 @@ class ImageService:
         if remaining > 0 and not job.status.finished:
             job = await self.store.wait_for_change(job_id, job.status, remaining)
         return job
+
+    async def finished_within(self, job: Job, seconds: float) -> Job:
+        """The job once finished, or as it is after ``seconds`` (at most the long-poll cap)."""
+        deadline = time.monotonic() + min(seconds, MAX_WAIT_SECONDS)
+        while not job.status.finished and (remaining := deadline - time.monotonic()) > 0:
+            job = await self.store.wait_for_change(job.id, job.status, remaining)
+        return job
+
+    async def task_updates(self, key: ApiKey, job_id: int) -> AsyncGenerator[Job | None]:
+        """The caller's job now, then each time its status or progress moves, until it is
+        finished; None when nothing moved for ``KEEPALIVE_SECONDS``.
+
+        Status changes wake it at once (the long-polls' per-job waiters); progress is read
+        every ``PROGRESS_POLL_SECONDS`` while the job runs. Each value is the latest state,
+        produced only when the consumer asks for the next, so a slow reader skips states
+        rather than queueing them.
+        """
+        job = await self.job_for(key, job_id)
+        yield job
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        while not job.status.finished:
+            nap = (
+                PROGRESS_POLL_SECONDS if job.status is JobStatus.IN_PROGRESS else KEEPALIVE_SECONDS
+            )
+            latest = await self.store.wait_for_change(job.id, job.status, nap)
+            if (latest.status, latest.progress) != (job.status, job.progress):
+                job, quiet_since = latest, loop.time()
+                yield job
+            elif loop.time() - quiet_since >= KEEPALIVE_SECONDS:
+                quiet_since = loop.time()
+                yield None
+
+    async def task_snapshot(self, job: Job) -> dict[str, Any]:
+        """The task as a poll shows it, with result URLs and never base64: what webhooks and
+        event streams carry, however often they are sent."""
+        as_urls = replace(job, params=job.params.model_copy(update={"response_format": "url"}))
+        return await self.task_body(as_urls)
 
     async def download_url(self, key: str) -> str:
         """The store's own presigned URL for a result, or the gateway's signed one."""

@@ -70,6 +70,14 @@ def parse_model_argument(value: str) -> tuple[str, Path, Task]:
     return name, Path(location).expanduser(), task
 
 
+def parse_image_model_argument(value: str) -> tuple[Path, Path]:
+    """``FILE=PATH``: an ImageModel document and the pipeline folder that serves it."""
+    file, sep, location = value.partition("=")
+    if not sep or not file or not location:
+        raise ValueError(f"expected FILE=PATH (an ImageModel YAML file, a pipeline), not {value!r}")
+    return Path(file).expanduser(), Path(location).expanduser()
+
+
 def storage_url(value: str) -> str:
     """A storage URL; an absolute path is the folder's ``file://`` URL (a mounted volume)."""
     return f"file://{value}" if value.startswith("/") else value
@@ -138,6 +146,11 @@ class ApiSettings(_Settings):
     retention_seconds: float = Field(default=DEFAULT_RETENTION_SECONDS, gt=0)
     allow_private_image_urls: bool = False
     allow_image_network: Networks = ()
+    # Webhooks: where they may go besides public addresses, and how failed ones are retried.
+    allow_private_webhook_urls: bool = False
+    allow_webhook_network: Networks = ()
+    webhook_retry_seconds: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     cors_origin: Strings = ()
     # /openai/v1 answers synchronously: how long a request may hold for its job, and how
     # many such requests one key may hold open at once (per process).
@@ -188,6 +201,7 @@ class ServeSettings(ApiSettings):
 
     demo: bool = False
     model: Strings = ()
+    image_model: Strings = ()
     data_dir: Path = DEFAULT_DATA_DIR
     device: str | None = None
 
@@ -198,6 +212,13 @@ class ServeSettings(ApiSettings):
             parse_model_argument(entry)
         return value
 
+    @field_validator("image_model", mode="after")
+    @classmethod
+    def _image_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_image_model_argument(entry)
+        return value
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -205,6 +226,9 @@ class ServeSettings(ApiSettings):
 
     def model_arguments(self) -> list[tuple[str, Path, Task]]:
         return [parse_model_argument(entry) for entry in self.model]
+
+    def image_model_arguments(self) -> list[tuple[Path, Path]]:
+        return [parse_image_model_argument(entry) for entry in self.image_model]
 
 
 class GatewaySettings(ApiSettings):
@@ -239,6 +263,10 @@ class WorkerSettings(_Settings):
     model: str = Field(min_length=1)
     weights: Path
     queue: str
+    # The queue within it (the ImageModel's namespace/name, as the operator renders it);
+    # empty: the model's public name, as a gateway keys a model no namespaced resource
+    # declares.
+    queue_name: str = ""
     # Results and edit sources; by default the folder beside a sqlite queue.
     storage: StorageUrl | None = None
     task: Task = Task.TEXT_TO_IMAGE

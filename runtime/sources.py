@@ -6,11 +6,10 @@ and workers (on GPU nodes) never need to reach the internet. A reference may be:
 - a ``filename`` from ``GET /images/signed-url`` (only the key that uploaded it may use it),
 - one of this server's own signed URLs (read from storage directly, not fetched),
 - a ``data:image/...;base64,`` URL,
-- an ``http(s)`` URL, fetched with size and time limits. Its host is resolved once, each
-  address is checked, and the connection goes to exactly the checked address (the Host
-  header and TLS server name stay the URL's), on every redirect hop: a name that answers
-  differently the second time (DNS rebinding) cannot reach what the check refused.
-  Addresses in any special-purpose range are refused unless the server allows them.
+- an ``http(s)`` URL, fetched with size and time limits through ``PinnedHttp`` (which
+  webhooks share) on every redirect hop: a name that answers differently the second time
+  (DNS rebinding) cannot reach what the check refused. Addresses in any special-purpose
+  range are refused unless the server allows them.
 
 Decoding runs in a worker thread, never on the event loop, and only PNG, JPEG, WebP and
 GIF (first frame) are decoded: every other Pillow decoder is code an attacker could reach.
@@ -29,7 +28,7 @@ import secrets
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -226,6 +225,99 @@ def prepare_source(data: bytes, limits: SourceLimits, field: str, target: tuple[
     return buffer.getvalue()
 
 
+class PinnedHttp:
+    """HTTP to checked addresses only, for anything that fetches or posts to a URL a client
+    named (an edit's ``image_url``, a ``webhook_url``).
+
+    The host is resolved once, every address is checked, and the connection goes to exactly
+    the checked address (the Host header and TLS server name stay the URL's), so a name that
+    answers differently the second time (DNS rebinding) cannot reach what the check refused.
+    Redirects are never followed here: a caller that follows them checks each hop again.
+    """
+
+    def __init__(
+        self,
+        allow_private_addresses: bool = False,
+        allowed_networks: tuple[IPNetwork, ...] = (),
+        *,
+        resolve: Resolve = system_resolve,
+        tls: ssl.SSLContext | None = None,
+    ):
+        self.allow_private_addresses = allow_private_addresses
+        self.allowed_networks = allowed_networks
+        self.resolve = resolve
+        # Certificates are checked against the URL's host name; None: the system's CAs.
+        self.tls = tls
+
+    def allows(self, address: IPAddress) -> bool:
+        return (
+            self.allow_private_addresses
+            or is_public(address)
+            or any(address in network for network in self.allowed_networks)
+        )
+
+    async def checked_address(self, url: httpx.URL, field: str) -> IPAddress:
+        """The one address to connect to: resolved once, and every answer checked."""
+        host = url.host
+        try:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                addresses = await self.resolve(
+                    host, url.port or (443 if url.scheme == "https" else 80)
+                )
+            except (OSError, UnicodeError, ValueError):
+                addresses = []
+        if not addresses:
+            raise InvalidParameter(
+                f"{field}: cannot resolve host {host!r}", field=field, rule="url"
+            )
+        for address in addresses:
+            if not self.allows(address):
+                raise InvalidParameter(
+                    f"{field}: {host} resolves to {address}, which is not a public address "
+                    "(private, loopback, link-local, multicast, reserved, or leading to one); "
+                    "this server does not connect to those",
+                    field=field,
+                    rule="public_address",
+                )
+        return addresses[0]
+
+    @contextlib.asynccontextmanager
+    async def send(
+        self,
+        method: str,
+        url: httpx.URL,
+        field: str,
+        timeout: httpx.Timeout,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """One request to the checked address of ``url``; the response is streamed, so the
+        caller reads (and caps) the body itself."""
+        address = await self.checked_address(url, field)
+        # One client per request: a pooled connection, made for one host name, must never
+        # carry a request for another.
+        async with httpx.AsyncClient(
+            timeout=timeout,
+            follow_redirects=False,
+            verify=True if self.tls is None else self.tls,
+        ) as client:
+            request = client.build_request(
+                method,
+                url.copy_with(host=str(address)),
+                content=content,
+                headers={**(headers or {}), "Host": url.netloc.decode("ascii")},
+                extensions={"sni_hostname": url.raw_host.decode("ascii")},
+            )
+            response = await client.send(request, stream=True)
+            try:
+                yield response
+            finally:
+                await response.aclose()
+
+
 class SourceResolver:
     def __init__(
         self,
@@ -239,9 +331,12 @@ class SourceResolver:
         self.files = files
         self.signer = signer
         self.limits = limits or SourceLimits()
-        self.resolve = resolve
-        # Certificates are checked against the URL's host name; None: the system's CAs.
-        self.tls = tls
+        self.http = PinnedHttp(
+            self.limits.allow_private_addresses,
+            self.limits.allowed_networks,
+            resolve=resolve,
+            tls=tls,
+        )
 
     async def store_inputs(
         self, key: ApiKey, references: tuple[str, ...], target: tuple[int, int]
@@ -327,69 +422,19 @@ class SourceResolver:
                 f"{field}: the data URL is not valid base64", field=field, rule="data_url"
             ) from None
 
-    async def _checked_address(self, url: httpx.URL, field: str) -> IPAddress:
-        """The one address to connect to: resolved once, and every answer checked."""
-        host = url.host
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            try:
-                addresses = await self.resolve(
-                    host, url.port or (443 if url.scheme == "https" else 80)
-                )
-            except (OSError, UnicodeError, ValueError):
-                addresses = []
-        if not addresses:
-            raise InvalidParameter(
-                f"{field}: cannot resolve host {host!r}", field=field, rule="url"
-            )
-        for address in addresses:
-            if not self._may_fetch_from(address):
-                raise InvalidParameter(
-                    f"{field}: {host} resolves to {address}, which is not a public address "
-                    "(private, loopback, link-local, multicast, reserved, or leading to one); "
-                    "this server does not fetch from those",
-                    field=field,
-                    rule="public_address",
-                )
-        return addresses[0]
-
-    def _may_fetch_from(self, address: IPAddress) -> bool:
-        return (
-            self.limits.allow_private_addresses
-            or is_public(address)
-            or any(address in network for network in self.limits.allowed_networks)
-        )
-
     async def _fetch(self, reference: str, field: str) -> bytes:
         url = parse_url(reference, field)
         timeout = httpx.Timeout(self.limits.fetch_timeout_seconds)
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                async with asyncio.timeout(self.limits.fetch_timeout_seconds):
-                    address = await self._checked_address(url, field)
-                    # One client per hop: a pooled connection, made for one host name, must
-                    # never carry a request for another.
-                    async with httpx.AsyncClient(
-                        timeout=timeout,
-                        follow_redirects=False,
-                        verify=True if self.tls is None else self.tls,
-                    ) as client:
-                        request = client.build_request(
-                            "GET",
-                            url.copy_with(host=str(address)),
-                            headers={"Host": url.netloc.decode("ascii")},
-                            extensions={"sni_hostname": url.raw_host.decode("ascii")},
-                        )
-                        response = await client.send(request, stream=True)
-                        try:
-                            if response.is_redirect and "location" in response.headers:
-                                location = response.headers["location"]
-                                url = parse_url(str(url.join(location)), field)
-                                continue
-                            return await self._read_body(response, field)
-                        finally:
-                            await response.aclose()
+                async with (
+                    asyncio.timeout(self.limits.fetch_timeout_seconds),
+                    self.http.send("GET", url, field, timeout) as response,
+                ):
+                    if response.is_redirect and "location" in response.headers:
+                        url = parse_url(str(url.join(response.headers["location"])), field)
+                        continue
+                    return await self._read_body(response, field)
             except (httpx.HTTPError, httpx.InvalidURL, TimeoutError) as error:
                 raise InvalidParameter(
                     f"{field}: could not fetch the image: {str(error) or type(error).__name__}",

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import start_http_server
 
 from tessera.runtime import openai, playground
-from tessera.runtime.api import catalog, errors, files, images, openapi, usage
+from tessera.runtime.api import catalog, errors, files, images, openapi, usage, webhooks
 from tessera.runtime.api.bodylimit import BodyLimit
 from tessera.runtime.config import ServerConfig
 from tessera.runtime.errors import StorageUnavailable, StoreUnavailable
@@ -25,6 +25,7 @@ from tessera.runtime.ratelimit import KeyRateLimiter
 from tessera.runtime.service import ImageService
 from tessera.runtime.sources import SourceResolver
 from tessera.runtime.storage import FileStore, UrlSigner, open_storage
+from tessera.runtime.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ async def _run_embedded_worker(app: FastAPI, config: ServerConfig, stop: asyncio
     pipelines = {}
     for model in config.models:
         pipelines[model.name] = await asyncio.to_thread(
-            LoadedPipeline.load, Path(model.weights), config.device
+            LoadedPipeline.load, Path(model.weights), config.device, None, model.pipeline
         )
     await service.store.release(EMBEDDED_WORKER_ID)
     worker = Worker(
@@ -135,6 +136,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             sources=SourceResolver(file_store, signer, config.sources),
             retention_seconds=config.store.retention_seconds,
             limiter=KeyRateLimiter(config.rate_limits),
+            webhooks=config.webhooks.http(),
         )
         app.state.keys = config.keys
         app.state.ready = not config.embedded_worker and not config.watch_cluster
@@ -149,6 +151,17 @@ def create_app(config: ServerConfig) -> FastAPI:
             else None
         )
         expiry_task = asyncio.create_task(_expire_waiting_jobs(app.state.service, stop))
+        # API processes send webhooks, never workers: they run wherever the API runs
+        # (workers may be scaled to zero), and egress to clients' URLs belongs at the edge.
+        app.state.signing_secret = config.signing_secret
+        sender = WebhookSender(
+            app.state.service,
+            store,
+            config.signing_secret,
+            app.state.service.webhooks,
+            config.webhooks,
+        )
+        webhook_task = asyncio.create_task(sender.run(stop))
 
         def record_failure(task: asyncio.Task[None]) -> None:
             # The API keeps answering (jobs stay queued, nothing is lost); readiness says why
@@ -175,6 +188,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 metrics_server.server_close()
             stop.set()
             await expiry_task
+            await webhook_task
             if watch_task is not None:
                 await watch_task
             if worker_task is not None:
@@ -223,6 +237,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     v1.include_router(catalog.router)
     v1.include_router(files.router)
     v1.include_router(usage.router)
+    v1.include_router(webhooks.router)
     app.include_router(v1)
     openai.mount(app, config.openai)
     playground.mount(app)

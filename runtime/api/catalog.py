@@ -27,5 +27,5 @@ async def list_models(
     # Every model here serves inference, so `inference=false` lists none.
     models = [] if inference is False else service.catalog.all()
     if modalities:
-        models = [model for model in models if model.task in modalities]
+        models = [model for model in models if set(model.tasks) & set(modalities)]
     return {"models": [model.public_record() for model in models]}

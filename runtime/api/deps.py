@@ -1,4 +1,9 @@
-"""Request dependencies: the caller's key and the shared service, as ``Annotated`` aliases."""
+"""Request dependencies: the caller's key and the shared service, as ``Annotated`` aliases.
+
+Every dependency is ``async def`` although none awaits: FastAPI runs a plain ``def``
+dependency in its thread pool, and two thread hand-offs per request cost a gateway more CPU
+than the submission itself (bench/gateway.py, docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
@@ -20,12 +25,12 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def get_service(request: Request) -> ImageService:
+async def get_service(request: Request) -> ImageService:
     service: ImageService = request.app.state.service
     return service
 
 
-def get_keys(request: Request) -> KeyRing:
+async def get_keys(request: Request) -> KeyRing:
     keys: KeyRing = request.app.state.keys
     return keys
 
@@ -34,7 +39,8 @@ def authenticate(request: Request) -> ApiKey:
     """The caller's key, checked once per request and kept on ``request.state``."""
     key: ApiKey | None = getattr(request.state, "api_key", None)
     if key is None:
-        key = get_keys(request).authenticate(request.headers.get(API_KEY_HEADER))
+        keys: KeyRing = request.app.state.keys
+        key = keys.authenticate(request.headers.get(API_KEY_HEADER))
         request.state.api_key = key
     return key
 
@@ -53,7 +59,7 @@ class KeyFirstRoute(APIRoute):
         return checked
 
 
-def current_key(
+async def current_key(
     request: Request, _presented: Annotated[str | None, Security(_api_key_header)]
 ) -> ApiKey:
     # ``_presented`` puts the header in the OpenAPI document; ``authenticate`` reads it.

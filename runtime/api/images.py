@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.api.openapi import errors
 from tessera.runtime.control import CANCEL_AFTER_HEADER, IDEMPOTENCY_HEADER, SubmitControls
-from tessera.runtime.jobs.base import MAX_JOB_ID, JobStatus
+from tessera.runtime.errors import InvalidParameter
+from tessera.runtime.jobs.base import MAX_JOB_ID, Job, JobStatus
+from tessera.runtime.keys import ApiKey
 from tessera.runtime.params import GenerationRequest
-from tessera.runtime.service import MAX_WAIT_SECONDS, UPLOAD_URL_TTL_SECONDS
+from tessera.runtime.service import MAX_WAIT_SECONDS, UPLOAD_URL_TTL_SECONDS, ImageService
 
 router = APIRouter(
     prefix="/images",
@@ -24,8 +30,80 @@ SUBMIT_ERRORS = errors(400, 404)
 
 
 class JobAccepted(BaseModel):
+    """The job id at once; with ``Prefer: wait=N``, the whole task (as
+    ``GET /tasks/{job_id}`` answers) if it finished within N seconds."""
+
     job_id: int
     status: JobStatus
+
+
+PREFER_HEADER = Header(
+    alias="Prefer",
+    description=(
+        "`wait=N` (RFC 7240, Replicate's convention): hold the submission up to N seconds "
+        f"(at most {MAX_WAIT_SECONDS:g}; `wait` alone means {MAX_WAIT_SECONDS:g}) and answer "
+        "with the finished task if it finishes by then, the job id otherwise. Other "
+        "preferences are ignored."
+    ),
+)
+PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=N` as honoured (N capped), when the request asked to wait",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def prefer_wait(header: str | None) -> float | None:
+    """The seconds a ``Prefer`` header asks a submission to wait, capped; None if it does not.
+
+    An unknown preference is ignored, as RFC 7240 says; a ``wait`` that is not a number of
+    seconds is a 422 naming the header.
+    """
+    for preference in (header or "").split(","):
+        name, _, value = preference.split(";")[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value:
+            return MAX_WAIT_SECONDS
+        if not _SECONDS.fullmatch(value):
+            raise InvalidParameter(
+                f"Prefer: wait must be a number of seconds (at most {MAX_WAIT_SECONDS:g}), "
+                f"not {value[:40]!r}",
+                field="Prefer",
+                rule="prefer_wait",
+            )
+        return min(float(value), MAX_WAIT_SECONDS)
+    return None
+
+
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+
+
+PreferWait = Annotated[str | None, PREFER_HEADER]
+
+
+async def _submitted(
+    service: ImageService,
+    key: ApiKey,
+    body: GenerationRequest,
+    controls: SubmitControls,
+    prefer: str | None,
+    response: Response,
+    *,
+    edit: bool,
+) -> Any:
+    """The job id, or with ``Prefer: wait`` the task if it finishes in time."""
+    wait = prefer_wait(prefer)  # a bad header is refused before a job exists
+    job = await service.submit(key, body, edit=edit, controls=controls)
+    if wait is None:
+        return JobAccepted(job_id=job.id, status=job.status)
+    response.headers["Preference-Applied"] = f"wait={wait:g}"
+    job = await service.finished_within(job, wait)
+    if not job.status.finished:
+        return JobAccepted(job_id=job.id, status=job.status)
+    return JSONResponse(await service.task_body(job), headers=dict(response.headers))
 
 
 class SignedUpload(BaseModel):
@@ -64,27 +142,35 @@ Controls = Annotated[SubmitControls, Depends(submit_controls)]
 @router.post(
     "/generations",
     response_model=JobAccepted,
-    responses=SUBMIT_ERRORS,
+    responses={**SUBMIT_ERRORS, 200: {"headers": PREFERENCE_APPLIED}},
     summary="Submit a text-to-image job",
 )
 async def create_generation(
-    body: GenerationRequest, key: CurrentKey, service: Service, controls: Controls
-) -> JobAccepted:
-    job = await service.submit(key, body, edit=False, controls=controls)
-    return JobAccepted(job_id=job.id, status=job.status)
+    body: GenerationRequest,
+    key: CurrentKey,
+    service: Service,
+    controls: Controls,
+    response: Response,
+    prefer: PreferWait = None,
+) -> Any:
+    return await _submitted(service, key, body, controls, prefer, response, edit=False)
 
 
 @router.post(
     "/edits",
     response_model=JobAccepted,
-    responses=SUBMIT_ERRORS,
+    responses={**SUBMIT_ERRORS, 200: {"headers": PREFERENCE_APPLIED}},
     summary="Submit an image-to-image job",
 )
 async def create_edit(
-    body: GenerationRequest, key: CurrentKey, service: Service, controls: Controls
-) -> JobAccepted:
-    job = await service.submit(key, body, edit=True, controls=controls)
-    return JobAccepted(job_id=job.id, status=job.status)
+    body: GenerationRequest,
+    key: CurrentKey,
+    service: Service,
+    controls: Controls,
+    response: Response,
+    prefer: PreferWait = None,
+) -> Any:
+    return await _submitted(service, key, body, controls, prefer, response, edit=True)
 
 
 JobId = Annotated[
@@ -117,6 +203,52 @@ async def get_task(
 )
 async def cancel_task(job_id: JobId, key: CurrentKey, service: Service) -> dict[str, Any]:
     return await service.task_body(await service.cancel(key, job_id))
+
+
+@router.get(
+    "/tasks/{job_id}/events",
+    responses={
+        **errors(404),
+        200: {
+            "description": (
+                "Server-sent events: one `task` event (data: the task as a poll shows it, "
+                "with URLs, never base64) now and whenever its status or progress moves; "
+                "comment lines while nothing does; the stream ends once the task is finished"
+            ),
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+    response_class=StreamingResponse,
+    summary="A live stream of a job's status and progress",
+)
+async def stream_task_events(
+    job_id: JobId,
+    key: CurrentKey,
+    service: Service,
+) -> StreamingResponse:
+    updates = service.task_updates(key, job_id)
+    first = await anext(updates)  # a missing job is a 404, not an empty stream
+
+    async def events() -> AsyncIterator[bytes]:
+        job: Job | None = first
+        try:
+            while True:
+                if job is None:
+                    yield b": keep-alive\n\n"
+                else:
+                    data = json.dumps(await service.task_snapshot(job), separators=(",", ":"))
+                    yield f"event: task\ndata: {data}\n\n".encode()
+                job = await anext(updates)
+        except StopAsyncIteration:
+            return
+        finally:
+            await updates.aclose()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get(

@@ -90,7 +90,7 @@ def _request_body(models: list[ModelSpec], name: str) -> dict[str, Any]:
     }
     choices = []
     for model in models:
-        schema = request_schema(model.limits, model.task)
+        schema = request_schema(model.limits, model.task, model.refused)
         schema.pop("$schema")
         for field in nullable & set(schema["properties"]):
             schema["properties"][field] = {"anyOf": [schema["properties"][field], {"type": "null"}]}

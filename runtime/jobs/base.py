@@ -269,18 +269,63 @@ DEADLINE_REASON = (
 QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 
 
-class JobStore(Protocol):
+@dataclass(frozen=True)
+class WebhookDue:
+    """A job whose webhooks may have something to send: the events already sent (or given
+    up on), the failed attempts at the next one, and how many times the job has changed
+    (so a change while a sender holds the entry is not slept through)."""
+
+    job_id: int
+    done: tuple[str, ...] = ()
+    attempts: int = 0
+    changes: int = 0
+    # Where a store that shards by model keeps the entry; a job deleted since has no other.
+    model: str = ""
+
+
+class WebhookOutbox(Protocol):
+    """The durable record of webhooks still to send, one entry per job that asked for them.
+
+    ``submit`` writes a job's entry in the same atomic step as the job; a status change of
+    the job makes its entry due at once (unless a failed attempt is waiting out its
+    backoff). A sender claims due entries for ``hold_seconds``, so a sender that dies
+    mid-delivery leaves its entries to be claimed again, and never loses one.
+    """
+
+    async def claim_webhooks(
+        self, limit: int, hold_seconds: float, wait: float = 0.0
+    ) -> list[WebhookDue]:
+        """Up to ``limit`` due entries, held for this caller; waits up to ``wait`` s for a
+        change to make one due."""
+        ...
+
+    async def settle_webhook(
+        self, due: WebhookDue, retry_in: float | None, error: str | None = None
+    ) -> None:
+        """Record ``due`` (its ``done`` and ``attempts`` as they are now) and look at it
+        again in ``retry_in`` s, or, with None, forget it: nothing more will be sent. With
+        no failed attempt to back off from, a job that changed since the claim is due at
+        once."""
+        ...
+
+
+class JobStore(WebhookOutbox, Protocol):
     async def submit(
         self,
         model: str,
         key_id: str,
         params: JobParams,
         max_queued: int | None = None,
+        queue_name: str | None = None,
         *,
         idempotency: Idempotency | None = None,
         start_by: datetime | None = None,
     ) -> Job:
-        """The job, durable and queued; ``QueueFull`` if ``max_queued`` jobs already wait.
+        """The job, durable and queued in ``queue_name`` (``ModelSpec.queue_name``; by
+        default ``model``); ``QueueFull`` if ``max_queued`` jobs already wait.
+
+        ``model`` is the public name the job records; every other method that names a model
+        (``lease``, ``expire``, ``queue_depth``, ``abort_late``) takes its queue name.
 
         With ``idempotency``, a key this API key used in the last 24 h answers its first job
         (however many submissions race) or raises ``IdempotencyMismatch`` for another body.
@@ -294,13 +339,14 @@ class JobStore(Protocol):
         returned as it is)."""
         ...
 
-    async def abort_late(self, model: str) -> int:
-        """Cancel ``model``'s queued jobs whose Cancel-After deadline passed, unbilled; how
-        many. Leasing does it too; gateways call this on a timer for models no worker takes."""
+    async def abort_late(self, queue_name: str) -> int:
+        """Cancel the queued jobs of ``queue_name`` whose Cancel-After deadline passed,
+        unbilled; how many. Leasing does it too; gateways call this on a timer for queues no
+        worker takes."""
         ...
 
     async def queue_position(self, job: Job) -> int:
-        """How many of its model's queued jobs go before ``job`` (0: next), without a scan."""
+        """How many of its queue's queued jobs go before ``job`` (0: next), without a scan."""
         ...
 
     async def get(self, job_id: int) -> Job:
@@ -308,7 +354,7 @@ class JobStore(Protocol):
         ...
 
     async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
-        """The oldest queued job of ``models``, now in progress for ``worker_id``.
+        """The oldest queued job of ``models`` (queue names), now in progress for ``worker_id``.
 
         Waits up to ``wait`` seconds for one to arrive; ``None`` if none did.
         """

@@ -17,10 +17,12 @@ connection errors and timeouts with exponential backoff for about a minute (redi
 that writes is idempotent: a submission already written, or a completion or failure by
 the same worker already recorded, answers as the first run did.
 
-Keys, for a model M and job N:
+M is a model's queue name (``ModelSpec.queue_name``): its ImageModel's ``namespace/name``,
+unique in a cluster even when two resources claim one public name (the job hash keeps the
+public name). Keys, for a model M and job N:
 - ``tessera:next-job-id``             counter for numeric job ids
-- ``tessera:job:N:model``             which model N belongs to (so a task lookup finds it)
-- ``tessera:models``                  every model that ever had a job (usage export)
+- ``tessera:job:N:model``             the queue name of N's model (so a task lookup finds it)
+- ``tessera:models``                  the queue name of every model that ever had a job
 - ``tessera:ledger-id``               this store's random id, part of every usage event id
 - ``tessera:usage-cursor:NAME``       an exporter's saved cursor
 - ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any)
@@ -32,6 +34,8 @@ Keys, for a model M and job N:
 - ``tessera:{M}:finished``            finished ids, scored by finish time (retention sweeps)
 - ``tessera:{M}:start:W``             worker W's start-up phases (JSON), for 24 hours
 - ``tessera:idempotency:{K}:H``       API key K's Idempotency-Key (digest H): its job, 24 h
+- ``tessera:{M}:webhooks``            jobs with webhooks still to send, scored by when to look
+- ``tessera:{M}:webhook:N``           job N's webhook progress: events done, failed attempts
 - channel ``tessera:{M}:events``      a job id on every status change
 """
 
@@ -53,7 +57,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
 from tessera.runtime.errors import (
     IdempotencyMismatch,
@@ -77,6 +81,7 @@ from tessera.runtime.jobs.base import (
     StorePolicy,
     UsagePage,
     UsageRecord,
+    WebhookDue,
     batch_key,
     result_from_json,
     result_to_json,
@@ -288,10 +293,10 @@ return 1
 """
 )
 
-# KEYS[1] queue, KEYS[2] queue order, KEYS[3] deadlines; ARGV[1] job key, ARGV[2] id,
-# ARGV[3] channel, ARGV[4] most jobs waiting (0: no limit), then field/value pairs. Returns
-# the creation time, or 0, queueing nothing, when the queue is full; a retry of a
-# submission that landed queues nothing twice.
+# KEYS[1] queue, KEYS[2] queue order, KEYS[3] deadlines, KEYS[4] (if the job has a webhook)
+# the webhook outbox; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
+# (0: no limit), then field/value pairs. Returns the creation time, or 0, queueing nothing,
+# when the queue is full; a retry of a submission that landed queues nothing twice.
 _SUBMIT = (
     _NOW
     + """
@@ -304,6 +309,7 @@ redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 local start_by = redis.call('HGET', ARGV[1], 'start_by')
 if start_by then redis.call('ZADD', KEYS[3], start_by, ARGV[2]) end
+if KEYS[4] then redis.call('ZADD', KEYS[4], now, ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return tostring(now)
 """
@@ -380,9 +386,67 @@ return #ARGV - 1
 """
 
 
+# A job changed: its webhook entry, if any, is due now, unless a failed attempt is waiting
+# out its backoff. KEYS[1] outbox, KEYS[2] the job's webhook hash; ARGV[1] id.
+_WEBHOOK_TOUCH = (
+    _NOW
+    + """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due then return 0 end
+redis.call('HINCRBY', KEYS[2], 'changes', 1)
+if tonumber(due) > now and (tonumber(redis.call('HGET', KEYS[2], 'attempts')) or 0) == 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+end
+return 1
+"""
+)
+
+# KEYS[1] outbox; ARGV[1] most entries, ARGV[2] hold seconds, ARGV[3] webhook hash prefix.
+# Returns id, done, attempts, changes for each entry claimed.
+_WEBHOOK_CLAIM = (
+    _NOW
+    + """
+local claimed = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])) do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+  local state = redis.call('HMGET', ARGV[3] .. id, 'done', 'attempts', 'changes')
+  table.insert(claimed, id)
+  table.insert(claimed, state[1] or '')
+  table.insert(claimed, state[2] or '0')
+  table.insert(claimed, state[3] or '0')
+end
+return claimed
+"""
+)
+
+# KEYS[1] outbox, KEYS[2] the job's webhook hash; ARGV[1] id, ARGV[2] seconds until it is
+# due again ('' to forget it), ARGV[3] done, ARGV[4] attempts, ARGV[5] last error.
+_WEBHOOK_SETTLE = (
+    _NOW
+    + """
+if ARGV[2] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+local changed = (redis.call('HGET', KEYS[2], 'changes') or '0') ~= ARGV[6]
+redis.call('HSET', KEYS[2], 'done', ARGV[3], 'attempts', ARGV[4], 'last_error', ARGV[5])
+if ARGV[4] == '0' and changed then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+return 1
+"""
+)
+
 # Every change is published, and a subscription that reconnects wakes every waiter, so a
 # waiter re-reads on a timer only as a last resort.
 SAFETY_POLL_SECONDS = 15.0
+
+# Connections per process, and how long a command waits for one when all are busy.
+MAX_CONNECTIONS = 100
+CONNECTION_WAIT_SECONDS = 20.0
 
 # 0.1, 0.2, 0.4 ... then every 2 s: 40 tries outlast a Redis that is gone for about a minute.
 RETRY_ATTEMPTS = 40
@@ -470,15 +534,23 @@ class RedisJobStore:
     def __init__(self, url: str, policy: StorePolicy | None = None, prefix: str = "tessera"):
         self.policy = policy or StorePolicy()
         self.prefix = prefix
-        self._redis: aioredis.Redis = aioredis.from_url(
+        # A pool that waits for a free connection: redis-py's default pool refuses the
+        # 101st concurrent command ("Too many connections"), which 500 clients of one
+        # gateway reach (tests/gateway/test_load.py).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CONNECTION_WAIT_SECONDS,
             decode_responses=True,
             retry=Retry(RETRY_BACKOFF, RETRY_ATTEMPTS),
             retry_on_error=[ConnectionError, TimeoutError],
         )
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
         self._ledger: str | None = None
+        # Set once this process sends webhooks: its relay then makes changed jobs' entries due.
+        self._sends_webhooks = False
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
@@ -494,6 +566,9 @@ class RedisJobStore:
                 "abort_late": _ABORT_LATE_ONLY,
                 "finished": _FINISHED,
                 "delete": _DELETE,
+                "webhook_touch": _WEBHOOK_TOUCH,
+                "webhook_claim": _WEBHOOK_CLAIM,
+                "webhook_settle": _WEBHOOK_SETTLE,
             }.items()
         }
 
@@ -535,6 +610,33 @@ class RedisJobStore:
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"the job store (Redis) is unavailable: {error}") from error
 
+    async def _pipelined(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        script: str,
+        keys: list[str],
+        args: list[Any],
+    ) -> list[Any]:
+        """``commands``, then one of our scripts, in one round trip.
+
+        EVALSHA by hand: a pipeline given a registered script first asks SCRIPT EXISTS, one
+        more round trip per call. A Redis that lost the script (restarted, flushed) answers
+        NOSCRIPT; it is loaded and the whole pipeline, idempotent, is sent again.
+        """
+        source = self._scripts[script]
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                for command in commands:
+                    pipeline.execute_command(*command)
+                pipeline.evalsha(source.sha, len(keys), *keys, *args)
+                try:
+                    return list(await pipeline.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+            await self._redis.script_load(source.script)
+        raise AssertionError("unreachable")
+
     async def _listen(self) -> None:
         """Start, once, the task that turns Redis notifications into local wake-ups."""
         if self._listener is None:
@@ -543,7 +645,10 @@ class RedisJobStore:
     async def _relay_events(self) -> None:
         """Each message carries the id of the job that changed: only its waiters wake (and
         workers, who wait for any change)."""
-        async for _, job_id in self.changes():
+        async for model, job_id in self.changes():
+            if self._sends_webhooks and model is not None and job_id is not None:
+                with contextlib.suppress(StoreUnavailable):  # the sender also polls
+                    await self._webhook_due_now(model, job_id)
             self._changes.notify(job_id)
 
     async def _model_of(self, job_id: int) -> str:
@@ -588,21 +693,27 @@ class RedisJobStore:
         key_id: str,
         params: JobParams,
         max_queued: int | None = None,
+        queue_name: str | None = None,
         *,
         idempotency: Idempotency | None = None,
         start_by: datetime | None = None,
     ) -> Job:
+        queue = queue_name or model
         while True:
             job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
             if idempotency is None:
-                return await self._enqueue(job_id, model, key_id, params, max_queued, start_by)
+                return await self._enqueue(
+                    job_id, model, queue, key_id, params, max_queued, start_by
+                )
             claim = self._idempotency_key(key_id, idempotency)
             # The claim names its job before the job exists; it lives a minute until the job
             # is written, so a gateway that dies in between blocks the key only that long.
             mine = json.dumps({"fingerprint": idempotency.fingerprint, "job_id": job_id})
             if await self._call(self._redis.set(claim, mine, nx=True, ex=CLAIM_SECONDS)):
                 try:
-                    job = await self._enqueue(job_id, model, key_id, params, max_queued, start_by)
+                    job = await self._enqueue(
+                        job_id, model, queue, key_id, params, max_queued, start_by
+                    )
                 except QueueFull:
                     await self._call(self._redis.delete(claim))
                     raise
@@ -642,6 +753,7 @@ class RedisJobStore:
         self,
         job_id: int,
         model: str,
+        queue: str,
         key_id: str,
         params: JobParams,
         max_queued: int | None,
@@ -650,19 +762,20 @@ class RedisJobStore:
         pointer = f"{self.prefix}:job:{job_id}:model"
         deadline = [] if start_by is None else ["start_by", f"{start_by.timestamp():f}"]
         # One round trip, in order: the pointer exists before a worker can lease the job.
-        async with self._redis.pipeline(transaction=False) as pipeline:
-            pipeline.set(pointer, model)
-            pipeline.sadd(f"{self.prefix}:models", model)
-            await self._scripts["submit"](
+        _, _, created = await self._call(
+            self._pipelined(
+                [("SET", pointer, queue), ("SADD", f"{self.prefix}:models", queue)],
+                "submit",
                 keys=[
-                    self._model_key(model, "queue"),
-                    self._model_key(model, "queue:order"),
-                    self._model_key(model, "queue:deadlines"),
+                    self._model_key(queue, "queue"),
+                    self._model_key(queue, "queue:order"),
+                    self._model_key(queue, "queue:deadlines"),
+                    *([self._model_key(queue, "webhooks")] if params.webhook_url else []),
                 ],
                 args=[
-                    f"{self._job_prefix(model)}{job_id}",
+                    f"{self._job_prefix(queue)}{job_id}",
                     job_id,
-                    self._model_key(model, "events"),
+                    self._model_key(queue, "events"),
                     max_queued or 0,
                     "model", model,
                     "key_id", key_id,
@@ -673,9 +786,8 @@ class RedisJobStore:
                     *deadline,
                     *(("batch", batch) if (batch := batch_key(params)) else ()),
                 ],
-                client=pipeline,
-            )  # fmt: skip
-            _, _, created = await self._call(pipeline.execute())
+            )
+        )  # fmt: skip
         if not created:
             await self._call(self._redis.delete(pointer))
             raise QueueFull(model, max_queued or 0, QUEUE_FULL_RETRY_AFTER_SECONDS)
@@ -813,15 +925,14 @@ class RedisJobStore:
             raise JobFinished(job_id, str(was))
         return await self._read(model, job_id)
 
-    async def abort_late(self, model: str) -> int:
-        keys, args = self._reclaim_args(model)
+    async def abort_late(self, queue_name: str) -> int:
+        keys, args = self._reclaim_args(queue_name)
         return int(await self._call(self._scripts["abort_late"](keys=keys, args=args)))
 
     async def queue_position(self, job: Job) -> int:
-        # ZRANK: O(log n) in the model's queued jobs.
-        rank = await self._call(
-            self._redis.zrank(self._model_key(job.model, "queue:order"), job.id)
-        )
+        # ZRANK: O(log n) in the queue's jobs. The job names its public model, not its queue.
+        queue = await self._model_of(job.id)
+        rank = await self._call(self._redis.zrank(self._model_key(queue, "queue:order"), job.id))
         return 0 if rank is None else int(rank)
 
     async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
@@ -993,6 +1104,61 @@ class RedisJobStore:
                 )
             )
         return trimmed
+
+    # -- WebhookOutbox -----------------------------------------------------------------------
+
+    def _webhook_keys(self, model: str, job_id: int) -> list[str]:
+        return [self._model_key(model, "webhooks"), self._model_key(model, f"webhook:{job_id}")]
+
+    async def _webhook_due_now(self, model: str, job_id: int) -> None:
+        await self._call(
+            self._scripts["webhook_touch"](keys=self._webhook_keys(model, job_id), args=[job_id])
+        )
+
+    async def _claim_webhooks(self, limit: int, hold_seconds: float) -> list[WebhookDue] | None:
+        claimed: list[WebhookDue] = []
+        for model in await self._models():
+            if len(claimed) >= limit:
+                break
+            found = await self._call(
+                self._scripts["webhook_claim"](
+                    keys=[self._model_key(model, "webhooks")],
+                    args=[limit - len(claimed), hold_seconds, self._model_key(model, "webhook:")],
+                )
+            )
+            for i in range(0, len(found), 4):
+                done = tuple(filter(None, str(found[i + 1]).split(",")))
+                claimed.append(
+                    WebhookDue(int(found[i]), done, int(found[i + 2]), int(found[i + 3]), model)
+                )
+        return claimed or None
+
+    async def claim_webhooks(
+        self, limit: int, hold_seconds: float, wait: float = 0.0
+    ) -> list[WebhookDue]:
+        self._sends_webhooks = True
+        await self._listen()
+        found = await self._changes.wait_until(
+            lambda: self._claim_webhooks(limit, hold_seconds), wait
+        )
+        return found or []
+
+    async def settle_webhook(
+        self, due: WebhookDue, retry_in: float | None, error: str | None = None
+    ) -> None:
+        await self._call(
+            self._scripts["webhook_settle"](
+                keys=self._webhook_keys(due.model, due.job_id),
+                args=[
+                    due.job_id,
+                    "" if retry_in is None else f"{retry_in:f}",
+                    ",".join(due.done),
+                    due.attempts,
+                    error or "",
+                    due.changes,
+                ],
+            )
+        )
 
     async def close(self) -> None:
         if self._listener is not None:

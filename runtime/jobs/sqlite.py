@@ -45,6 +45,7 @@ from tessera.runtime.jobs.base import (
     StorePolicy,
     UsagePage,
     UsageRecord,
+    WebhookDue,
     batch_key,
     check_transition,
     result_from_json,
@@ -60,6 +61,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     model       TEXT    NOT NULL,
+    queue       TEXT    NOT NULL, -- ModelSpec.queue_name: where it waits
     key_id      TEXT    NOT NULL,
     params      TEXT    NOT NULL,
     status      TEXT    NOT NULL,
@@ -74,7 +76,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL,
     start_by    REAL
 );
-CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (status, model, id);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
 CREATE TABLE IF NOT EXISTS idempotency (
     key_id      TEXT    NOT NULL,
@@ -105,6 +106,26 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_by_time ON ledger (finished_at);
 CREATE TABLE IF NOT EXISTS usage_cursors (name TEXT PRIMARY KEY, cursor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    job_id     INTEGER PRIMARY KEY,
+    due_at     REAL    NOT NULL,
+    done       TEXT    NOT NULL DEFAULT '', -- events sent or given up on, comma-separated
+    attempts   INTEGER NOT NULL DEFAULT 0,  -- failed attempts at the next event
+    changes    INTEGER NOT NULL DEFAULT 0,  -- status changes of the job seen here
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_due ON webhook_outbox (due_at);
+"""
+
+# Files made before jobs had a queue name queued them by public name, the default still.
+_ADD_QUEUE = """
+ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT '';
+UPDATE jobs SET queue = model;
+"""
+_QUEUE_INDEX = """
+DROP INDEX IF EXISTS jobs_by_queue;
+CREATE INDEX IF NOT EXISTS jobs_by_queue_name ON jobs (status, queue, id);
 """
 
 # How often a waiter re-reads the file for changes made by another process.
@@ -194,6 +215,9 @@ class SQLiteJobStore:
             columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
             if "start_by" not in columns:  # a file written before Cancel-After existed
                 connection.execute("ALTER TABLE jobs ADD COLUMN start_by REAL")
+            if "queue" not in columns:
+                connection.executescript(_ADD_QUEUE)
+            connection.executescript(_QUEUE_INDEX)
             connection.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('ledger_id', ?)",
                 (secrets.token_hex(8),),
@@ -227,6 +251,10 @@ class SQLiteJobStore:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 value = operation(connection)
+                # The jobs it returns (one, or a batch leased together) are the jobs it changed.
+                for job in value if isinstance(value, list) else [value]:
+                    if isinstance(job, Job) and job.params.webhook_url:
+                        self._webhook_due_now(connection, job.id)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -242,6 +270,17 @@ class SQLiteJobStore:
             # A write that returns a job changed that job; any other may have changed many.
             self._changes.notify(value.id if isinstance(value, Job) else None)
         return value
+
+    @staticmethod
+    def _webhook_due_now(connection: sqlite3.Connection, job_id: int) -> None:
+        """The job changed, in this transaction: its webhooks may have something to send
+        (an entry waiting out a failed attempt's backoff keeps waiting)."""
+        connection.execute(
+            "UPDATE webhook_outbox SET changes = changes + 1,"
+            " due_at = CASE WHEN attempts = 0 THEN MIN(due_at, ?) ELSE due_at END"
+            " WHERE job_id = ?",
+            (time.time(), job_id),
+        )
 
     @staticmethod
     def _fetch(connection: sqlite3.Connection, job_id: int) -> Job:
@@ -291,13 +330,13 @@ class SQLiteJobStore:
                 )
 
     @staticmethod
-    def _abort_late(connection: sqlite3.Connection, now: float, models: Sequence[str]) -> int:
+    def _abort_late(connection: sqlite3.Connection, now: float, queues: Sequence[str]) -> int:
         """Cancel the queued jobs whose Cancel-After deadline passed before they started."""
-        placeholders = ",".join("?" * len(models))
+        placeholders = ",".join("?" * len(queues))
         return connection.execute(
             "UPDATE jobs SET status = ?, finished_at = ?, error = ?"  # noqa: S608
-            f" WHERE status = ? AND model IN ({placeholders}) AND start_by <= ?",
-            (JobStatus.CANCELLED.value, now, DEADLINE_REASON, JobStatus.QUEUED.value, *models, now),
+            f" WHERE status = ? AND queue IN ({placeholders}) AND start_by <= ?",
+            (JobStatus.CANCELLED.value, now, DEADLINE_REASON, JobStatus.QUEUED.value, *queues, now),
         ).rowcount
 
     def _replay(
@@ -326,10 +365,13 @@ class SQLiteJobStore:
         key_id: str,
         params: JobParams,
         max_queued: int | None = None,
+        queue_name: str | None = None,
         *,
         idempotency: Idempotency | None = None,
         start_by: datetime | None = None,
     ) -> Job:
+        queue = queue_name or model
+
         def insert(connection: sqlite3.Connection) -> Job:
             # One transaction holds the write lock: concurrent submits with one key queue
             # behind each other here, and all but the first find its job.
@@ -337,17 +379,18 @@ class SQLiteJobStore:
                 return job
             if max_queued is not None:
                 (waiting,) = connection.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE status = ? AND model = ?",
-                    (JobStatus.QUEUED.value, model),
+                    "SELECT COUNT(*) FROM jobs WHERE status = ? AND queue = ?",
+                    (JobStatus.QUEUED.value, queue),
                 ).fetchone()
                 if waiting >= max_queued:
                     raise QueueFull(model, max_queued, QUEUE_FULL_RETRY_AFTER_SECONDS)
             now = time.time()
             cursor = connection.execute(
-                "INSERT INTO jobs (model, key_id, params, status, created_at, start_by)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (model, queue, key_id, params, status, created_at, start_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     model,
+                    queue,
                     key_id,
                     params.model_dump_json(),
                     JobStatus.QUEUED.value,
@@ -360,6 +403,11 @@ class SQLiteJobStore:
                 connection.execute(
                     "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
                     (key_id, idempotency.key, idempotency.fingerprint, cursor.lastrowid, now),
+                )
+            if params.webhook_url:
+                connection.execute(
+                    "INSERT INTO webhook_outbox (job_id, due_at) VALUES (?, ?)",
+                    (cursor.lastrowid, now),
                 )
             return self._fetch(connection, cursor.lastrowid)
 
@@ -386,7 +434,7 @@ class SQLiteJobStore:
             self._reclaim_expired(connection, now)
             self._abort_late(connection, now, models)
             row = connection.execute(
-                f"SELECT id FROM jobs WHERE status = ? AND model IN ({placeholders})"  # noqa: S608
+                f"SELECT id FROM jobs WHERE status = ? AND queue IN ({placeholders})"  # noqa: S608
                 " ORDER BY id LIMIT 1",
                 (JobStatus.QUEUED.value, *models),
             ).fetchone()
@@ -422,8 +470,8 @@ class SQLiteJobStore:
             def queued(among: list[str], after: int, limit: int) -> list[sqlite3.Row]:
                 placeholders = ",".join("?" * len(among))
                 return connection.execute(
-                    "SELECT id, model, params FROM jobs WHERE status = ? AND id > ?"  # noqa: S608
-                    f" AND model IN ({placeholders}) ORDER BY id LIMIT ?",
+                    "SELECT id, queue, params FROM jobs WHERE status = ? AND id > ?"  # noqa: S608
+                    f" AND queue IN ({placeholders}) ORDER BY id LIMIT ?",
                     (JobStatus.QUEUED.value, after, *among, limit),
                 ).fetchall()
 
@@ -438,7 +486,7 @@ class SQLiteJobStore:
                 if not lead:
                     return None
                 chosen.append(lead[0]["id"])
-                wanted, among, after = _batch_key_of(lead[0]), [lead[0]["model"]], lead[0]["id"]
+                wanted, among, after = _batch_key_of(lead[0]), [lead[0]["queue"]], lead[0]["id"]
             if wanted is not None and len(chosen) < max_jobs:
                 for row in queued(among, after, BATCH_LOOKAHEAD):
                     if _batch_key_of(row) == wanted:
@@ -549,18 +597,20 @@ class SQLiteJobStore:
 
         return await self._run(stop, notify=True)
 
-    async def abort_late(self, model: str) -> int:
+    async def abort_late(self, queue_name: str) -> int:
         return await self._run(
-            lambda connection: self._abort_late(connection, time.time(), [model]), notify=True
+            lambda connection: self._abort_late(connection, time.time(), [queue_name]),
+            notify=True,
         )
 
     async def queue_position(self, job: Job) -> int:
-        # Counts index entries (status, model, id) ahead of the job, never table rows: O(k)
+        # Counts index entries (status, queue, id) ahead of the job, never table rows: O(k)
         # for k jobs ahead, which max_queued bounds. SQLite has no order-statistic index.
         def count(connection: sqlite3.Connection) -> int:
             (ahead,) = connection.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = ? AND model = ? AND id < ?",
-                (JobStatus.QUEUED.value, job.model, job.id),
+                "SELECT COUNT(*) FROM jobs WHERE status = ? AND id < ?"
+                " AND queue = (SELECT queue FROM jobs WHERE id = ?)",
+                (JobStatus.QUEUED.value, job.id, job.id),
             ).fetchone()
             return int(ahead)
 
@@ -572,7 +622,7 @@ class SQLiteJobStore:
     async def queue_depth(self, model: str) -> QueueDepth:
         def count(connection: sqlite3.Connection) -> QueueDepth:
             rows = connection.execute(
-                "SELECT status, COUNT(*) AS n FROM jobs WHERE model = ? AND status IN (?, ?)"
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? AND status IN (?, ?)"
                 " GROUP BY status",
                 (model, JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value),
             ).fetchall()
@@ -590,7 +640,7 @@ class SQLiteJobStore:
             self._reclaim_expired(connection, now)
             cursor = connection.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
-                " WHERE status = ? AND model = ? AND created_at <= ?",
+                " WHERE status = ? AND queue = ? AND created_at <= ?",
                 (
                     JobStatus.FAILED.value,
                     now,
@@ -685,6 +735,59 @@ class SQLiteJobStore:
             ).rowcount
 
         return await self._run(delete, notify=False)
+
+    # -- WebhookOutbox -----------------------------------------------------------------------
+
+    async def claim_webhooks(
+        self, limit: int, hold_seconds: float, wait: float = 0.0
+    ) -> list[WebhookDue]:
+        def claim(connection: sqlite3.Connection) -> list[WebhookDue] | None:
+            now = time.time()
+            rows = connection.execute(
+                "UPDATE webhook_outbox SET due_at = ? WHERE job_id IN (SELECT job_id FROM"
+                " webhook_outbox WHERE due_at <= ? ORDER BY due_at LIMIT ?)"
+                " RETURNING job_id, done, attempts, changes",
+                (now + hold_seconds, now, limit),
+            ).fetchall()
+            return [
+                WebhookDue(
+                    row["job_id"],
+                    tuple(filter(None, row["done"].split(","))),
+                    row["attempts"],
+                    row["changes"],
+                )
+                for row in rows
+            ] or None
+
+        found = await self._changes.wait_until(
+            lambda: self._run(claim, notify=False, durable=False), wait
+        )
+        return found or []
+
+    async def settle_webhook(
+        self, due: WebhookDue, retry_in: float | None, error: str | None = None
+    ) -> None:
+        def record(connection: sqlite3.Connection) -> None:
+            if retry_in is None:
+                connection.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (due.job_id,))
+                return
+            now = time.time()
+            connection.execute(
+                "UPDATE webhook_outbox SET done = ?, attempts = ?, last_error = ?,"
+                " due_at = CASE WHEN ? = 0 AND changes != ? THEN ? ELSE ? END WHERE job_id = ?",
+                (
+                    ",".join(due.done),
+                    due.attempts,
+                    error,
+                    due.attempts,
+                    due.changes,
+                    now,
+                    now + retry_in,
+                    due.job_id,
+                ),
+            )
+
+        await self._run(record, notify=False)
 
     async def close(self) -> None:
         def shut() -> None:

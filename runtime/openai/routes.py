@@ -30,7 +30,7 @@ _bearer = HTTPBearer(
 )
 
 
-def bearer_key(
+async def bearer_key(
     keys: Annotated[KeyRing, Depends(get_keys)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> ApiKey:
@@ -39,7 +39,7 @@ def bearer_key(
     return keys.authenticate(credentials.credentials)
 
 
-def get_calls(request: Request) -> OpenAIImages:
+async def get_calls(request: Request) -> OpenAIImages:
     calls: OpenAIImages = request.app.state.openai
     return calls
 

@@ -41,6 +41,7 @@ def _model_spec(settings: WorkerSettings) -> ModelSpec:
         limits=settings.model_parameters,
         price_per_patch=settings.price_per_patch,
         namespace=settings.namespace,
+        queue_name=settings.queue_name,
     )
 
 
@@ -142,7 +143,7 @@ async def run_worker(settings: WorkerSettings) -> None:
                     return
                 phases["firstImage"] = time.time()
             if isinstance(store, RedisJobStore):
-                await store.record_start(spec.name, settings.worker_id, phases)
+                await store.record_start(spec.queue_name, settings.worker_id, phases)
 
         await record()
         worker = Worker(

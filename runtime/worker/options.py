@@ -8,10 +8,35 @@ these same models, so the two can never disagree on a field.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Collection, Mapping
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+# The API parameters whose pipeline argument differs between families. Everything else
+# (prompt, steps, seed, number of images) has the same name in every diffusers pipeline.
+ApiArgument = Literal["guidance_scale", "negative_prompt", "image_size"]
+API_ARGUMENTS: tuple[ApiArgument, ...] = ("guidance_scale", "negative_prompt", "image_size")
+# ``image_size`` is not one argument: a pipeline takes it as width and height, or (an
+# image-to-image pipeline without them) as the size of its source image.
+SIZE_ARGUMENTS = "width,height"
+SIZE_FROM_SOURCE = "image"
+
+
+def introspected_arguments(accepted: Collection[str]) -> dict[ApiArgument, str | None]:
+    """Which argument of a ``__call__`` taking ``accepted`` carries each API parameter, by
+    diffusers' usual names; None where it has none."""
+    size = None
+    if {"width", "height"} <= set(accepted):
+        size = SIZE_ARGUMENTS
+    elif SIZE_FROM_SOURCE in accepted:
+        size = SIZE_FROM_SOURCE
+    return {
+        "guidance_scale": "guidance_scale" if "guidance_scale" in accepted else None,
+        "negative_prompt": "negative_prompt" if "negative_prompt" in accepted else None,
+        "image_size": size,
+    }
 
 
 class PipelineOptions(BaseModel):
@@ -28,6 +53,49 @@ class PipelineOptions(BaseModel):
     vae_tiling: bool = False
     vae_slicing: bool = False
     compile: bool = False
+    # First-Block-Cache (diffusers hooks): skip the denoiser's other blocks on a step whose
+    # first block changed less than this; faster, and the image drifts as it grows.
+    first_block_cache: float | None = Field(default=None, gt=0, le=1)
+    # Keep the denoiser's weights in float8 (e4m3) and compute in ``dtype``: about half its
+    # weight memory, at the cost of rounding every weight to 3 mantissa bits.
+    fp8_weights: bool = False
+    # Spread the components over every GPU of the pod (diffusers' pipeline-level
+    # device_map), for models whose components together do not fit one GPU.
+    device_map: Literal["balanced"] | None = None
+    # The few real differences between families: an API parameter carried by another
+    # argument (Qwen-Image's real CFG is true_cfg_scale), and the ones the model cannot
+    # honour, which the gateway refuses at submit (a list, not nulls in the map: kubectl
+    # apply drops a null). Unnamed ones are introspected.
+    arguments: dict[ApiArgument, str] = Field(default_factory=dict)
+    unsupported: tuple[ApiArgument, ...] = ()
+
+    @model_validator(mode="after")
+    def _placement(self) -> Self:
+        if self.device_map is not None and self.cpu_offload != "none":
+            raise ValueError("deviceMap places the components itself: set cpuOffload to none")
+        size = self.arguments.get("image_size", SIZE_ARGUMENTS)
+        if size not in (SIZE_ARGUMENTS, SIZE_FROM_SOURCE):
+            raise ValueError(
+                f"arguments.image_size must be {SIZE_ARGUMENTS!r} or {SIZE_FROM_SOURCE!r}, "
+                f"not {size!r}"
+            )
+        both = sorted(set(self.arguments) & set(self.unsupported))
+        if both:
+            raise ValueError(f"{', '.join(both)}: both mapped in arguments and unsupported")
+        return self
+
+    @property
+    def refused(self) -> frozenset[str]:
+        """The API parameters this model declares it cannot honour."""
+        return frozenset(self.unsupported)
+
+    def resolve_arguments(self, accepted: Collection[str]) -> Mapping[ApiArgument, str | None]:
+        """The declared arguments over the introspected ones."""
+        return {
+            **introspected_arguments(accepted),
+            **self.arguments,
+            **dict.fromkeys(self.unsupported),
+        }
 
 
 # One pipeline call's jobs, and how long the first may wait for others to join it: a short

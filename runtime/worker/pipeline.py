@@ -14,15 +14,21 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
+import numpy
 from PIL import Image, ImageOps
 
 from tessera.runtime.params import JobParams, OutputFormat
-from tessera.runtime.worker.options import PipelineOptions
+from tessera.runtime.worker.options import (
+    SIZE_ARGUMENTS,
+    ApiArgument,
+    PipelineOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +36,21 @@ log = logging.getLogger(__name__)
 # transformers: sizes on a 16-pixel grid are safe for all of them.
 SIZE_MULTIPLE = 16
 
-_ENCODERS: dict[OutputFormat, tuple[str, dict[str, Any], str]] = {
-    # zlib level 1: a few times faster than the default for noisy images, a little larger.
-    OutputFormat.PNG: ("PNG", {"compress_level": 1}, "image/png"),
-    OutputFormat.JPEG: ("JPEG", {"quality": 95}, "image/jpeg"),
-    OutputFormat.WEBP: ("WEBP", {"quality": 95}, "image/webp"),
+# Chosen with bench/serving_overhead.py (docs/benchmarks.md): encoding runs on the pipeline's
+# thread, so its milliseconds are GPU time, and each extra byte is egress. PNG through
+# imagecodecs (zlib level 1, run-length strategy, the "average" filter) is 3-5x faster than
+# Pillow's level 1 and smaller than Pillow's default level; fpng is faster still but 20-65%
+# larger, which costs more in egress than it saves. Pillow's JPEG is libjpeg-turbo already;
+# WebP's fastest method is about twice as fast as the default for 0-16% more bytes.
+PNG_OPTIONS: dict[str, int] = {"level": 1, "strategy": 3, "filter": 64}
+_PILLOW_ENCODERS: dict[OutputFormat, tuple[str, dict[str, Any]]] = {
+    OutputFormat.JPEG: ("JPEG", {"quality": 95}),
+    OutputFormat.WEBP: ("WEBP", {"quality": 95, "method": 0}),
+}
+CONTENT_TYPES = {
+    OutputFormat.PNG: "image/png",
+    OutputFormat.JPEG: "image/jpeg",
+    OutputFormat.WEBP: "image/webp",
 }
 
 
@@ -56,8 +72,12 @@ def crop_center(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def encode(image: Image.Image, output_format: OutputFormat) -> tuple[bytes, str]:
-    """Image bytes and their content type."""
-    name, options, content_type = _ENCODERS[output_format]
+    """Image bytes and their content type. Blocking (tens of milliseconds at 1024x1024):
+    call it off the event loop."""
+    content_type = CONTENT_TYPES[output_format]
+    if output_format is OutputFormat.PNG:
+        return bytes(imagecodecs.png_encode(numpy.asarray(image), **PNG_OPTIONS)), content_type
+    name, options = _PILLOW_ENCODERS[output_format]
     buffer = io.BytesIO()
     image.save(buffer, format=name, **options)
     return buffer.getvalue(), content_type
@@ -115,6 +135,11 @@ class LoadedPipeline:
     pipeline: Any
     device: str
     accepted: frozenset[str]
+    # Which ``__call__`` argument carries each API parameter that families name differently
+    # (None: the model has none, and the gateway refuses the parameter at submit).
+    targets: Mapping[ApiArgument, str | None]
+    # Sides are rounded up to this: the VAE's downscale times the transformer's 2x2 packing.
+    size_multiple: int
     # The default ``strength`` of image-to-image pipelines that have one: they denoise only
     # ``steps * strength`` of the steps.
     strength: float | None
@@ -144,6 +169,7 @@ class LoadedPipeline:
         quiet_libraries()
         import diffusers
         import torch
+        from diffusers.hooks import FirstBlockCacheConfig
 
         imported = time.monotonic()
 
@@ -160,9 +186,21 @@ class LoadedPipeline:
             loader = getattr(diffusers, options.class_name, None)
             if loader is None:
                 raise ValueError(f"diffusers has no pipeline class {options.class_name!r}")
-        pipeline = loader.from_pretrained(str(path), dtype=torch_dtype)
-        if options.cpu_offload == "none":
-            pipeline.to(device)
+        # Straight from safetensors to the device (a few times faster on a GPU than loading to
+        # host memory and moving); diffusers maps a whole pipeline onto its own device only.
+        straight = (
+            options.device_map is None and options.cpu_offload == "none" and device == pick_device()
+        )
+        device_map = options.device_map or (device if straight else None)
+        pipeline = loader.from_pretrained(str(path), dtype=torch_dtype, device_map=device_map)
+        if options.device_map:
+            if not device.startswith("cuda"):
+                raise ValueError(f"deviceMap {options.device_map!r} needs CUDA devices")
+            # Components stay on the GPUs diffusers placed them on; inputs go to the first.
+            device = "cuda:0"
+        elif options.cpu_offload == "none":
+            if not straight:
+                pipeline.to(device)
         elif not device.startswith("cuda"):
             raise ValueError(f"cpuOffload {options.cpu_offload!r} needs a CUDA device")
         elif options.cpu_offload == "model":
@@ -178,20 +216,34 @@ class LoadedPipeline:
             pipeline.vae.enable_tiling()
         if options.vae_slicing:
             pipeline.vae.enable_slicing()
+        if options.first_block_cache is not None or options.fp8_weights:
+            if denoiser is None or not hasattr(denoiser, "enable_cache"):
+                raise ValueError(f"{type(pipeline).__name__} has no diffusers denoiser to change")
+            if options.first_block_cache is not None:
+                denoiser.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
+            if options.fp8_weights:
+                denoiser.enable_layerwise_casting(
+                    storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype
+                )
         if options.compile and denoiser is not None:
             # Compiling the repeated blocks once is far quicker than the whole model.
             if hasattr(denoiser, "compile_repeated_blocks"):
-                denoiser.compile_repeated_blocks(fullgraph=True)
+                # First-Block-Cache decides per step outside the graph (a graph break).
+                denoiser.compile_repeated_blocks(fullgraph=options.first_block_cache is None)
             else:
                 denoiser.compile()
         pipeline.set_progress_bar_config(disable=True)
         parameters = inspect.signature(pipeline.__call__).parameters
         strength = getattr(parameters.get("strength"), "default", None)
+        targets = _check_targets(type(pipeline).__name__, frozenset(parameters), options)
+        scale = getattr(pipeline, "vae_scale_factor", None)
         log.info("loaded %s from %s on %s", type(pipeline).__name__, path, device)
         return cls(
             pipeline=pipeline,
             device=device,
             accepted=frozenset(parameters),
+            targets=targets,
+            size_multiple=max(SIZE_MULTIPLE, 2 * scale if isinstance(scale, int) else 0),
             strength=strength if isinstance(strength, float) and strength > 0 else None,
             lock=threading.Lock(),
             import_seconds=imported - started,
@@ -207,7 +259,8 @@ class LoadedPipeline:
         """Keyword arguments for ``__call__``, mapped from API names by introspection."""
         import torch
 
-        width, height = round_up(params.width), round_up(params.height)
+        width = round_up(params.width, self.size_multiple)
+        height = round_up(params.height, self.size_multiple)
         generator_device = "cpu" if self.device == "mps" else self.device
         kwargs: dict[str, Any] = {
             "prompt": params.prompt,
@@ -221,30 +274,33 @@ class LoadedPipeline:
             ],
             "output_type": "pil",
         }
-        takes_size = {"width", "height"} <= self.accepted
-        if takes_size:
+        name = type(self.pipeline).__name__
+        size = self.targets["image_size"]
+        if size == SIZE_ARGUMENTS:
             kwargs["width"], kwargs["height"] = width, height
         elif not sources:
-            raise UnsupportedParameter(f"{type(self.pipeline).__name__} takes no image size")
+            raise UnsupportedParameter(f"{name} takes no image size")
         else:
             # Image-to-image pipelines without a size (StableDiffusionImg2ImgPipeline and its
             # kin) make images the size of their source: hand them the source at the size
-            # asked for, scaled to cover it and centre-cropped, so nothing is stretched.
+            # asked for, scaled to cover it and centre-cropped, so nothing is stretched. One
+            # whose spec refuses image_size (it resizes to an area of its own) gets it at the
+            # model's default size, so the image billed is the image made.
             sources = [
                 ImageOps.fit(source, (width, height), Image.Resampling.LANCZOS)
                 for source in sources
             ]
-        if "guidance_scale" in self.accepted:
-            kwargs["guidance_scale"] = params.guidance_scale
+        guidance = self.targets["guidance_scale"]
+        if guidance is not None:
+            kwargs[guidance] = params.guidance_scale
         if params.negative_prompt:
-            if "negative_prompt" not in self.accepted:
-                raise UnsupportedParameter(
-                    f"{type(self.pipeline).__name__} does not take a negative_prompt"
-                )
-            kwargs["negative_prompt"] = params.negative_prompt
+            negative = self.targets["negative_prompt"]
+            if negative is None:
+                raise UnsupportedParameter(f"{name} does not take a negative_prompt")
+            kwargs[negative] = params.negative_prompt
             # Flux-style pipelines only use a negative prompt under true classifier-free
             # guidance; give it the requested guidance so the negative prompt has an effect.
-            if "true_cfg_scale" in self.accepted:
+            if "true_cfg_scale" in self.accepted and guidance != "true_cfg_scale":
                 kwargs["true_cfg_scale"] = params.guidance_scale
         if sources:
             if "image" not in self.accepted:
@@ -344,3 +400,26 @@ def _step_callback(on_step: Callable[[int, int], None], total: int) -> Any:
         return tensors
 
     return callback
+
+
+def _check_targets(
+    name: str, accepted: frozenset[str], options: PipelineOptions
+) -> Mapping[ApiArgument, str | None]:
+    """The argument for each API parameter; a declared one the pipeline lacks, or one it
+    cannot take that the spec does not refuse (so the gateway would let it through), is an
+    error at start-up rather than a failed job."""
+    targets = options.resolve_arguments(accepted)
+    for api_name, target in options.arguments.items():
+        if not set(target.split(",")) <= accepted:
+            raise ValueError(
+                f"spec.pipeline.arguments.{api_name} names {target!r}, which {name} does not take"
+            )
+    lacking = sorted(n for n, target in targets.items() if target is None)
+    undeclared = [n for n in lacking if n not in options.refused]
+    if undeclared:
+        raise ValueError(
+            f"{name} cannot take {', '.join(undeclared)}: declare "
+            + f"spec.pipeline.unsupported: [{', '.join(undeclared)}]"
+            + " so that the gateway refuses it at submit"
+        )
+    return targets

@@ -84,11 +84,11 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process jobs until ``stop`` is set; the jobs in flight are finished first."""
-        names = list(self.pipelines)
+        queues = [self.models[name].queue_name for name in self.pipelines]
         while not stop.is_set():
             try:
                 jobs = await self.store.lease_batch(
-                    names, self.worker_id, self.batch.max_size, wait=1.0
+                    queues, self.worker_id, self.batch.max_size, wait=1.0
                 )
             except StoreUnavailable as error:
                 # The store's client has retried for a minute already; keep asking.
@@ -117,7 +117,7 @@ class Worker:
                 break
             try:
                 joined += await self.store.lease_batch(
-                    [first.model],
+                    [self.models[first.model].queue_name],
                     self.worker_id,
                     self.batch.max_size - len(leased) - len(joined),
                     wait=left,

@@ -19,6 +19,8 @@ def test_openapi_and_docs(demo_server: ServerProcess) -> None:
         "/v1/images/generations",
         "/v1/images/edits",
         "/v1/images/tasks/{job_id}",
+        "/v1/images/tasks/{job_id}/events",
+        "/v1/webhooks/default/secret",
         "/v1/images/signed-url",
         "/v1/base_models",
         "/openai/v1/images/generations",
@@ -46,6 +48,12 @@ def test_openapi_and_docs(demo_server: ServerProcess) -> None:
     submit = document["paths"]["/v1/images/generations"]["post"]["responses"]
     assert {"400", "401", "404", "413", "422", "429"} <= set(submit)
     assert "Retry-After" in submit["429"]["headers"]
+    assert "Preference-Applied" in submit["200"]["headers"]
+    parameters = document["paths"]["/v1/images/generations"]["post"]["parameters"]
+    assert any(p["name"] == "Prefer" and p["in"] == "header" for p in parameters)
+    events = document["paths"]["/v1/images/tasks/{job_id}/events"]["get"]["responses"]
+    assert "text/event-stream" in events["200"]["content"] and "404" in events
+    assert {"webhook_url", "webhook_events"} <= set(generation["properties"])
     assert document["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "api_key"
     docs = httpx.get(demo_server.base_url + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

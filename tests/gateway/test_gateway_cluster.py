@@ -3,6 +3,7 @@ of its cluster, as its own ServiceAccount (crds/gateway-rbac.yaml) allows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from tessera.runtime.imagemodel import API_VERSION, KIND
+from tessera.runtime.jobs.redis import RedisJobStore
 from tests.api.helpers import FAST, assert_error, submit, wait
 from tests.cluster.harness import Cluster
 from tests.operator.process import CRDS, install_crds, service_account_kubeconfig, wait_until
@@ -93,8 +95,22 @@ def test_a_model_applied_is_served_within_two_seconds_and_a_deleted_one_fails_it
         assert_error(client.post("/images/generations", json={"model": name, "prompt": "p"}), 404)
 
 
+def queued(redis: RedisServer, queue_names: tuple[str, ...]) -> list[int]:
+    """How many jobs wait in each queue, read as the autoscaler reads them."""
+
+    async def read() -> list[int]:
+        store = RedisJobStore(redis.url)
+        try:
+            depths = await store.queue_depths(queue_names)
+        finally:
+            await store.close()
+        return [depths[name].queued for name in queue_names]
+
+    return asyncio.run(read())
+
+
 def test_of_two_claims_on_one_name_the_older_is_served(
-    cluster: Cluster, gateway: ServerProcess, kube_namespace: str
+    cluster: Cluster, gateway: ServerProcess, kube_namespace: str, redis_server: RedisServer
 ) -> None:
     other = f"t-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", other)
@@ -115,13 +131,26 @@ def test_of_two_claims_on_one_name_the_older_is_served(
         assert (refused["status"], refused["reason"]) == ("False", "NameTaken")
         assert f"already served by ImageModel {kube_namespace}/first" in refused["message"]
         assert listed(gateway)[public]["description"] == "the first"
-        # The older claim goes: the newer one takes the name over.
+        # Jobs for the name wait in the queue of the resource that holds it, named as the
+        # operator tells its workers (--queue-name) and the autoscaler reads it.
+        queues = (f"{kube_namespace}/first", f"{other}/second")
+        with gateway.client() as client:
+            first_job = submit(client, {"model": public, "prompt": "for the first", **FAST})
+        assert queued(redis_server, queues) == [1, 0]
+        # The older claim goes: the newer one takes the name over, with a queue of its own;
+        # the job left in the first's queue fails, since no worker of the first remains.
         cluster.kubectl("-n", kube_namespace, "delete", "imagemodel", "first")
         wait_until(
             "the second claim served",
             lambda: listed(gateway).get(public, {}).get("description") == "the second" or None,
             10,
         )
+        with gateway.client() as client:
+            task = wait(client, first_job, timeout=30)
+            assert task["status"] == "failed"
+            assert task["error"]["message"].startswith(f"model {public!r} was removed")
+            submit(client, {"model": public, "prompt": "for the second", **FAST})
+        assert queued(redis_server, queues) == [0, 1]
         wait_until(
             "the second claim's Served=True",
             lambda: (

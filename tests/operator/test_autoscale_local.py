@@ -144,7 +144,8 @@ def test_from_zero_to_an_image_and_back_to_zero(
         )
         decided = seconds(status["lastScaleTime"]) - submitted
         print(f"submit -> scale decision: {decided:.3f} s")
-        assert decided < 1.0, status
+        # Heard as the submit happened, not found by the sweep (the speed is bench material).
+        assert status["lastDecision"]["trigger"] == "QueueEvent", status
         assert status["lastDecision"]["message"] == "Scaled 0 -> 1: 1 job in backlog, 4 per replica"
 
         task = wait(client, job_id, timeout=240)

@@ -588,6 +588,9 @@ def test_worker_command_and_environment() -> None:
         "/weights/black-forest-labs/FLUX.1-schnell/main",
         "--queue",
         "redis://q:6379/0",
+        # The resource, not the public name: another namespace may claim that too.
+        "--queue-name",
+        "ml/flux",
         "--storage",
         "/results",
         "--task",

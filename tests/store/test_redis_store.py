@@ -3,7 +3,9 @@ when it meets jobs written by an older gateway."""
 
 from __future__ import annotations
 
-from tessera.runtime.jobs.redis import RedisJobStore
+import asyncio
+
+from tessera.runtime.jobs.redis import MAX_CONNECTIONS, RedisJobStore
 from tests.store.test_store_conformance import PARAMS
 
 
@@ -19,6 +21,48 @@ async def test_a_retried_submission_queues_nothing_twice(redis_store: RedisJobSt
     assert abs(float(again) - job.created_at.timestamp()) < 0.001
     assert (await redis_store.queue_depth("m")).queued == 1
     assert (await redis_store.get(job.id)).status.value == "queued"
+
+
+async def test_a_models_keys_carry_its_queue_name_as_hash_tag(redis_store: RedisJobStore) -> None:
+    """Queue, leases and job of ImageModel team-a/flux live under {team-a/flux}: one slot
+    in Redis Cluster, apart from team-b's claim on the same public name."""
+    job = await redis_store.submit("flux", "k", PARAMS, queue_name="team-a/flux")
+    await redis_store.lease(["team-a/flux"], "w")
+    keys = {key async for key in redis_store._redis.scan_iter(f"{redis_store.prefix}:*")}
+    tagged = {key.split(":", 1)[1] for key in keys if "{" in key}
+    assert tagged == {"{team-a/flux}:leases", f"{{team-a/flux}}:job:{job.id}"}
+    assert await redis_store._redis.get(f"{redis_store.prefix}:job:{job.id}:model") == (
+        "team-a/flux"
+    )
+
+
+async def test_a_submission_is_two_round_trips_and_survives_a_lost_script(
+    redis_store: RedisJobStore,
+) -> None:
+    """INCR, then one pipeline: no SCRIPT EXISTS before it (redis-py asks one per pipelined
+    Script). A Redis that lost its scripts gets the script loaded once, and the job lands."""
+    await redis_store._redis.script_flush()
+    await redis_store._redis.config_resetstat()
+    first = await redis_store.submit("m", "k", PARAMS)
+    second = await redis_store.submit("m", "k", PARAMS)
+    stats = await redis_store._redis.info("commandstats")
+    calls = {name: entry["calls"] for name, entry in stats.items()}
+    assert calls.get("cmdstat_script|exists", 0) == 0
+    assert calls["cmdstat_script|load"] == 1
+    assert calls["cmdstat_evalsha"] == 3  # the first NOSCRIPT, its retry, the second
+    assert (await redis_store.queue_depth("m")).queued == 2
+    assert [first.id, second.id] == [(await redis_store.lease(["m"], "w")).id for _ in "ab"]  # type: ignore[union-attr]
+
+
+async def test_more_concurrent_commands_than_connections_wait_their_turn(
+    redis_store: RedisJobStore,
+) -> None:
+    """Three times the pool's connections at once (500 clients of one gateway do more):
+    every submission lands, none is refused for want of a connection."""
+    count = 3 * MAX_CONNECTIONS
+    jobs = await asyncio.gather(*(redis_store.submit("m", "k", PARAMS) for _ in range(count)))
+    assert len({job.id for job in jobs}) == count
+    assert (await redis_store.queue_depth("m")).queued == count
 
 
 async def test_a_job_queued_before_batching_comes_alone(redis_store: RedisJobStore) -> None:

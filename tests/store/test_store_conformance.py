@@ -352,6 +352,62 @@ async def test_an_idempotency_key_whose_job_was_deleted_makes_a_new_job(store: J
     assert (await store.submit("m", "k", PARAMS, idempotency=once)).id == again.id
 
 
+async def test_one_public_name_in_two_queues_shares_nothing(store: JobStore) -> None:
+    """Two ImageModels in two namespaces may claim one public name: their jobs wait in
+    their own queues, named by resource, and nothing of one reaches the other."""
+    ours = await store.submit("flux", "k", PARAMS, queue_name="team-a/flux")
+    theirs = await store.submit("flux", "k", PARAMS, queue_name="team-b/flux")
+    assert (await store.queue_depth("team-a/flux")).queued == 1
+    assert (await store.queue_depth("team-b/flux")).queued == 1
+    assert (await store.queue_depth("flux")).total == 0  # nothing under the public name
+
+    leased = await store.lease(["team-b/flux"], "w")
+    assert leased is not None and (leased.id, leased.model) == (theirs.id, "flux")
+    assert await store.lease(["team-b/flux"], "w") is None
+    await store.complete(leased.id, "w", RESULT)
+
+    assert await store.expire("team-b/flux", 0, "gone") == 0
+    assert await store.expire("team-a/flux", 0, "team-a's model was removed") == 1
+    failed = await store.get(ours.id)
+    assert (failed.status, failed.model) == (JobStatus.FAILED, "flux")
+    assert [(r.job_id, r.model) for r in (await store.usage()).records] == [(theirs.id, "flux")]
+
+
+async def test_the_queue_name_defaults_to_the_public_name(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    assert (await store.queue_depth("m")).queued == 1
+    leased = await store.lease(["m"], "w")
+    assert leased is not None and leased.id == job.id
+
+
+async def test_cancel_deadlines_and_positions_follow_the_queue(store: JobStore) -> None:
+    """Two queues of one public name: each job's position, deadline and cancel are its own
+    queue's, however the jobs interleave."""
+    late = datetime.now(UTC)
+    ours = [
+        await store.submit("flux", "k", PARAMS, queue_name="team-a/flux", start_by=late),
+        await store.submit("flux", "k", PARAMS, queue_name="team-b/flux"),
+        await store.submit("flux", "k", PARAMS, queue_name="team-a/flux"),
+        await store.submit("flux", "k", PARAMS, queue_name="team-b/flux"),
+    ]
+    assert [await store.queue_position(job) for job in ours] == [0, 0, 1, 1]
+    await asyncio.sleep(0.05)
+    assert await store.abort_late("team-b/flux") == 0
+    assert await store.abort_late("team-a/flux") == 1
+    assert await store.queue_position(ours[2]) == 0
+    await store.cancel(ours[1].id, "by its client")
+    assert await store.queue_position(ours[3]) == 0
+    assert await store.queue_depth("team-a/flux") == QueueDepth(queued=1)
+    assert await store.queue_depth("team-b/flux") == QueueDepth(queued=1)
+    leased = await store.lease(["team-b/flux"], "w")
+    assert leased is not None and (leased.id, leased.model) == (ours[3].id, "flux")
+    # An Idempotency-Key replays its job whichever queue the second submission names.
+    once = Idempotency(key="k-q", fingerprint="body-a")
+    first = await store.submit("flux", "k", PARAMS, queue_name="team-a/flux", idempotency=once)
+    again = await store.submit("flux", "k", PARAMS, queue_name="team-a/flux", idempotency=once)
+    assert again.id == first.id and await store.queue_position(again) == 1
+
+
 # -- batch leases -----------------------------------------------------------------------------
 
 SMALL = job_params(prompt="p", width=64, height=48)
@@ -425,3 +481,11 @@ async def test_concurrent_batch_leases_never_share_a_job(store: JobStore) -> Non
     leased = [job.id for batch in batches for job in batch]
     assert len(leased) == len(set(leased)) == 20 and set(leased) == ids
     assert all(len(batch) <= 3 for batch in batches)
+
+
+async def test_a_batch_never_spans_two_queues_of_one_public_name(store: JobStore) -> None:
+    ours = [await store.submit("flux", "k", SMALL, queue_name="team-a/flux") for _ in "ab"]
+    await store.submit("flux", "k", SMALL, queue_name="team-b/flux")
+    batch = await store.lease_batch(["team-a/flux"], "w", max_jobs=4)
+    assert [job.id for job in batch] == [job.id for job in ours]
+    assert (await store.queue_depth("team-b/flux")).queued == 1

@@ -62,6 +62,8 @@ class GatewayDeployment:
     models_file: Path | None = None
     signing_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     gateways: list[ServerProcess] = field(default_factory=list)
+    # Flags every gateway of this deployment gets.
+    gateway_args: tuple[str, ...] = ()
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
@@ -89,7 +91,7 @@ class GatewayDeployment:
             self.directory / f"gateway-{len(self.gateways)}-{secrets.token_hex(3)}",
             keys=self.keys,
             command=(*command, "--models", str(models)),
-            extra_args=extra,
+            extra_args=(*self.gateway_args, *extra),
             metrics_port=free_port(),
             env={"TESSERA_SIGNING_SECRET": self.signing_secret, **self.storage_env},
         )
@@ -163,12 +165,15 @@ class GatewayDeployment:
 
 
 def run_deployment(
-    directory: Path, pipelines: Path, s3: S3Server | None = None
+    directory: Path,
+    pipelines: Path,
+    s3: S3Server | None = None,
+    gateway_args: tuple[str, ...] = (),
 ) -> Iterator[GatewayDeployment]:
     """A started deployment over its own redis-server, stopped (both) when resumed: the body
     of a fixture."""
     redis = RedisServer(directory / "redis").start()
-    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3)
+    deployment = GatewayDeployment(directory, pipelines, redis, s3=s3, gateway_args=gateway_args)
     try:
         yield deployment.start()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from tessera.runtime.worker.options import PipelineOptions
@@ -22,12 +23,16 @@ def test_options_are_applied(demo_models_dir: Path) -> None:
             "attention": "native",
             "vaeTiling": True,
             "vaeSlicing": True,
+            "firstBlockCache": 0.2,
+            "fp8Weights": True,
         }
     )
     loaded = LoadedPipeline.load(demo_models_dir / "tessera-demo", "cpu", options=options)
     assert type(loaded.pipeline).__name__ == "FluxPipeline"
     assert loaded.pipeline.vae.use_tiling
     assert loaded.pipeline.vae.use_slicing
+    assert loaded.pipeline.transformer.is_cache_enabled
+    assert next(loaded.pipeline.transformer.parameters()).dtype == torch.float8_e4m3fn
     [image] = loaded.generate(PARAMS)
     assert image.size == (96, 64)
 

@@ -157,6 +157,61 @@ export class Api {
     return data;
   }
 
+  /**
+   * The task's server-sent events: yields each state (status, progress) as the server sends
+   * it, and returns when the stream ends (the task finished, or the connection was cut).
+   * fetch, not EventSource: the key travels in a header, which EventSource cannot send.
+   */
+  async *events(jobId, signal) {
+    const url = `${this.base}/images/tasks/${encodeURIComponent(jobId)}/events`;
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: { api_key: this.key, Accept: "text/event-stream" },
+        signal,
+        cache: "no-store",
+        credentials: "omit",
+      });
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+      return;
+    }
+    if (!response.ok || !response.body) {
+      const text = await response.text();
+      let data = null;
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = null;
+      }
+      throw ApiError.fromResponse(response.status, data, text);
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = frame
+            .split("\n")
+            .filter((line) => line.startsWith("data:"))
+            .map((line) => line.slice(5).trimStart())
+            .join("\n");
+          if (data) yield JSON.parse(data);
+        }
+      }
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+    } finally {
+      reader.releaseLock();
+    }
+  }
+
   /** Upload a source image through the signed-URL flow; resolves to its `filename`. */
   async upload(file, signal) {
     const { data } = await this.request("GET", "/images/signed-url", { signal });

@@ -8,8 +8,9 @@ import { patchesFor } from "./schema.js";
 import { forgetKey, loadKey, saveKey } from "./session.js";
 import { createPanelTabs } from "./tabs.js";
 
-// Long-poll length: the server answers at once on a status change, otherwise after this many
-// seconds with fresh progress, which is how often the progress bar moves while running.
+// Progress comes from the task's event stream; should the stream be cut (a proxy that buffers
+// or times out), long-polls of this length take over: the server answers at once on a status
+// change, otherwise after this many seconds with fresh progress.
 const WAIT_SECONDS = 2;
 
 const $ = (id) => document.getElementById(id);
@@ -190,6 +191,11 @@ async function runOne(panel, prompt, view, controller) {
     submitted();
     view.offerCancel(() => state.api.cancel(jobId));
     view.setStatus("queued");
+    for await (const task of state.api.events(jobId, controller.signal)) {
+      // The finished task is read once more by a poll: it carries base64 results if asked.
+      if (task.status === "completed" || task.status === "failed" || task.status === "cancelled") break;
+      view.progress(task);
+    }
     for (;;) {
       const { task, seed } = await state.api.task(jobId, WAIT_SECONDS, controller.signal);
       if (task.status === "completed") {
