@@ -50,6 +50,9 @@ STATUS_INTERVAL_SECONDS = 2.0
 # What brought a decision about (status.autoscaling.lastDecision.trigger): a change in the
 # model's queue, heard as it happened, or the periodic sweep.
 QUEUE_EVENT = "QueueEvent"
+# How soon a woken queue whose model the watches have not delivered yet is looked at again
+# (for up to SWEEP_SECONDS; the sweep covers it after that).
+LAG_RETRY_SECONDS = 0.2
 SWEEP = "Sweep"
 
 
@@ -114,6 +117,9 @@ class Autoscaler:
         self.clock = clock
         self._held: dict[Key, _Held] = {}
         self._woken: set[str] = set()
+        # Woken queues whose ImageModel or Deployment the watches had not delivered yet (a
+        # submit right after `kubectl apply`), and when each was first heard of.
+        self._lagging: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -142,15 +148,16 @@ class Autoscaler:
     async def _run(self) -> None:
         next_sweep = 0.0
         while True:
+            due = next_sweep
+            if self._lagging:
+                due = min(due, time.monotonic() + LAG_RETRY_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), timeout=max(0.0, next_sweep - time.monotonic())
-                )
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, due - time.monotonic()))
             self._wake.clear()
             # Until kopf's indices hold the whole cluster, a missing Deployment may exist.
             if not self.reconciler.ready:
                 continue
-            woken = frozenset(self._woken)
+            woken = frozenset(self._woken | self._lagging.keys())
             self._woken.clear()
             only: set[str] | None = set(woken)
             if time.monotonic() >= next_sweep:
@@ -176,16 +183,25 @@ class Autoscaler:
             # By queue name: two resources may claim one public name, never one queue.
             if only is None or model.queue_name in only:
                 models[model.queue_name] = (key, body, model)
-        if not models:
-            return []
-        depths = await self.demand.queue_depths(list(models))
-        decisions = await asyncio.gather(
-            *(
-                self._scale(*found, depths[name], QUEUE_EVENT if name in woken else SWEEP)
-                for name, found in models.items()
+        decided: dict[str, Decision | None] = {}
+        if models:
+            depths = await self.demand.queue_depths(list(models))
+            decisions = await asyncio.gather(
+                *(
+                    self._scale(*found, depths[name], QUEUE_EVENT if name in woken else SWEEP)
+                    for name, found in models.items()
+                )
             )
-        )
-        return [d for d in decisions if d is not None]
+            decided = dict(zip(models, decisions, strict=True))
+        # A woken model with no decision yet (its resource, Deployment or weights status not
+        # delivered by the watches: a submit right after `kubectl apply`) is tried again soon.
+        now = time.monotonic()
+        self._lagging = {
+            name: self._lagging.get(name, now)
+            for name in woken
+            if decided.get(name) is None and now - self._lagging.get(name, now) < SWEEP_SECONDS
+        }
+        return [d for d in decided.values() if d is not None]
 
     # -- one model -------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -91,6 +91,8 @@ from tessera.runtime.jobs.signal import ChangeSignal
 from tessera.runtime.params import JobParams
 
 log = logging.getLogger(__name__)
+# How long closing the store waits for its event subscription to end.
+LISTENER_STOP_SECONDS = 5.0
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -645,11 +647,17 @@ class RedisJobStore:
     async def _relay_events(self) -> None:
         """Each message carries the id of the job that changed: only its waiters wake (and
         workers, who wait for any change)."""
-        async for model, job_id in self.changes():
-            if self._sends_webhooks and model is not None and job_id is not None:
-                with contextlib.suppress(StoreUnavailable):  # the sender also polls
-                    await self._webhook_due_now(model, job_id)
-            self._changes.notify(job_id)
+        changes = self.changes()
+        try:
+            async for model, job_id in changes:
+                if self._sends_webhooks and model is not None and job_id is not None:
+                    with contextlib.suppress(StoreUnavailable):  # the sender also polls
+                        await self._webhook_due_now(model, job_id)
+                self._changes.notify(job_id)
+        finally:
+            # Cancelled mid-body, the generator would keep its subscription open until the
+            # garbage collector found it: unsubscribe now.
+            await changes.aclose()
 
     async def _model_of(self, job_id: int) -> str:
         model = await self._call(self._redis.get(f"{self.prefix}:job:{job_id}:model"))
@@ -967,7 +975,7 @@ class RedisJobStore:
         values = await self._call(self._redis.mget(keys))
         return {w: json.loads(v) for w, v in zip(worker_ids, values, strict=True) if v}
 
-    async def changes(self) -> AsyncIterator[tuple[str | None, int | None]]:
+    async def changes(self) -> AsyncGenerator[tuple[str | None, int | None], None]:
         """(model, job id) of every job that is submitted or changes status, as it happens.
 
         (None, None) each time the subscription starts again: changes made while
@@ -987,6 +995,11 @@ class RedisJobStore:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # The subscription's clean-up after a cancel failed, and its error took
+                    # the cancel's place: stop, rather than subscribe again.
+                    raise asyncio.CancelledError from error
                 log.warning("lost the Redis event subscription (%s); retrying", error)
                 await asyncio.sleep(1)
 
@@ -1020,11 +1033,20 @@ class RedisJobStore:
         return jobs[:limit]
 
     async def delete(self, jobs: Sequence[Job]) -> None:
-        for model in {job.model for job in jobs}:
-            ids = [job.id for job in jobs if job.model == model]
+        # A job's keys are its queue's, which its pointer names (``job.model`` is the public
+        # name, and two queues may share one).
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for job in jobs:
+                pipeline.get(f"{self.prefix}:job:{job.id}:model")
+            queues = await self._call(pipeline.execute())
+        by_queue: dict[str, list[int]] = {}
+        for job, queue in zip(jobs, queues, strict=True):
+            if queue is not None:  # None: an overlapping sweep deleted it already
+                by_queue.setdefault(str(queue), []).append(job.id)
+        for queue, ids in by_queue.items():
             await self._call(
                 self._scripts["delete"](
-                    keys=[self._model_key(model, "finished")], args=[self._job_prefix(model), *ids]
+                    keys=[self._model_key(queue, "finished")], args=[self._job_prefix(queue), *ids]
                 )
             )
         # The pointers live outside the models' hash slots: one DEL each, so Redis Cluster
@@ -1163,6 +1185,7 @@ class RedisJobStore:
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            # Bounded: a subscription stuck on a dead connection must not hold up shutdown.
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._listener, LISTENER_STOP_SECONDS)
         await self._redis.aclose()

@@ -23,7 +23,9 @@ def test_a_model_that_cannot_load_is_reported_and_loses_no_job(
 ) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "model_index.json").write_text(json.dumps({"_class_name": "NoSuchPipeline"}))
+    # A real pipeline class (so the server starts: the class is read at start-up) whose
+    # components are missing: loading fails in the worker.
+    (broken / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     server = new_server(tmp_path / "data", demo_models_dir, "--model", f"broken={broken}")
     server.start(probe="/healthz")
     try:

@@ -207,7 +207,9 @@ def test_a_delivery_pending_when_the_sender_is_killed_arrives_after_restart(
     tried_while_down = len(receiver.at("/durable"))
     accepting = True
     sender.start()
-    attempts = receiver.wait_for("/durable", tried_while_down + 1)
+    # Killed between an attempt and its settling, the sender leaves the entry claimed: the
+    # restarted one takes it once that claim's hold (60 s) lapses.
+    attempts = receiver.wait_for("/durable", tried_while_down + 1, timeout=120)
     arrived = attempts[-1]
     assert arrived.headers["webhook-id"] == refused.headers["webhook-id"]
     assert arrived.headers["webhook-id"] == f"msg_{job_id}_completed"

@@ -437,7 +437,8 @@ def test_stopping_leaves_no_processes_or_ports(second_cluster: Cluster) -> None:
     pids = _cluster_pids(second_cluster.workdir)
     names = sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in pids)
     components = ["etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kwok-controller"]
-    assert names == sorted([*components, "python"]), names  # python: the local node's agent
+    # python: the local node's agent; local-path-prov(isioner): the default StorageClass's.
+    assert names == sorted([*components, "local-path-prov", "python"]), names
     ports = {port for _, port in _listening_sockets(pids)}
 
     stop_cluster(second_cluster)

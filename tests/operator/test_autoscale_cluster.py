@@ -88,23 +88,24 @@ def store_call(redis: RedisServer, call: Callable[[RedisJobStore], Awaitable[T]]
     return asyncio.run(go())
 
 
-def submit(redis: RedisServer, model: str, count: int = 1) -> float:
-    """Submit ``count`` jobs; the wall-clock time of the first submission."""
+def submit(redis: RedisServer, queue: str, count: int = 1) -> float:
+    """Submit ``count`` jobs to ``queue`` (an ImageModel's ``namespace/name``, as the gateway
+    does); the wall-clock time of the first submission."""
 
     async def go(store: RedisJobStore) -> float:
         started = time.time()
         for _ in range(count):
-            await store.submit(model, "key_test", PARAMS)
+            await store.submit(queue.rpartition("/")[2], "key_test", PARAMS, queue_name=queue)
         return started
 
     return store_call(redis, go)
 
 
-def lease(redis: RedisServer, model: str) -> Job:
+def lease(redis: RedisServer, queue: str) -> Job:
     """Take one job as a worker would: it is in progress until failed or completed."""
 
     async def go(store: RedisJobStore) -> Job:
-        job = await store.lease([model], "test-worker")
+        job = await store.lease([queue], "test-worker")
         assert job is not None
         return job
 
@@ -180,7 +181,7 @@ def test_from_zero_in_a_second_and_back_to_zero_but_never_under_a_running_job(
         cluster.apply(model(name, namespace, scaleDownDelaySeconds=3))
         wait_replicas(cluster, namespace, name, 0, operator)
 
-    submitted = {name: submit(redis_server, name) for name in ("busy", "idle")}
+    submitted = {name: submit(redis_server, f"{namespace}/{name}") for name in ("busy", "idle")}
     for name, at in submitted.items():
         status = wait_replicas(cluster, namespace, name, 1, operator)
         took = seconds(status["lastScaleTime"]) - at
@@ -190,13 +191,14 @@ def test_from_zero_in_a_second_and_back_to_zero_but_never_under_a_running_job(
         assert status["lastDecision"]["message"] == "Scaled 0 -> 1: 1 job in backlog, 4 per replica"
 
     # A burst: 12 jobs at 4 a replica is 3.
-    submit(redis_server, "busy", 11)
+    submit(redis_server, f"{namespace}/busy", 11)
     wait_replicas(cluster, namespace, "busy", 3, operator)
 
     # busy: one job stays in progress; the rest of both queues fails.
-    running = lease(redis_server, "busy")
+    running = lease(redis_server, f"{namespace}/busy")
     for name in ("busy", "idle"):
-        store_call(redis_server, lambda s, n=name: s.expire(n, 0, "cancelled by the test"))
+        queue = f"{namespace}/{name}"
+        store_call(redis_server, lambda s, q=queue: s.expire(q, 0, "cancelled by the test"))
     status = wait_replicas(cluster, namespace, "idle", 0, operator)
     assert status["lastDecision"]["reason"] == "ScaledToZero"
     # The same window has passed for busy: down to the one replica its job needs, not zero.
@@ -225,9 +227,9 @@ def test_the_decision_state_survives_an_operator_restart(
     delay = 20
     cluster.apply(model("steady", namespace, scaleDownDelaySeconds=delay))
     wait_replicas(cluster, namespace, "steady", 0, operator)
-    submit(redis_server, "steady", 8)
+    submit(redis_server, f"{namespace}/steady", 8)
     wait_replicas(cluster, namespace, "steady", 2, operator)
-    store_call(redis_server, lambda s: s.expire("steady", 0, "cancelled by the test"))
+    store_call(redis_server, lambda s: s.expire(f"{namespace}/steady", 0, "cancelled by the test"))
     emptied = time.time()
     wait_until(
         "the empty queue in status",
@@ -279,7 +281,7 @@ def test_a_gpu_shortage_is_explained_and_does_not_run_away(
     cluster.apply(body)
     wait_replicas(cluster, namespace, "big", 0, operator)
 
-    submit(redis_server, "big", 24)
+    submit(redis_server, f"{namespace}/big", 24)
     wait_replicas(cluster, namespace, "big", 6, operator)
 
     def waiting() -> dict[str, Any] | None:
@@ -290,7 +292,7 @@ def test_a_gpu_shortage_is_explained_and_does_not_run_away(
     assert status["lastDecision"]["reason"] == "WaitingForCapacity"
     assert "4 of 6 replicas Pending with no node since" in status["lastDecision"]["message"]
     # More work arrives: the request does not grow while replicas wait for a node.
-    submit(redis_server, "big", 16)
+    submit(redis_server, f"{namespace}/big", 16)
     wait_until(
         "40 jobs in status",
         lambda: autoscaling(cluster, namespace, "big").get("queued") == 40,
@@ -329,7 +331,7 @@ def test_manual_mode_keeps_kubectl_scale(
 ) -> None:
     cluster.apply(model("manual", namespace, mode="Manual"))
     wait_replicas(cluster, namespace, "manual", 0, operator)
-    submit(redis_server, "manual", 12)
+    submit(redis_server, f"{namespace}/manual", 12)
     wait_until(
         "the queue reported in Manual mode",
         lambda: autoscaling(cluster, namespace, "manual").get("queued") == 12,
@@ -351,7 +353,7 @@ def test_the_printer_columns_show_the_backlog(
 ) -> None:
     cluster.apply(model("shown", namespace))
     wait_replicas(cluster, namespace, "shown", 0, operator)
-    submit(redis_server, "shown", 5)
+    submit(redis_server, f"{namespace}/shown", 5)
     wait_replicas(cluster, namespace, "shown", 2, operator)
     wait_until(
         "the queue depth in status",
@@ -385,7 +387,7 @@ def test_the_operator_exports_each_models_replicas(
     # What the chart's PrometheusRule alerts on (charts/tessera/templates/monitoring.yaml).
     cluster.apply(model("gauged", namespace))
     wait_replicas(cluster, namespace, "gauged", 0, operator)
-    submit(redis_server, "gauged", 3)
+    submit(redis_server, f"{namespace}/gauged", 3)
     wait_replicas(cluster, namespace, "gauged", 1, operator)
     # KWOK makes the scheduled pod Ready; the next pass (a sweep at most) counts it.
     expected = {

@@ -136,14 +136,17 @@ def _explain(cluster: Cluster, namespace: str) -> str:
     return "\n".join(parts)
 
 
-def run_job(redis: RedisServer, kill: int | None = None, timeout: float = 150) -> Job:
-    """Submit one job to the model's queue and wait until it finishes (``kill``: SIGKILL
-    that pid right after submitting)."""
+def run_job(
+    redis: RedisServer, namespace: str, kill: int | None = None, timeout: float = 150
+) -> Job:
+    """Submit one job to the model's queue (``namespace/name``, as the gateway does) and wait
+    until it finishes (``kill``: SIGKILL that pid right after submitting)."""
 
     async def go() -> Job:
         store = open_store(redis.url, StorePolicy())
         try:
-            job = await store.submit(MODEL, f"key_{uuid.uuid4().hex[:6]}", PARAMS)
+            key_id = f"key_{uuid.uuid4().hex[:6]}"
+            job = await store.submit(MODEL, key_id, PARAMS, queue_name=f"{namespace}/{MODEL}")
             if kill is not None:
                 os.kill(kill, signal.SIGKILL)
             async with asyncio.timeout(timeout):
@@ -167,7 +170,7 @@ def test_the_demo_worker_really_runs_and_completes_a_job(
     init = pod["status"]["initContainerStatuses"][0]
     assert (init["name"], init["state"]["terminated"]["exitCode"]) == ("demo-weights", 0)
 
-    job = run_job(redis)
+    job = run_job(redis, namespace)
     assert job.status is JobStatus.COMPLETED, job.error
     assert job.result is not None
     image = Image.open(io.BytesIO((results / job.result.images[0].key).read_bytes()))
@@ -193,7 +196,7 @@ def test_a_worker_killed_with_sigkill_is_restarted_and_its_job_completes(
     worker = pod["status"]["containerStatuses"][0]
     pid = int(worker["containerID"].removeprefix("local://"))
 
-    job = run_job(redis, kill=pid)
+    job = run_job(redis, namespace, kill=pid)
 
     assert job.status is JobStatus.COMPLETED, job.error
     assert job.result is not None

@@ -215,6 +215,18 @@ async def test_finished_jobs_are_listed_after_the_retention_then_deleted(
     ]  # ledger stays
 
 
+async def test_retention_deletes_a_job_queued_under_another_name(store: JobStore) -> None:
+    job = await store.submit("flux", "k", PARAMS, queue_name="team-a/flux")
+    await store.lease(["team-a/flux"], "w")
+    await store.complete(job.id, "w", RESULT)
+    due = await store.finished_before(0)
+    assert [found.id for found in due] == [job.id]
+    await store.delete(due)
+    with pytest.raises(JobNotFound):
+        await store.get(job.id)
+    assert await store.finished_before(0) == []
+
+
 async def test_a_long_poll_wakes_for_its_own_job_not_for_every_change(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
