@@ -15,7 +15,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -252,9 +252,14 @@ class SQLiteJobStore:
             try:
                 value = operation(connection)
                 # The jobs it returns (one, or a batch leased together) are the jobs it changed.
-                for job in value if isinstance(value, list) else [value]:
-                    if isinstance(job, Job) and job.params.webhook_url:
-                        self._webhook_due_now(connection, job.id)
+                self._webhooks_due_now(
+                    connection,
+                    (
+                        job.id
+                        for job in (value if isinstance(value, list) else [value])
+                        if isinstance(job, Job) and job.params.webhook_url
+                    ),
+                )
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -272,14 +277,16 @@ class SQLiteJobStore:
         return value
 
     @staticmethod
-    def _webhook_due_now(connection: sqlite3.Connection, job_id: int) -> None:
-        """The job changed, in this transaction: its webhooks may have something to send
-        (an entry waiting out a failed attempt's backoff keeps waiting)."""
-        connection.execute(
+    def _webhooks_due_now(connection: sqlite3.Connection, job_ids: Iterable[int]) -> None:
+        """The jobs changed, in this transaction: their webhooks may have something to send
+        (an entry waiting out a failed attempt's backoff keeps waiting; a job without a
+        webhook has no entry to touch)."""
+        now = time.time()
+        connection.executemany(
             "UPDATE webhook_outbox SET changes = changes + 1,"
             " due_at = CASE WHEN attempts = 0 THEN MIN(due_at, ?) ELSE due_at END"
             " WHERE job_id = ?",
-            (time.time(), job_id),
+            [(now, job_id) for job_id in job_ids],
         )
 
     @staticmethod
@@ -309,8 +316,9 @@ class SQLiteJobStore:
             "SELECT id, attempts FROM jobs WHERE status = ? AND lease_until < ?",
             (JobStatus.IN_PROGRESS.value, now),
         ).fetchall()
+        given_up = [row["id"] for row in expired if row["attempts"] >= self.policy.max_attempts]
         for row in expired:
-            if row["attempts"] >= self.policy.max_attempts:
+            if row["id"] in given_up:
                 connection.execute(
                     "UPDATE jobs SET status = ?, finished_at = ?, error = ?, worker_id = NULL,"
                     " lease_until = NULL WHERE id = ?",
@@ -328,16 +336,28 @@ class SQLiteJobStore:
                     " lease_until = NULL WHERE id = ?",
                     (JobStatus.QUEUED.value, row["id"]),
                 )
+        self._webhooks_due_now(connection, given_up)
 
-    @staticmethod
-    def _abort_late(connection: sqlite3.Connection, now: float, queues: Sequence[str]) -> int:
+    def _abort_late(self, connection: sqlite3.Connection, now: float, queues: Sequence[str]) -> int:
         """Cancel the queued jobs whose Cancel-After deadline passed before they started."""
         placeholders = ",".join("?" * len(queues))
-        return connection.execute(
-            "UPDATE jobs SET status = ?, finished_at = ?, error = ?"  # noqa: S608
-            f" WHERE status = ? AND queue IN ({placeholders}) AND start_by <= ?",
-            (JobStatus.CANCELLED.value, now, DEADLINE_REASON, JobStatus.QUEUED.value, *queues, now),
-        ).rowcount
+        cancelled = [
+            row["id"]
+            for row in connection.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?"  # noqa: S608
+                f" WHERE status = ? AND queue IN ({placeholders}) AND start_by <= ? RETURNING id",
+                (
+                    JobStatus.CANCELLED.value,
+                    now,
+                    DEADLINE_REASON,
+                    JobStatus.QUEUED.value,
+                    *queues,
+                    now,
+                ),
+            )
+        ]
+        self._webhooks_due_now(connection, cancelled)
+        return len(cancelled)
 
     def _replay(
         self, connection: sqlite3.Connection, key_id: str, idempotency: Idempotency
@@ -638,19 +658,23 @@ class SQLiteJobStore:
         def fail_waiting(connection: sqlite3.Connection) -> int:
             now = time.time()
             self._reclaim_expired(connection, now)
-            cursor = connection.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
-                " WHERE status = ? AND queue = ? AND created_at <= ?",
-                (
-                    JobStatus.FAILED.value,
-                    now,
-                    reason,
-                    JobStatus.QUEUED.value,
-                    model,
-                    now - queued_for,
-                ),
-            )
-            return cursor.rowcount
+            failed = [
+                row["id"]
+                for row in connection.execute(
+                    "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
+                    " WHERE status = ? AND queue = ? AND created_at <= ? RETURNING id",
+                    (
+                        JobStatus.FAILED.value,
+                        now,
+                        reason,
+                        JobStatus.QUEUED.value,
+                        model,
+                        now - queued_for,
+                    ),
+                )
+            ]
+            self._webhooks_due_now(connection, failed)
+            return len(failed)
 
         return await self._run(fail_waiting, notify=True)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -86,3 +88,31 @@ async def test_settling_for_good_forgets_the_entry(store: JobStore) -> None:
     await store.settle_webhook(WebhookDue(job.id, ("started",), 0, due.changes, due.model), None)
     await store.lease(["m"], "w")
     assert await store.claim_webhooks(10, HOLD, wait=0.5) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda store: store.abort_late("m"), id="start-deadline-passed"),
+        pytest.param(lambda store: store.expire("m", 0, "expired by the test"), id="expired"),
+    ],
+)
+async def test_jobs_ended_in_bulk_make_their_entries_due(
+    store: JobStore, change: Callable[[JobStore], Awaitable[int]]
+) -> None:
+    """A deadline or expiry that ends many jobs at once is a change for each one's webhook."""
+    late = datetime.now(UTC)
+    for params in (WITH_WEBHOOK, WITH_WEBHOOK, job_params(prompt="p")):
+        await store.submit("m", "k", params, start_by=late)
+    before = {due.job_id: due for due in await store.claim_webhooks(10, HOLD)}
+    for due in before.values():
+        await store.settle_webhook(due, 3600)  # nothing to send until the job moves
+    assert len(before) == 2 and await claim_now(store) == []
+    await asyncio.sleep(0.01)
+    assert await change(store) == 3
+    woken: dict[int, WebhookDue] = {}
+    while woken.keys() != before.keys():  # Redis hears of each change through its subscription
+        claimed = await asyncio.wait_for(store.claim_webhooks(10, HOLD, wait=5), 10)
+        assert claimed, f"only {sorted(woken)} of {sorted(before)} became due"
+        woken |= {due.job_id: due for due in claimed}
+    assert all(woken[i].changes > before[i].changes for i in woken)
