@@ -21,6 +21,8 @@ from tessera.runtime.jobs.base import Idempotency
 from tessera.runtime.params import GenerationRequest
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# On the answer to a submission that an earlier one's Idempotency-Key answered (Stripe's).
+REPLAYED_HEADER = "Idempotent-Replayed"
 CANCEL_AFTER_HEADER = "Cancel-After"
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255

@@ -79,6 +79,8 @@ class ImageService:
         once = control.idempotency(controls.idempotency_key, request, edit=edit)
         start_by = control.start_deadline(controls.cancel_after)
         model = self.catalog.get(request.model)
+        if once is not None and (first := await self.store.replay(key.id, once)) is not None:
+            return first  # a retry: nothing fetched, checked or queued again
         params = resolve(request, model.limits, model.task, edit=edit, refused=model.refused)
         if params.webhook_url is not None:
             await self.check_webhook_url(params.webhook_url)
@@ -99,7 +101,8 @@ class ImageService:
             idempotency=once,
             start_by=start_by,
         )
-        metrics.JOBS_SUBMITTED.labels(model.name).inc()
+        if not job.replayed:  # a retry that lost the race to its first submission
+            metrics.JOBS_SUBMITTED.labels(model.name).inc()
         return job
 
     async def cancel(self, key: ApiKey, job_id: int) -> Job:

@@ -13,7 +13,12 @@ from pydantic import BaseModel
 
 from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.api.openapi import errors
-from tessera.runtime.control import CANCEL_AFTER_HEADER, IDEMPOTENCY_HEADER, SubmitControls
+from tessera.runtime.control import (
+    CANCEL_AFTER_HEADER,
+    IDEMPOTENCY_HEADER,
+    REPLAYED_HEADER,
+    SubmitControls,
+)
 from tessera.runtime.errors import InvalidParameter
 from tessera.runtime.jobs.base import MAX_JOB_ID, Job, JobStatus
 from tessera.runtime.keys import ApiKey
@@ -46,11 +51,16 @@ PREFER_HEADER = Header(
         "preferences are ignored."
     ),
 )
-PREFERENCE_APPLIED = {
+SUBMIT_HEADERS = {
     "Preference-Applied": {
         "description": "`wait=N` as honoured (N capped), when the request asked to wait",
         "schema": {"type": "string"},
-    }
+    },
+    REPLAYED_HEADER: {
+        "description": "`true` when the Idempotency-Key named an earlier submission, whose"
+        " job this is: nothing new was queued",
+        "schema": {"type": "string"},
+    },
 }
 
 
@@ -97,6 +107,8 @@ async def _submitted(
     """The job id, or with ``Prefer: wait`` the task if it finishes in time."""
     wait = prefer_wait(prefer)  # a bad header is refused before a job exists
     job = await service.submit(key, body, edit=edit, controls=controls)
+    if job.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     if wait is None:
         return JobAccepted(job_id=job.id, status=job.status)
     response.headers["Preference-Applied"] = f"wait={wait:g}"
@@ -142,7 +154,7 @@ Controls = Annotated[SubmitControls, Depends(submit_controls)]
 @router.post(
     "/generations",
     response_model=JobAccepted,
-    responses={**SUBMIT_ERRORS, 200: {"headers": PREFERENCE_APPLIED}},
+    responses={**SUBMIT_ERRORS, 200: {"headers": SUBMIT_HEADERS}},
     summary="Submit a text-to-image job",
 )
 async def create_generation(
@@ -159,7 +171,7 @@ async def create_generation(
 @router.post(
     "/edits",
     response_model=JobAccepted,
-    responses={**SUBMIT_ERRORS, 200: {"headers": PREFERENCE_APPLIED}},
+    responses={**SUBMIT_ERRORS, 200: {"headers": SUBMIT_HEADERS}},
     summary="Submit an image-to-image job",
 )
 async def create_edit(

@@ -221,6 +221,9 @@ class Job:
     lease_until: datetime | None = None
     # Cancel-After: a job still queued at this moment is cancelled, unbilled.
     start_by: datetime | None = None
+    # Never stored: set on the job a submission answers with when its Idempotency-Key named
+    # an earlier submission's job (nothing new was queued, counted or billed).
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,12 @@ class JobStore(WebhookOutbox, Protocol):
         With ``idempotency``, a key this API key used in the last 24 h answers its first job
         (however many submissions race) or raises ``IdempotencyMismatch`` for another body.
         """
+        ...
+
+    async def replay(self, key_id: str, idempotency: Idempotency) -> Job | None:
+        """The job (``replayed``) an earlier submission with this Idempotency-Key made in the
+        last 24 h, ``IdempotencyMismatch`` if its body differed, or None: a retry is
+        answered before its inputs are fetched again. ``submit`` still decides races."""
         ...
 
     async def cancel(self, job_id: int, reason: str) -> Job:

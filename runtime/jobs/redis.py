@@ -50,6 +50,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -731,6 +732,9 @@ class RedisJobStore:
                 return first
             # The claim lapsed or its submission was refused: claim the key afresh.
 
+    async def replay(self, key_id: str, idempotency: Idempotency) -> Job | None:
+        return await self._replay(self._idempotency_key(key_id, idempotency), idempotency)
+
     def _idempotency_key(self, key_id: str, idempotency: Idempotency) -> str:
         digest = hashlib.sha256(idempotency.key.encode()).hexdigest()
         return f"{self.prefix}:idempotency:{{{key_id}}}:{digest}"
@@ -746,7 +750,7 @@ class RedisJobStore:
             if first["fingerprint"] != idempotency.fingerprint:
                 raise IdempotencyMismatch(int(first["job_id"]))
             with contextlib.suppress(JobNotFound):
-                return await self.get(int(first["job_id"]))
+                return replace(await self.get(int(first["job_id"])), replayed=True)
             if await self._call(self._redis.ttl(claim)) > CLAIM_SECONDS:
                 # Its job was written (the claim got its day) and retention has deleted it
                 # since: the key names nothing any more.

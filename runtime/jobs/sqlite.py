@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -373,11 +374,18 @@ class SQLiteJobStore:
         if row["fingerprint"] != idempotency.fingerprint:
             raise IdempotencyMismatch(row["job_id"])
         try:
-            return self._fetch(connection, row["job_id"])
+            return replace(self._fetch(connection, row["job_id"]), replayed=True)
         except JobNotFound:  # retention took it: the key names nothing any more
             return None
 
     # -- JobStore ---------------------------------------------------------------------------
+
+    async def replay(self, key_id: str, idempotency: Idempotency) -> Job | None:
+        return await self._run(
+            lambda connection: self._replay(connection, key_id, idempotency),
+            notify=False,
+            write=False,
+        )
 
     async def submit(
         self,

@@ -49,13 +49,22 @@ def ledger(server: Deployment) -> list[int]:
     return asyncio.run(read())
 
 
-def patches_billed(server: Deployment) -> float:
+def counted(server: Deployment, counter: str) -> float:
+    """A counter's total over every process of the deployment (gateways and workers)."""
     total = 0.0
     for url in server.metrics_urls:
         for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
-            if family.name == "tessera_patches":
+            if family.name == counter:
                 total += sum(s.value for s in family.samples if s.name.endswith("_total"))
     return total
+
+
+def patches_billed(server: Deployment) -> float:
+    return counted(server, "tessera_patches")
+
+
+def jobs_submitted(server: Deployment) -> float:
+    return counted(server, "tessera_jobs_submitted")
 
 
 def task_of(client: httpx.Client, job_id: int) -> dict[str, Any]:
@@ -172,6 +181,7 @@ def test_a_job_not_started_by_its_cancel_after_is_cancelled_unbilled(
 def test_an_idempotency_key_answers_the_first_job(demo_server: Deployment) -> None:
     key = str(uuid.uuid4())
     with demo_server.client() as client:
+        submitted = jobs_submitted(demo_server)
         first = client.post("/images/generations", json=QUICK, headers={"Idempotency-Key": key})
         again = client.post(
             "/images/generations",
@@ -181,6 +191,9 @@ def test_an_idempotency_key_answers_the_first_job(demo_server: Deployment) -> No
         )
         assert first.status_code == again.status_code == 200, again.text
         assert first.json()["job_id"] == again.json()["job_id"]
+        assert "Idempotent-Replayed" not in first.headers
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert jobs_submitted(demo_server) - submitted == 1, "the replay is not a submission"
         other = client.post(
             "/images/generations",
             json={**QUICK, "prompt": "another"},
@@ -213,10 +226,14 @@ def test_fifty_concurrent_identical_submits_make_one_job(demo_server: Deployment
 
     with demo_server.client() as client:
         with worker_busy(client):
+            submitted = jobs_submitted(demo_server)
             responses = asyncio.run(burst())
             assert {r.status_code for r in responses} == {200}
             ids = {r.json()["job_id"] for r in responses}
             assert len(ids) == 1, ids
+            replays = [r for r in responses if r.headers.get("Idempotent-Replayed") == "true"]
+            assert len(replays) == 49
+            assert jobs_submitted(demo_server) - submitted == 1
             (job_id,) = ids
             # Counted in the queue itself: a job submitted next is right behind the one.
             position = task_of(client, job_id)["queue_position"]

@@ -344,10 +344,18 @@ async def test_fifty_concurrent_idempotent_submits_make_one_job(store: JobStore)
         *(store.submit("m", "key_a", PARAMS, idempotency=once) for _ in range(50))
     )
     assert len({job.id for job in jobs}) == 1
+    assert sorted(job.replayed for job in jobs) == [False] + [True] * 49, "one made it"
     assert await store.queue_depth("m") == QueueDepth(queued=1)
     with pytest.raises(IdempotencyMismatch) as mismatch:
         await store.submit("m", "key_a", PARAMS, idempotency=Idempotency("k-1", "body-b"))
     assert mismatch.value.job_id == jobs[0].id
+    # Looked up without submitting: the job, a mismatch, or nothing for a fresh key.
+    found = await store.replay("key_a", once)
+    assert found is not None and (found.id, found.replayed) == (jobs[0].id, True)
+    with pytest.raises(IdempotencyMismatch):
+        await store.replay("key_a", Idempotency("k-1", "body-b"))
+    assert await store.replay("key_a", Idempotency("k-fresh", "body-a")) is None
+    assert not (await store.get(jobs[0].id)).replayed, "never stored"
     # Another API key's same Idempotency-Key is its own.
     theirs = await store.submit("m", "key_b", PARAMS, idempotency=once)
     assert theirs.id != jobs[0].id
