@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -154,7 +156,11 @@ def test_too_many_source_images(demo_server: ServerProcess) -> None:
 
 
 class _ImageHost(BaseHTTPRequestHandler):
+    # Requests per path, over the module's tests.
+    fetched: ClassVar[Counter[str]] = Counter()
+
     def do_GET(self) -> None:
+        self.fetched[self.path] += 1
         routes = {
             "/photo.png": (200, "image/png", png_bytes(128, 96, "teal")),
             "/page.html": (200, "text/html", b"<html></html>"),
@@ -166,7 +172,8 @@ class _ImageHost(BaseHTTPRequestHandler):
             self.send_header("Location", "/photo.png")
             self.end_headers()
             return
-        status, content_type, body = routes.get(self.path, (404, "text/plain", b"no"))
+        found = routes.get(urlsplit(self.path).path, (404, "text/plain", b"no"))
+        status, content_type, body = found
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -203,6 +210,21 @@ def test_edit_with_a_fetched_url(permissive_server: ServerProcess, image_host: s
         task = edit(client, image_url=f"{image_host}/photo.png")
         redirected = edit(client, image_url=f"{image_host}/redirect")
     assert task["status"] == redirected["status"] == "completed"
+
+
+def test_an_idempotent_retry_fetches_nothing_again(
+    permissive_server: ServerProcess, image_host: str
+) -> None:
+    body = {**EDIT, "image_url": f"{image_host}/photo.png?retry"}
+    headers = {"Idempotency-Key": "edit-retry-1"}
+    with permissive_server.client() as client:
+        first = client.post("/images/edits", json=body, headers=headers)
+        again = client.post("/images/edits", json=body, headers=headers)
+        assert first.status_code == again.status_code == 200, again.text
+        assert again.json()["job_id"] == first.json()["job_id"]
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert wait(client, first.json()["job_id"])["status"] == "completed"
+    assert _ImageHost.fetched["/photo.png?retry"] == 1
 
 
 @pytest.mark.parametrize(
