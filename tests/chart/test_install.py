@@ -65,6 +65,9 @@ def release_objects(cluster: Cluster) -> list[str]:
 def test_install_upgrade_uninstall(cluster: Cluster) -> None:
     notes = helm(cluster, "install", "tessera", str(CHART), "-n", NS, "--create-namespace")
     assert "kubectl -n tessera get secret tessera-initial-api-key" in notes
+    # The generated key is the installer's admin key, and NOTES says what it reads.
+    assert "admin key: it submits jobs and reads everyone's usage" in notes
+    assert 'curl -s -H "api_key: $KEY" "http://127.0.0.1:8000/v1/usage?start=' in notes
     # The hook created the peering object after the release's CRDs.
     peering = get(cluster, "clusterkopfpeering", "tessera")
     assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
