@@ -221,6 +221,16 @@ def _given_keys(r: Rendered) -> None:
     assert keys == {"keys": [{"id": "key_" + "ab" * 5, "sha256": "ab" * 32, "admin": False}]}
 
 
+def _given_admin_keys(r: Rendered) -> None:
+    assert f"{FULL}-initial-api-key" not in r.names("Secret")
+    data = r.get("Secret", f"{FULL}-api-keys")["data"]["keys.json"]
+    assert json.loads(base64.b64decode(data))["keys"] == [
+        {"id": "key_" + "ab" * 5, "sha256": "ab" * 32, "admin": False},
+        {"id": "key_" + "cd" * 5, "sha256": "cd" * 32, "admin": True},
+    ]
+    assert r.names("Pod") == []  # no plain key for the test hook
+
+
 def _peering_deleted_before_uninstall(r: Rendered) -> None:
     name = f"{FULL}-delete-peering"
     hooks = {
@@ -481,6 +491,10 @@ CASES: dict[str, tuple[dict[str, str], Callable[[Rendered], None]]] = {
     "crds.install off": ({"crds.install": "false"}, _no_crds),
     "one operator": ({"operator.replicas": "1"}, _one_operator),
     "given key hashes": ({"apiKeys.sha256[0]": "ab" * 32}, _given_keys),
+    "given admin key hashes": (
+        {"apiKeys.sha256[0]": "ab" * 32, "apiKeys.adminSha256[0]": "cd" * 32},
+        _given_admin_keys,
+    ),
     "peering deleted before uninstall": ({}, _peering_deleted_before_uninstall),
     "ingress": (
         {
@@ -587,7 +601,11 @@ REFUSED: dict[str, tuple[dict[str, str], str]] = {
     "s3 without bucket": ({"storage.type": "s3"}, "storage.s3.bucket is empty"),
     "keys given twice": (
         {"apiKeys.existingSecret": "keys", "apiKeys.sha256[0]": "ab" * 32},
-        "apiKeys.existingSecret and apiKeys.sha256 are both set",
+        "apiKeys.existingSecret is set together with apiKeys.sha256 or apiKeys.adminSha256",
+    ),
+    "admin keys given twice": (
+        {"apiKeys.existingSecret": "keys", "apiKeys.adminSha256[0]": "ab" * 32},
+        "apiKeys.existingSecret is set together with apiKeys.sha256 or apiKeys.adminSha256",
     ),
     "hpa bounds": (
         {"gateway.autoscaling.minReplicas": "5", "gateway.autoscaling.maxReplicas": "2"},
