@@ -65,6 +65,9 @@ def release_objects(cluster: Cluster) -> list[str]:
 def test_install_upgrade_uninstall(cluster: Cluster) -> None:
     notes = helm(cluster, "install", "tessera", str(CHART), "-n", NS, "--create-namespace")
     assert "kubectl -n tessera get secret tessera-initial-api-key" in notes
+    # The generated key is the installer's admin key, and NOTES says what it reads.
+    assert "admin key: it submits jobs and reads everyone's usage" in notes
+    assert 'curl -s -H "api_key: $KEY" "http://127.0.0.1:8000/v1/usage?start=' in notes
     # The hook created the peering object after the release's CRDs.
     peering = get(cluster, "clusterkopfpeering", "tessera")
     assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
@@ -98,8 +101,15 @@ def test_install_upgrade_uninstall(cluster: Cluster) -> None:
         timeout=60,
         explain=lambda: str(release_objects(cluster)),
     )
-    # Helm never deletes hook objects: the peering object stays, beside its kept CRD.
-    assert get(cluster, "clusterkopfpeering", "tessera")["metadata"]["name"] == "tessera"
+    # The pre-delete hook Job deleted the peering object, which Helm, having made it as a
+    # hook, would have left (KWOK only completes the Job's pod: the deletion itself is
+    # proven where pods run, tests/chart/test_local_install.py); every hook went with it.
+    assert (
+        get(cluster, "jobs,sa", "-n", NS, "-l", "app.kubernetes.io/component=delete-peering")[
+            "items"
+        ]
+        == []
+    )
     for kind in ("clusterrole", "clusterrolebinding"):
         names = [o["metadata"]["name"] for o in get(cluster, kind)["items"]]
         assert not [n for n in names if n.startswith("tessera-")], names

@@ -1,14 +1,17 @@
 """``helm install`` with default values onto local nodes, and a user's whole path after it.
 
-Every pod of the chart (two operators, two gateways, Redis) runs as a real process on a
-local node; the chart's claims (Redis's append-only file, the ReadWriteMany results claim)
-are provisioned by the cluster's default StorageClass as folders, never switched off.
-Then, as README's "On a cluster" section runs them: the CPU demo models are applied, the
-seed article's client goes through ``kubectl port-forward``'s stand-in to the gateway
-(list, generate, poll, fetch, edit from a result URL), the workers' metrics count the
-jobs, ``tessera usage export`` reads one usage record per job from Redis, ``helm upgrade``
-with no changes restarts nothing, the model scales to zero and back, the models are
-deleted, and ``helm uninstall`` leaves only what ``crds.keep`` keeps.
+Every pod of the chart (two operators, two gateways, Redis, then the usage exporter) runs
+as a real process on a local node; the chart's claims (Redis's append-only file, the
+ReadWriteMany results claim) are provisioned by the cluster's default StorageClass as
+folders, never switched off. Then, as README's "On a cluster" section runs them: the CPU
+demo models are applied, the seed article's client goes through ``kubectl port-forward``'s
+stand-in to the gateway (list, generate, poll, fetch, edit from a result URL), the gateways'
+and workers' metrics count the jobs and patches, the generated admin key reads
+``GET /v1/usage``, ``tessera usage export`` reads one usage record per job from Redis, the
+usage exporter (turned on by ``helm upgrade``) delivers them to a receiver, ``helm upgrade``
+with no changes restarts nothing, ``helm test`` runs its pod and bills its job, the model
+scales to zero and back, the models are deleted, and ``helm uninstall`` leaves only what
+``crds.keep`` keeps.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from tests.cluster.harness import (
     stop_cluster,
 )
 from tests.support import seed_client
+from tests.support.usage_receiver import UsageReceiver
 from tests.support.waiting import wait_until
 
 from .release import get, helm
@@ -63,7 +67,12 @@ MODELS = {
 CHART_PODS = f"app.kubernetes.io/instance={RELEASE}"
 WORKER_PODS = "app.kubernetes.io/component=worker"
 # What each of the chart's components runs (the process's command line names it).
-PROGRAMS = {"operator": "operator", "gateway": "gateway", "redis": "redis-server"}
+PROGRAMS = {
+    "operator": "operator",
+    "gateway": "gateway",
+    "redis": "redis-server",
+    "usage-exporter": "usage push",
+}
 FAST = {"image_size": "64x48", "num_inference_steps": 2}
 # Where README's `kubectl port-forward svc/tessera-redis 16379:6379` puts Redis, for
 # `tessera usage export`.
@@ -152,6 +161,42 @@ def worker_metrics(cluster: Cluster, model: str) -> dict[str, float]:
     return samples
 
 
+def chart_pods_ready(cluster: Cluster, components: list[str]) -> list[dict[str, Any]]:
+    """The chart's pods once there is one Ready per entry of ``components``, each its
+    component's program as a real process (its command line read from /proc)."""
+    found = wait_until(
+        f"the chart's pods Ready: {components}",
+        lambda: (
+            (found := pods(cluster, CHART_PODS))
+            and len(found) == len(components)
+            and all(is_ready(p) for p in found)
+            and found
+        ),
+        timeout=120,
+        explain=lambda: explain(cluster),
+    )
+    running = sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in found)
+    assert running == sorted(components)
+    for pod in found:
+        component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
+        [command] = processes(pod).values()
+        assert PROGRAMS[component] in command, (pod["metadata"]["name"], command)
+    return found
+
+
+def gateway_submissions(cluster: Cluster) -> dict[str, float]:
+    """Jobs accepted per model, summed over every gateway replica's metrics port."""
+    totals: dict[str, float] = {}
+    for address in cluster.service_addresses(NS, f"{RELEASE}-gateway-metrics"):
+        text = httpx.get(f"http://{address}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "tessera_jobs_submitted_total":
+                    model = sample.labels["model"]
+                    totals[model] = totals.get(model, 0) + sample.value
+    return totals
+
+
 def usage_records(cluster: Cluster, password: str) -> list[dict[str, Any]]:
     """``tessera usage export`` (JSON lines) from the release's Redis, through a forward."""
 
@@ -184,6 +229,16 @@ def labelled_leftovers(cluster: Cluster) -> list[str]:
     return sorted(found)
 
 
+def namespace_leftovers(cluster: Cluster) -> list[str]:
+    """Every object of every namespaced kind in the release's namespace (kind/name)."""
+    kinds = cluster.kubectl(
+        "api-resources", "--verbs=list", "--namespaced=true", "-o", "name"
+    ).stdout.split()
+    kinds = [k for k in kinds if k.split(".")[0] != "events"]
+    listing = get(cluster, ",".join(kinds), "-n", NS)["items"]
+    return sorted(f"{o['kind']}/{o['metadata']['name']}" for o in listing)
+
+
 def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: Cluster) -> None:
     # -- install: every pod of the chart a real process, its claims real folders ----------
     with timed("helm install --wait"):
@@ -191,23 +246,10 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
                      "--wait", "--timeout", "5m")  # fmt: skip
     assert f"port-forward svc/{RELEASE}-gateway 8000:80" in notes
     # The HPA brings the gateway to its two replicas a moment after the install.
-    chart_pods = wait_until(
-        "two operators, two gateways and Redis, all Ready",
-        lambda: (
-            (found := pods(cluster, CHART_PODS))
-            and len(found) == 5
-            and all(is_ready(p) for p in found)
-            and found
-        ),
-        timeout=120,
-        explain=lambda: explain(cluster),
-    )
-    components = sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in chart_pods)
-    assert components == ["gateway", "gateway", "operator", "operator", "redis"]
-    for pod in chart_pods:
-        component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
-        [command] = processes(pod).values()
-        assert PROGRAMS[component] in command, (pod["metadata"]["name"], command)
+    components = ["gateway", "gateway", "operator", "operator", "redis"]
+    chart_pods_ready(cluster, components)
+    # The peering the two operators elect their leader through (a post-install hook).
+    assert get(cluster, "clusterkopfpeering", RELEASE)["metadata"]["name"] == RELEASE
     volumes = cluster.workdir / VOLUMES_DIR
     claims = {c["metadata"]["name"]: c for c in get(cluster, "-n", NS, "pvc")["items"]}
     assert sorted(claims) == [f"data-{RELEASE}-redis-0", "tessera-results"]
@@ -268,12 +310,30 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
         edited_image = seed_client.fetch(edited["result"]["data"][0]["url"])
         assert Image.open(io.BytesIO(edited_image)).size == (64, 48)
 
-        # -- the metrics: each model's worker counts its job and its patches ---------------
+        # -- the metrics: the gateways count each submission (their metrics port), each
+        # model's worker its job and its patches (gateways count no usage: metrics.py) --
+        assert gateway_submissions(cluster) == {model: 1 for model in MODELS}
         for model in MODELS:
             samples = worker_metrics(cluster, model)
             finished = f"tessera_jobs_finished_total{{model={model},outcome=completed}}"
             assert samples[finished] == 1, sorted(samples)
             assert samples[f"tessera_patches_total{{model={model}}}"] == 12
+
+        # -- the generated key is the admin's: it reads everyone's usage -------------------
+        def usage() -> dict[str, Any]:
+            answer = httpx.get(
+                f"{BASE_URL}/usage",
+                headers={"api_key": key},
+                params={"start": "2020-01-01T00:00:00Z", "group_by": "model"},
+            )
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        report = usage()
+        assert {g["name"]: (g["jobs"], g["patches"]) for g in report["groups"]} == {
+            "tessera-demo": (1, 12),
+            "tessera-demo-edit": (1, 12),
+        }
 
         # -- the usage ledger: one record per completed job, billed to the key's id ---------
         records = usage_records(cluster, password)
@@ -286,14 +346,47 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
         assert {r["key_id"] for r in records} == {key_id}
         for record in records:
             assert Decimal(record["amount"]) == 12 * Decimal(record["price_per_patch"])
+        assert Decimal(report["total"]["amount"]) == sum(Decimal(r["amount"]) for r in records)
+
+        # -- the usage exporter, turned on: it delivers every record to the receiver ---------
+        receiver = UsageReceiver(failure_rate=0)  # on this machine, which pods share
+        try:
+            exporter = ["--set", "usageExporter.enabled=true",
+                        "--set", f"usageExporter.to={receiver.url}"]  # fmt: skip
+            with timed("helm upgrade --wait, the usage exporter on"):
+                helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values",
+                     *exporter, "--wait", "--timeout", "5m")  # fmt: skip
+            chart_pods_ready(cluster, [*components, "usage-exporter"])
+            wait_until(
+                "the usage exporter delivered both records",
+                lambda: receiver.received == [r["event_id"] for r in records],
+                timeout=60,
+                explain=lambda: f"received {receiver.received}\n" + explain(cluster),
+            )
+            assert receiver.bad_requests == []
+        finally:
+            receiver.close()
 
         # -- helm upgrade with no changes: no rollout, no pod restarted or replaced ---------
         lives, rolled = pod_lives(cluster), generations(cluster)
-        assert len(lives) == 7  # the chart's 5 and one worker per model
+        assert len(lives) == 8  # the chart's 6 and one worker per model
         with timed("helm upgrade --wait, no changes"):
-            helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--wait", "--timeout", "5m")
+            helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values",
+                 "--wait", "--timeout", "5m")  # fmt: skip
         assert generations(cluster) == rolled
         assert pod_lives(cluster) == lives
+
+        # -- helm test: its pod runs files/helm-test.py through the gateway Service ---------
+        with timed("helm test"):
+            tested = helm(cluster, "test", RELEASE, "-n", NS, "--timeout", "5m")
+        assert "TEST SUITE:     tessera-test-generate\n" in tested, tested
+        assert "Phase:          Succeeded" in tested, tested
+        # Its job went through the whole path: billed 128x96 = 48 patches, on the admin's key.
+        assert {g["name"]: (g["jobs"], g["patches"]) for g in usage()["groups"]} == {
+            "tessera-demo": (2, 12 + 48),
+            "tessera-demo-edit": (1, 12),
+        }
+        assert not pods(cluster, "app.kubernetes.io/component=test")  # hook-succeeded
 
         # -- scale to zero and back ----------------------------------------------------------
         [worker] = pods(cluster, f"tessera.dev/imagemodel=tessera-demo,{WORKER_PODS}")
@@ -340,11 +433,14 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
         timeout=120,
         explain=lambda: explain(cluster) + f"\n{list(volumes.iterdir())}",
     )
-    # The CRDs (crds.keep) and the operators' peering object, an instance of one of them
-    # that Helm made as a hook and never deletes: with crds.keep=false it goes with its CRD.
+    # Only the CRDs (crds.keep): the pre-delete hook deleted the operators' peering object,
+    # and its own ServiceAccount, role, binding and Job went once it had succeeded.
     assert labelled_leftovers(cluster) == [
-        "ClusterKopfPeering//tessera",
         "CustomResourceDefinition//clusterkopfpeerings.kopf.dev",
         "CustomResourceDefinition//imagemodels.tessera.dev",
         "CustomResourceDefinition//kopfpeerings.kopf.dev",
     ]
+    assert get(cluster, "clusterkopfpeerings")["items"] == []
+    # Whatever carries no label: every namespaced object left in the namespace is one
+    # Kubernetes makes in each (events aside, which are records, not objects of the release).
+    assert namespace_leftovers(cluster) == ["ConfigMap/kube-root-ca.crt", "ServiceAccount/default"]

@@ -209,6 +209,7 @@ def _one_operator(r: Rendered) -> None:
     command = r.get("Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]["containers"]
     assert "--standalone" in command[0]["command"]
     assert r.names("ClusterKopfPeering") == []
+    assert r.names("Job") == []  # no peering, so nothing to delete at uninstall
     assert r.names("PodDisruptionBudget") == [f"{FULL}-gateway"]
 
 
@@ -216,7 +217,49 @@ def _given_keys(r: Rendered) -> None:
     assert f"{FULL}-initial-api-key" not in r.names("Secret")
     data = r.get("Secret", f"{FULL}-api-keys")["data"]["keys.json"]
     keys = json.loads(base64.b64decode(data))
-    assert keys == {"keys": [{"id": "key_" + "ab" * 5, "sha256": "ab" * 32}]}
+    # Keys given are ordinary ones: whoever gives them marks an admin in their own file.
+    assert keys == {"keys": [{"id": "key_" + "ab" * 5, "sha256": "ab" * 32, "admin": False}]}
+
+
+def _given_admin_keys(r: Rendered) -> None:
+    assert f"{FULL}-initial-api-key" not in r.names("Secret")
+    data = r.get("Secret", f"{FULL}-api-keys")["data"]["keys.json"]
+    assert json.loads(base64.b64decode(data))["keys"] == [
+        {"id": "key_" + "ab" * 5, "sha256": "ab" * 32, "admin": False},
+        {"id": "key_" + "cd" * 5, "sha256": "cd" * 32, "admin": True},
+    ]
+    assert r.names("Pod") == []  # no plain key for the test hook
+
+
+def _peering_deleted_before_uninstall(r: Rendered) -> None:
+    name = f"{FULL}-delete-peering"
+    hooks = {
+        f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["annotations"]
+        for o in r.objects
+        if o["metadata"]["name"] == name
+    }
+    kinds = ("ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount")
+    assert sorted(hooks) == [f"{kind}/{name}" for kind in kinds]
+    for kind_name, hook in hooks.items():
+        assert hook["helm.sh/hook"] == "pre-delete", kind_name
+        assert hook["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        # The account and its rights exist before the Job that uses them.
+        assert hook["helm.sh/hook-weight"] == ("0" if kind_name.startswith("Job") else "-1")
+    # It may delete the release's peering object and nothing else.
+    assert r.get("ClusterRole", name)["rules"] == [
+        {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["clusterkopfpeerings"],
+            "resourceNames": [FULL],
+            "verbs": ["delete"],
+        }
+    ]
+    pod = r.pod_specs()[f"Job/{name}"]
+    assert pod["serviceAccountName"] == name
+    [container] = pod["containers"]
+    assert container["command"] == ["python", "-c", (CHART / "files/delete-peering.py").read_text()]
+    assert env_of(container)["TESSERA_PEERING"] == FULL
+    assert r.get("ClusterKopfPeering", FULL)["metadata"]["name"] == FULL
 
 
 def _ingress(r: Rendered) -> None:
@@ -448,6 +491,11 @@ CASES: dict[str, tuple[dict[str, str], Callable[[Rendered], None]]] = {
     "crds.install off": ({"crds.install": "false"}, _no_crds),
     "one operator": ({"operator.replicas": "1"}, _one_operator),
     "given key hashes": ({"apiKeys.sha256[0]": "ab" * 32}, _given_keys),
+    "given admin key hashes": (
+        {"apiKeys.sha256[0]": "ab" * 32, "apiKeys.adminSha256[0]": "cd" * 32},
+        _given_admin_keys,
+    ),
+    "peering deleted before uninstall": ({}, _peering_deleted_before_uninstall),
     "ingress": (
         {
             "gateway.ingress.enabled": "true",
@@ -553,7 +601,11 @@ REFUSED: dict[str, tuple[dict[str, str], str]] = {
     "s3 without bucket": ({"storage.type": "s3"}, "storage.s3.bucket is empty"),
     "keys given twice": (
         {"apiKeys.existingSecret": "keys", "apiKeys.sha256[0]": "ab" * 32},
-        "apiKeys.existingSecret and apiKeys.sha256 are both set",
+        "apiKeys.existingSecret is set together with apiKeys.sha256 or apiKeys.adminSha256",
+    ),
+    "admin keys given twice": (
+        {"apiKeys.existingSecret": "keys", "apiKeys.adminSha256[0]": "ab" * 32},
+        "apiKeys.existingSecret is set together with apiKeys.sha256 or apiKeys.adminSha256",
     ),
     "hpa bounds": (
         {"gateway.autoscaling.minReplicas": "5", "gateway.autoscaling.maxReplicas": "2"},
@@ -604,6 +656,9 @@ def test_generated_key_is_accepted_by_the_gateways_key_file(tmp_path: Path) -> N
     # Key ids come from the key file (stored ids); the secret only names plain-text keys.
     ring = KeyRing.from_file(key_file, id_secret=b"gateway signing secret")
     assert len(ring) == 1
-    assert ring.authenticate(key.decode()).id.startswith("key_")
+    identity = ring.authenticate(key.decode())
+    assert identity.id.startswith("key_")
+    # The installer's key: it may read everyone's usage (GET /v1/usage).
+    assert identity.admin is True
     with pytest.raises(Unauthorized):
         ring.authenticate(key.decode() + "x")

@@ -192,7 +192,8 @@ def test_a_pod_reaches_a_service_by_name_and_writes_to_a_provisioned_claim(
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "named", "namespace": ns},
-        "spec": {"selector": {"app": "named"}, "ports": [{"port": 8000, "targetPort": "http"}]},
+        # Port 80 answers at the pod's address as kube-proxy would map it: onto port 8000.
+        "spec": {"selector": {"app": "named"}, "ports": [{"port": 80, "targetPort": "http"}]},
     }
     claim = {
         "apiVersion": "v1",
@@ -204,7 +205,7 @@ def test_a_pod_reaches_a_service_by_name_and_writes_to_a_provisioned_claim(
     wait_pod(local_cluster, ns, "named", "to be Ready", ready)
     (volume_folder(local_cluster, ns, "named", "data") / "hello.txt").write_text("by name")
     clients = []
-    for name, url in (("short", "http://named:8000"), ("full", f"http://named.{ns}.svc:8000")):
+    for name, url in (("short", "http://named"), ("full", f"http://named.{ns}.svc:80")):
         client = pod_manifest(
             name,
             [

@@ -50,6 +50,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-api-keys" (include "tessera.fullname" .)) .Values.apiKeys.existingSecret -}}
 {{- end -}}
 
+{{/* "true" when the values give API keys; else the chart generates the admin's key. */}}
+{{- define "tessera.apiKeysGiven" -}}
+{{- $keys := .Values.apiKeys -}}
+{{- if or $keys.existingSecret $keys.sha256 $keys.adminSha256 }}true{{ end -}}
+{{- end -}}
+
 {{/* The queue URL with $(REDIS_PASSWORD) where the password goes (Kubernetes expands it from
 the variable that "tessera.redisEnv" declares first). */}}
 {{- define "tessera.queueUrl" -}}
@@ -114,8 +120,8 @@ the variable that "tessera.redisEnv" declares first). */}}
 {{- fail "ERROR: storage.type is s3 but storage.s3.bucket is empty" -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.apiKeys.existingSecret .Values.apiKeys.sha256 -}}
-{{- fail "ERROR: apiKeys.existingSecret and apiKeys.sha256 are both set: give the keys one way" -}}
+{{- if and .Values.apiKeys.existingSecret (or .Values.apiKeys.sha256 .Values.apiKeys.adminSha256) -}}
+{{- fail "ERROR: apiKeys.existingSecret is set together with apiKeys.sha256 or apiKeys.adminSha256: give the keys one way" -}}
 {{- end -}}
 {{- $as := .Values.gateway.autoscaling -}}
 {{- if and $as.enabled (gt (int $as.minReplicas) (int $as.maxReplicas)) -}}

@@ -27,6 +27,7 @@ from tests.cluster.harness import node_object
 from .addresses import AddressBlock
 from .kube import NodeApi, now
 from .pods import NodeContext, PodRunner
+from .serviceports import ServicePorts
 from .volumes import mount_namespaces_work
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class NodeAgent:
         # Each pod's life (PodRunner.run), and the removal of each deleted pod.
         self.lives: dict[str, asyncio.Task[None]] = {}
         self.removals: dict[str, asyncio.Task[None]] = {}
+        self.service_ports = ServicePorts()
         self._stop = threading.Event()
         self.since = now()
 
@@ -170,6 +172,7 @@ class NodeAgent:
             self._stop.set()
             heartbeat.cancel()
             names.cancel()
+            await self.service_ports.close()
             await asyncio.gather(
                 *(
                     runner.terminate(min(runner.grace, SHUTDOWN_GRACE_CAP))
@@ -194,11 +197,12 @@ class NodeAgent:
                 log.warning("heartbeat failed: %s", error)
 
     async def _names(self) -> None:
-        """Keep every pod's hosts file naming the Services' ready endpoints."""
+        """Keep every pod's hosts file naming the Services' ready endpoints, and each
+        Service's port answering at this node's endpoints (``serviceports``)."""
         services = self.context.services
         while True:
             try:
-                current = await asyncio.to_thread(self.api.service_addresses)
+                current, ports = await asyncio.to_thread(self.api.service_endpoints)
                 # Its endpoint is the address the API server advertises; pods reach it here.
                 current[("default", "kubernetes")] = [self.api.server_host]
             except Exception as error:
@@ -209,6 +213,10 @@ class NodeAgent:
                     services.update(current)
                     for runner in list(self.runners.values()):
                         await asyncio.to_thread(runner.write_hosts, services)
+                here = {runner.address for runner in self.runners.values()}
+                await self.service_ports.sync(
+                    {key: target for key, target in ports.items() if key[0] in here}
+                )
             await asyncio.sleep(NAMES_EVERY)
 
     # -- pods ---------------------------------------------------------------------------

@@ -75,20 +75,40 @@ class NodeApi:
         volume = (pvc or {}).get("spec", {}).get("volumeName")
         return self.kube.get(f"/api/v1/persistentvolumes/{quote(volume)}") if volume else None
 
-    def service_addresses(self) -> dict[tuple[str, str], list[str]]:
-        """(namespace, Service) -> the addresses of its ready endpoints, cluster-wide."""
+    def service_endpoints(
+        self,
+    ) -> tuple[dict[tuple[str, str], list[str]], dict[tuple[str, int], int]]:
+        """Cluster-wide, from the EndpointSlices and the Services: (namespace, Service) -> the
+        addresses of its ready endpoints, and (endpoint address, Service port) -> the target
+        port there, wherever the two differ (what kube-proxy would map)."""
         found: dict[tuple[str, str], list[str]] = {}
+        ports: dict[tuple[str, int], int] = {}
+        service_ports: dict[tuple[str, str], dict[str, int]] = {}
+        for service in (self.kube.get("/api/v1/services") or {}).get("items") or []:
+            meta = service["metadata"]
+            service_ports[(meta["namespace"], meta["name"])] = {
+                port.get("name") or "": port["port"] for port in service["spec"].get("ports") or []
+            }
         listing = self.kube.get("/apis/discovery.k8s.io/v1/endpointslices") or {}
         for piece in listing.get("items") or []:
             service = (piece["metadata"].get("labels") or {}).get("kubernetes.io/service-name")
             if not service:
                 continue
-            addresses = found.setdefault((piece["metadata"]["namespace"], service), [])
-            for endpoint in piece.get("endpoints") or []:
+            key = (piece["metadata"]["namespace"], service)
+            addresses = found.setdefault(key, [])
+            ready = [
+                address
+                for endpoint in piece.get("endpoints") or []
                 # An absent condition means ready (the API's rule for consumers).
-                if (endpoint.get("conditions") or {}).get("ready") is not False:
-                    addresses += endpoint.get("addresses") or []
-        return {key: sorted(set(value)) for key, value in found.items() if value}
+                if (endpoint.get("conditions") or {}).get("ready") is not False
+                for address in endpoint.get("addresses") or []
+            ]
+            addresses += ready
+            for port in piece.get("ports") or []:
+                exposed = service_ports.get(key, {}).get(port.get("name") or "")
+                if exposed is not None and port.get("port") and exposed != port["port"]:
+                    ports |= {(address, exposed): port["port"] for address in ready}
+        return {key: sorted(set(value)) for key, value in found.items() if value}, ports
 
     def token(
         self, pod: dict[str, Any], audiences: list[str], seconds: int

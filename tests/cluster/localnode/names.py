@@ -4,8 +4,8 @@ A kubelet gives every container an ``/etc/hosts`` of its own (localhost, the pod
 hostname); the agent's also names every Service of the cluster by the addresses of its ready
 endpoints: ``NAME.NAMESPACE.svc.cluster.local``, ``NAME.NAMESPACE.svc``, ``NAME.NAMESPACE``
 and, in the pod's own namespace, ``NAME``. That is what cluster DNS answers for a headless
-Service; for a ClusterIP Service it differs in the port only (no kube-proxy maps a Service's
-port to its target port here, so a client inside a local pod dials the target port). The
+Service; for a ClusterIP Service the agent makes the Service's port answer at each endpoint
+(``serviceports``), so a client dials ``NAME:PORT`` as it would through kube-proxy. The
 file is bound at ``/etc/hosts`` in the container's mount namespace and rewritten in place
 (the bind holds its inode) whenever the endpoints change, as DNS answers would.
 
