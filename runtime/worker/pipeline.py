@@ -154,6 +154,8 @@ class LoadedPipeline:
     # Which ``__call__`` argument carries each API parameter that families name differently
     # (None: the model has none, and the gateway refuses the parameter at submit).
     targets: Mapping[ApiArgument, str | None]
+    # Arguments the spec fixes for every call (``fixedArguments``).
+    fixed: Mapping[str, int | float]
     # Sides are rounded up to this: the VAE's downscale times the transformer's 2x2 packing.
     size_multiple: int
     # The default ``strength`` of image-to-image pipelines that have one: they denoise only
@@ -272,6 +274,7 @@ class LoadedPipeline:
             device=device,
             accepted=frozenset(parameters),
             targets=targets,
+            fixed=options.fixed_arguments,
             size_multiple=max(SIZE_MULTIPLE, 2 * scale if isinstance(scale, int) else 0),
             strength=strength if isinstance(strength, float) and strength > 0 else None,
             lock=threading.Lock(),
@@ -292,6 +295,7 @@ class LoadedPipeline:
         height = round_up(params.height, self.size_multiple)
         generator_device = "cpu" if self.device == "mps" else self.device
         kwargs: dict[str, Any] = {
+            **self.fixed,
             "prompt": params.prompt,
             "num_inference_steps": params.num_inference_steps,
             "num_images_per_prompt": params.num_images,
@@ -443,6 +447,18 @@ def _check_targets(
             raise ValueError(
                 f"spec.pipeline.arguments.{api_name} names {target!r}, which {name} does not take"
             )
+    fixed = set(options.fixed_arguments)
+    if not fixed <= accepted:
+        raise ValueError(
+            f"spec.pipeline.fixedArguments names {', '.join(sorted(fixed - accepted))}, "
+            f"which {name} does not take"
+        )
+    carried = {part for target in targets.values() if target for part in target.split(",")}
+    if fixed & carried:
+        raise ValueError(
+            f"spec.pipeline.fixedArguments {', '.join(sorted(fixed & carried))} would also "
+            "carry a request's value: list that API parameter in spec.pipeline.unsupported"
+        )
     lacking = sorted(n for n, target in targets.items() if target is None)
     undeclared = [n for n in lacking if n not in options.refused]
     if undeclared:

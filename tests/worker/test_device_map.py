@@ -106,7 +106,7 @@ def test_flux2_on_one_h100_leaves_its_text_encoder_on_the_cpu_and_the_worker_ref
     placed = _assign_components_to_devices(FLUX2_COMPONENTS, {0: H100_FREE})
     assert placed == {0: ["transformer", "vae"], "cpu": ["text_encoder"]}
     devices = {"transformer": "cuda", "vae": "cuda", "text_encoder": "cpu"}
-    with pytest.raises(ValueError, match="left text_encoder off the GPUs.*raise gpu.count"):
+    with pytest.raises(ValueError, match=r"left text_encoder off the GPUs.*raise gpu\.count"):
         check_placement(devices, "balanced")
 
 
