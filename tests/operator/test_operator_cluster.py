@@ -190,6 +190,10 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
         {"pipeline": {"deviceMap": "balanced", "cpuOffload": "model"}, "gpu": {"count": 2}},
         "spec.pipeline.deviceMap places the components itself",
     ),
+    "fixed argument not a name": (
+        {"pipeline": {"fixedArguments": {"max length": 256}}},
+        "spec.pipeline.fixedArguments names must be argument names",
+    ),
 }
 
 

@@ -246,6 +246,10 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         merged(DEMO, {"pipeline": {"deviceMap": "balanced", "cpuOffload": "model"}}),
         "deviceMap places the components itself",
     ),
+    "fixed argument not a name": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"max length": 256}}}),
+        "spec.pipeline.fixedArguments",
+    ),
 }
 
 
