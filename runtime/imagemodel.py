@@ -231,6 +231,17 @@ class ImageModelSpec(_Spec):
             )
         return value
 
+    @model_validator(mode="after")
+    def _spread_over_gpus(self) -> Self:
+        # diffusers' "balanced" map puts whole components on the GPUs it sees and what does
+        # not fit on the CPU: with fewer than two there is nothing to spread.
+        if self.pipeline.device_map is not None and self.gpu.count < 2:
+            raise ValueError(
+                f"spec.pipeline.deviceMap spreads the pipeline over several GPUs: "
+                f"set gpu.count to 2 or more, not {self.gpu.count}"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class ImageModel:

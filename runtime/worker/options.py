@@ -68,6 +68,11 @@ class PipelineOptions(BaseModel):
     # apply drops a null). Unnamed ones are introspected.
     arguments: dict[ApiArgument, str] = Field(default_factory=dict)
     unsupported: tuple[ApiArgument, ...] = ()
+    # Pipeline arguments passed as given on every call, for a value the API's ranges cannot
+    # carry: Z-Image-Turbo runs without CFG only at guidance_scale 0, below the API's 1.
+    fixed_arguments: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], int | float
+    ] = Field(default_factory=dict, max_length=8)
 
     @model_validator(mode="after")
     def _placement(self) -> Self:

@@ -128,6 +128,22 @@ def pick_device(requested: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_placement(devices: Mapping[str, str], device_map: str) -> None:
+    """Refuse a pipeline whose components (name -> device type) are not all on GPUs.
+
+    diffusers' "balanced" map gives a component too large for the free memory of the GPU
+    whose turn it is to the CPU without a word (and, past the first, leaves it out of
+    ``hf_device_map``), so the components' own devices are what count: a worker so placed
+    would make images many times slower, or run out of host memory mid-job.
+    """
+    off = sorted(name for name, kind in devices.items() if kind != "cuda")
+    if off:
+        raise ValueError(
+            f"deviceMap {device_map!r} left {', '.join(off)} off the GPUs: the pod's GPUs "
+            "lack the free memory for them; raise gpu.count"
+        )
+
+
 @dataclass
 class LoadedPipeline:
     """One pipeline in memory, with what its ``__call__`` accepts."""
@@ -138,6 +154,8 @@ class LoadedPipeline:
     # Which ``__call__`` argument carries each API parameter that families name differently
     # (None: the model has none, and the gateway refuses the parameter at submit).
     targets: Mapping[ApiArgument, str | None]
+    # Arguments the spec fixes for every call (``fixedArguments``).
+    fixed: Mapping[str, int | float]
     # Sides are rounded up to this: the VAE's downscale times the transformer's 2x2 packing.
     size_multiple: int
     # The default ``strength`` of image-to-image pipelines that have one: they denoise only
@@ -191,13 +209,26 @@ class LoadedPipeline:
         straight = (
             options.device_map is None and options.cpu_offload == "none" and device == pick_device()
         )
+        if options.device_map and not (device.startswith("cuda") and torch.cuda.is_available()):
+            # Without a GPU diffusers' "balanced" map loads everything on the CPU, silently.
+            raise ValueError(f"deviceMap {options.device_map!r} needs CUDA devices")
         device_map = options.device_map or (device if straight else None)
         pipeline = loader.from_pretrained(str(path), dtype=torch_dtype, device_map=device_map)
         if options.device_map:
-            if not device.startswith("cuda"):
-                raise ValueError(f"deviceMap {options.device_map!r} needs CUDA devices")
-            # Components stay on the GPUs diffusers placed them on; inputs go to the first.
-            device = "cuda:0"
+            log.info("placed by deviceMap %r: %s", options.device_map, pipeline.hf_device_map)
+            check_placement(
+                {
+                    name: component.device.type
+                    for name, component in pipeline.components.items()
+                    if isinstance(component, torch.nn.Module)
+                },
+                options.device_map,
+            )
+            # Each component stays on its GPU behind accelerate's hooks, which move its
+            # inputs there and its outputs back. The pipeline makes its latents on the
+            # execution device (its first hooked component's, not always cuda:0): the
+            # generators belong there too.
+            device = str(pipeline._execution_device)
         elif options.cpu_offload == "none":
             if not straight:
                 pipeline.to(device)
@@ -243,6 +274,7 @@ class LoadedPipeline:
             device=device,
             accepted=frozenset(parameters),
             targets=targets,
+            fixed=options.fixed_arguments,
             size_multiple=max(SIZE_MULTIPLE, 2 * scale if isinstance(scale, int) else 0),
             strength=strength if isinstance(strength, float) and strength > 0 else None,
             lock=threading.Lock(),
@@ -263,6 +295,7 @@ class LoadedPipeline:
         height = round_up(params.height, self.size_multiple)
         generator_device = "cpu" if self.device == "mps" else self.device
         kwargs: dict[str, Any] = {
+            **self.fixed,
             "prompt": params.prompt,
             "num_inference_steps": params.num_inference_steps,
             "num_images_per_prompt": params.num_images,
@@ -414,6 +447,18 @@ def _check_targets(
             raise ValueError(
                 f"spec.pipeline.arguments.{api_name} names {target!r}, which {name} does not take"
             )
+    fixed = set(options.fixed_arguments)
+    if not fixed <= accepted:
+        raise ValueError(
+            f"spec.pipeline.fixedArguments names {', '.join(sorted(fixed - accepted))}, "
+            f"which {name} does not take"
+        )
+    carried = {part for target in targets.values() if target for part in target.split(",")}
+    if fixed & carried:
+        raise ValueError(
+            f"spec.pipeline.fixedArguments {', '.join(sorted(fixed & carried))} would also "
+            "carry a request's value: list that API parameter in spec.pipeline.unsupported"
+        )
     lacking = sorted(n for n, target in targets.items() if target is None)
     undeclared = [n for n in lacking if n not in options.refused]
     if undeclared:

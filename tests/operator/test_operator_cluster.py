@@ -182,6 +182,18 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "price as a float": ({"pricePerPatch": 0.001}, "spec.pricePerPatch"),
     "unknown task": ({"task": "text-to-video"}, 'Unsupported value: "text-to-video"'),
+    "device map on one GPU": (
+        {"pipeline": {"deviceMap": "balanced"}, "gpu": {"count": 1}},
+        "spec.pipeline.deviceMap spreads the pipeline over several GPUs",
+    ),
+    "device map with offload": (
+        {"pipeline": {"deviceMap": "balanced", "cpuOffload": "model"}, "gpu": {"count": 2}},
+        "spec.pipeline.deviceMap places the components itself",
+    ),
+    "fixed argument not a name": (
+        {"pipeline": {"fixedArguments": {"max length": 256}}},
+        "spec.pipeline.fixedArguments names must be argument names",
+    ),
 }
 
 

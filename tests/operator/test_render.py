@@ -238,6 +238,18 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "bad task": (merged(DEMO, {"task": "text-to-video"}), "spec.task"),
     "empty batch": (merged(DEMO, {"batch": {"maxSize": 0}}), "spec.batch.maxSize"),
     "long batch wait": (merged(DEMO, {"batch": {"maxWaitMs": 60000}}), "spec.batch.maxWaitMs"),
+    "device map on one GPU": (
+        merged(DEMO, {"pipeline": {"deviceMap": "balanced"}}),
+        "deviceMap spreads the pipeline over several GPUs: set gpu.count to 2 or more, not 1",
+    ),
+    "device map with offload": (
+        merged(DEMO, {"pipeline": {"deviceMap": "balanced", "cpuOffload": "model"}}),
+        "deviceMap places the components itself",
+    ),
+    "fixed argument not a name": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"max length": 256}}}),
+        "spec.pipeline.fixedArguments",
+    ),
 }
 
 

@@ -80,7 +80,7 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
         {"negative_prompt": "blurry", "guidance_scale": 4.0, "num_images": 2},
     ),
     "sd35-large": ("/images/generations", {"negative_prompt": "blurry", "guidance_scale": 5.0}),
-    "z-image-turbo": ("/images/generations", {"guidance_scale": 1.0}),
+    "z-image-turbo": ("/images/generations", {}),
     "hunyuan-image": ("/images/generations", {"negative_prompt": "blurry"}),
     "flux2-dev": ("/images/generations", {"guidance_scale": 4.0}),
     "flux2-dev edit": (
@@ -103,7 +103,7 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
 # What each refuses, and why: the example declares it.
 REFUSED: dict[str, tuple[str, dict[str, Any], str]] = {
     "flux2-dev": ("/images/generations", {"negative_prompt": "blurry"}, "negative_prompt"),
-    "z-image-turbo": ("/images/generations", {"negative_prompt": "blurry"}, "negative_prompt"),
+    "z-image-turbo": ("/images/generations", {"guidance_scale": 1.0}, "guidance_scale"),
     "hunyuan-image": ("/images/generations", {"guidance_scale": 4.0}, "guidance_scale"),
     "longcat-image-edit": (
         "/images/edits",
@@ -195,3 +195,42 @@ def test_a_worker_whose_spec_hides_a_gap_refuses_to_start(tmp_path: Path) -> Non
         "negative_prompt": None,
         "image_size": "width,height",
     }
+
+
+def test_z_image_turbo_runs_without_cfg_at_the_guidance_its_spec_fixes(tmp_path: Path) -> None:
+    # ZImagePipeline runs CFG at any guidance above 0; the model card's 0 is below the API's
+    # range, so the example refuses guidance_scale and fixes the pipeline's argument at 0.
+    from tessera.runtime.worker.options import PipelineOptions
+    from tessera.runtime.worker.pipeline import LoadedPipeline
+    from tests.support.params import job_params
+
+    path = BUILDERS["ZImagePipeline"](tmp_path / "z-image")
+    spec = yaml.safe_load(on_cpu(EXAMPLES / "z-image-turbo.yaml", tmp_path / "z.yaml").read_text())
+    loaded = LoadedPipeline.load(
+        path, "cpu", None, PipelineOptions.model_validate(spec["spec"]["pipeline"])
+    )
+    params = job_params(prompt="a kite", width=64, height=48, seed=3, num_inference_steps=2)
+    assert loaded.arguments(params, [])["guidance_scale"] == 0.0
+    [image] = loaded.generate(params)
+    assert image.size == (64, 48)
+    assert loaded.pipeline.do_classifier_free_guidance is False
+    # A fixed argument the pipeline lacks, or one a request also sets, stops the worker.
+    with pytest.raises(ValueError, match="fixedArguments names true_cfg_scale, which ZImage"):
+        LoadedPipeline.load(
+            path,
+            "cpu",
+            None,
+            PipelineOptions(
+                unsupported=("guidance_scale", "negative_prompt"),
+                fixed_arguments={"true_cfg_scale": 1.0},
+            ),
+        )
+    with pytest.raises(ValueError, match="guidance_scale would also carry a request's value"):
+        LoadedPipeline.load(
+            path,
+            "cpu",
+            None,
+            PipelineOptions(
+                unsupported=("negative_prompt",), fixed_arguments={"guidance_scale": 0}
+            ),
+        )
