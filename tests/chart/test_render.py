@@ -662,3 +662,17 @@ def test_generated_key_is_accepted_by_the_gateways_key_file(tmp_path: Path) -> N
     assert identity.admin is True
     with pytest.raises(Unauthorized):
         ring.authenticate(key.decode() + "x")
+
+
+def test_changed_keys_roll_the_gateways_and_nothing_else_does() -> None:
+    """The gateway reads its key file once, at start: new keys must restart it, and a
+    render with the same values (the generated key aside) must not."""
+
+    def template(values: dict[str, str] | None = None) -> dict[str, Any]:
+        return render(values).get("Deployment", f"{FULL}-gateway")["spec"]["template"]
+
+    default = template()
+    assert template() == default, "two renders of the same values differ"
+    rotated = template({"apiKeys.sha256[0]": "ab" * 32})
+    assert rotated["metadata"]["annotations"] != default["metadata"]["annotations"]
+    assert {**rotated, "metadata": {}} == {**default, "metadata": {}}
