@@ -28,6 +28,7 @@ from tessera.runtime.worker.options import (
     SIZE_ARGUMENTS,
     ApiArgument,
     PipelineOptions,
+    no_cache_context,
 )
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,15 @@ def prefetch(path: Path) -> int:
         finally:
             os.close(fd)
     return asked
+
+
+def sets_cache_context(pipeline_class: type) -> bool:
+    """Whether the pipeline's ``__call__`` names its denoiser calls with diffusers'
+    ``cache_context`` ("cond", "uncond"), under which cache hooks keep one state per kind of
+    call. Read from the method's code rather than a list of classes, so a new pipeline is
+    judged by what it does."""
+    code = getattr(inspect.unwrap(pipeline_class.__call__), "__code__", None)
+    return code is not None and "cache_context" in code.co_names
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -220,6 +230,11 @@ class LoadedPipeline:
             if denoiser is None or not hasattr(denoiser, "enable_cache"):
                 raise ValueError(f"{type(pipeline).__name__} has no diffusers denoiser to change")
             if options.first_block_cache is not None:
+                if not sets_cache_context(type(pipeline)):
+                    raise ValueError(
+                        "spec.pipeline.firstBlockCache: "
+                        + no_cache_context(type(pipeline).__name__)
+                    )
                 denoiser.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
             if options.fp8_weights:
                 denoiser.enable_layerwise_casting(

@@ -238,6 +238,10 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "bad task": (merged(DEMO, {"task": "text-to-video"}), "spec.task"),
     "empty batch": (merged(DEMO, {"batch": {"maxSize": 0}}), "spec.batch.maxSize"),
     "long batch wait": (merged(DEMO, {"batch": {"maxWaitMs": 60000}}), "spec.batch.maxWaitMs"),
+    "first-block-cache on a loop without cache contexts": (
+        merged(DEMO, {"pipeline": {"className": "FluxKontextPipeline", "firstBlockCache": 0.12}}),
+        "spec.pipeline.firstBlockCache: FluxKontextPipeline sets no cache context",
+    ),
 }
 
 
