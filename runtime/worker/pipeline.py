@@ -85,7 +85,13 @@ def encode(image: Image.Image, output_format: OutputFormat) -> tuple[bytes, str]
 
 
 def quiet_libraries() -> None:
-    """Silence per-file progress bars and import-time notices, which bury the server's log."""
+    """Silence per-file progress bars and import-time notices, which bury the server's log;
+    called before torch is first imported, so OpenMP's settings below still apply."""
+    # torch's OpenMP threads spin for a while after each parallel op by default. Beside an
+    # event loop in the same process (``serve``) or other processes on a few cores they take
+    # the cores the API needs: measured with bench/serving_overhead.py (docs/benchmarks.md).
+    # Sleeping instead costs a CPU pipeline nothing measurable; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import transformers
 
     transformers.logging.set_verbosity_error()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tessera.runtime.worker.pipeline import (
     WEIGHT_SUFFIXES,
     LoadedPipeline,
     prefetch,
+    quiet_libraries,
     sets_cache_context,
 )
 from tests.support.params import job_params
@@ -104,6 +106,17 @@ def test_options_the_pipeline_cannot_honour_fail_at_load(
         LoadedPipeline.load(
             demo_models_dir / "tessera-demo", "cpu", options=PipelineOptions.model_validate(options)
         )
+
+
+def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    quiet_libraries()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    quiet_libraries()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_unknown_options_are_rejected() -> None:
