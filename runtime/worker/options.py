@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 # The API parameters whose pipeline argument differs between families. Everything else
@@ -22,6 +22,54 @@ API_ARGUMENTS: tuple[ApiArgument, ...] = ("guidance_scale", "negative_prompt", "
 # image-to-image pipeline without them) as the size of its source image.
 SIZE_ARGUMENTS = "width,height"
 SIZE_FROM_SOURCE = "image"
+
+
+# The diffusers pipelines (0.42) whose denoiser has First-Block-Cache hooks but whose
+# denoising loop never names its denoiser calls with ``cache_context``, where the hooks keep
+# their state: the cache fails on their first step. The worker reads this from the loaded
+# pipeline's own code (``pipeline.sets_cache_context``); this copy lets the operator and the
+# gateway refuse a spec that declares such a ``className`` before a GPU is spent, and a test
+# recomputes it from the installed diffusers.
+NO_CACHE_CONTEXT = frozenset(
+    {
+        "AceStepPipeline",
+        "AllegroPipeline",
+        "BriaPipeline",
+        "ChromaImg2ImgPipeline",
+        "ChromaInpaintPipeline",
+        "ChromaPipeline",
+        "ChronoEditPipeline",
+        "CogView4ControlPipeline",
+        "Flux2KleinKVPipeline",
+        "Flux2Pipeline",
+        "FluxControlImg2ImgPipeline",
+        "FluxControlInpaintPipeline",
+        "FluxControlNetImg2ImgPipeline",
+        "FluxControlNetInpaintPipeline",
+        "FluxControlNetPipeline",
+        "FluxControlPipeline",
+        "FluxFillPipeline",
+        "FluxImg2ImgPipeline",
+        "FluxInpaintPipeline",
+        "FluxKontextInpaintPipeline",
+        "FluxKontextPipeline",
+        "GlmImagePipeline",
+        "HunyuanSkyreelsImageToVideoPipeline",
+        "HunyuanVideoFramepackPipeline",
+        "HunyuanVideoImageToVideoPipeline",
+        "Kandinsky5I2IPipeline",
+        "Kandinsky5I2VPipeline",
+        "Kandinsky5T2IPipeline",
+        "Kandinsky5T2VPipeline",
+        "LTX2DFRPipeline",
+        "LTX2DFRTemporalRefinePipeline",
+        "LattePipeline",
+        "NucleusMoEImagePipeline",
+        "VisualClozeGenerationPipeline",
+        "VisualClozePipeline",
+        "WanVideoToVideoPipeline",
+    }
+)
 
 
 def introspected_arguments(accepted: Collection[str]) -> dict[ApiArgument, str | None]:
@@ -37,6 +85,15 @@ def introspected_arguments(accepted: Collection[str]) -> dict[ApiArgument, str |
         "negative_prompt": "negative_prompt" if "negative_prompt" in accepted else None,
         "image_size": size,
     }
+
+
+def no_cache_context(class_name: str) -> str:
+    """Why First-Block-Cache cannot run on such a pipeline, naming the field to change."""
+    return (
+        f"{class_name} sets no cache context around its denoiser calls, which"
+        " First-Block-Cache keeps its state under (every job would fail on its first step):"
+        " unset firstBlockCache for this pipeline"
+    )
 
 
 class PipelineOptions(BaseModel):
@@ -73,6 +130,14 @@ class PipelineOptions(BaseModel):
     fixed_arguments: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], int | float
     ] = Field(default_factory=dict, max_length=8)
+
+    @field_validator("first_block_cache")
+    @classmethod
+    def _cache_context(cls, threshold: float | None, info: ValidationInfo) -> float | None:
+        class_name = info.data.get("class_name")
+        if threshold is not None and class_name in NO_CACHE_CONTEXT:
+            raise ValueError(no_cache_context(class_name))
+        return threshold
 
     @model_validator(mode="after")
     def _placement(self) -> Self:

@@ -28,6 +28,7 @@ from tessera.runtime.worker.options import (
     SIZE_ARGUMENTS,
     ApiArgument,
     PipelineOptions,
+    no_cache_context,
 )
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,13 @@ def encode(image: Image.Image, output_format: OutputFormat) -> tuple[bytes, str]
 
 
 def quiet_libraries() -> None:
-    """Silence per-file progress bars and import-time notices, which bury the server's log."""
+    """Silence per-file progress bars and import-time notices, which bury the server's log;
+    called before torch is first imported, so OpenMP's settings below still apply."""
+    # torch's OpenMP threads spin for a while after each parallel op by default. Beside an
+    # event loop in the same process (``serve``) or other processes on a few cores they take
+    # the cores the API needs: measured with bench/serving_overhead.py (docs/benchmarks.md).
+    # Sleeping instead costs a CPU pipeline nothing measurable; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -118,6 +125,15 @@ def prefetch(path: Path) -> int:
         finally:
             os.close(fd)
     return asked
+
+
+def sets_cache_context(pipeline_class: type) -> bool:
+    """Whether the pipeline's ``__call__`` names its denoiser calls with diffusers'
+    ``cache_context`` ("cond", "uncond"), under which cache hooks keep one state per kind of
+    call. Read from the method's code rather than a list of classes, so a new pipeline is
+    judged by what it does."""
+    code = getattr(inspect.unwrap(pipeline_class.__call__), "__code__", None)
+    return code is not None and "cache_context" in code.co_names
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -251,6 +267,11 @@ class LoadedPipeline:
             if denoiser is None or not hasattr(denoiser, "enable_cache"):
                 raise ValueError(f"{type(pipeline).__name__} has no diffusers denoiser to change")
             if options.first_block_cache is not None:
+                if not sets_cache_context(type(pipeline)):
+                    raise ValueError(
+                        "spec.pipeline.firstBlockCache: "
+                        + no_cache_context(type(pipeline).__name__)
+                    )
                 denoiser.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
             if options.fp8_weights:
                 denoiser.enable_layerwise_casting(

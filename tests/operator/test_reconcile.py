@@ -269,3 +269,25 @@ def test_an_invalid_spec_fails_once_with_status(cluster: Cluster) -> None:
     written = cluster.reconciler._written.statuses[KEY]["status"]
     assert written["phase"] == "Failed"
     assert "exactly one source" in written["conditions"][0]["message"]
+
+
+def test_first_block_cache_on_kontext_is_refused_with_a_condition_and_an_event(
+    cluster: Cluster,
+) -> None:
+    cluster.model["spec"] = {
+        "weights": {"demo": {}},
+        "pipeline": {"className": "FluxKontextPipeline", "firstBlockCache": 0.12},
+    }
+
+    async def go() -> None:
+        with pytest.raises(InvalidSpec):
+            await cluster.reconciler.reconcile(cluster.model)
+        await cluster.settle()
+
+    run(go())
+    assert [c for c in cluster.kube.calls if c[0] == "apply"] == []
+    assert cluster.kube.events() == ["InvalidSpec"]
+    conditions = cluster.reconciler._written.statuses[KEY]["status"]["conditions"]
+    ready = next(c for c in conditions if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.pipeline.firstBlockCache: FluxKontextPipeline" in ready["message"]

@@ -250,6 +250,10 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         merged(DEMO, {"pipeline": {"fixedArguments": {"max length": 256}}}),
         "spec.pipeline.fixedArguments",
     ),
+    "first-block-cache on a loop without cache contexts": (
+        merged(DEMO, {"pipeline": {"className": "FluxKontextPipeline", "firstBlockCache": 0.12}}),
+        "spec.pipeline.firstBlockCache: FluxKontextPipeline sets no cache context",
+    ),
 }
 
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import typing
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers.hooks import FirstBlockCacheConfig
+from PIL import Image
 from pydantic import ValidationError
 
-from tessera.runtime.worker.options import PipelineOptions
-from tessera.runtime.worker.pipeline import WEIGHT_SUFFIXES, LoadedPipeline, prefetch
+from tessera.runtime.worker.options import NO_CACHE_CONTEXT, PipelineOptions
+from tessera.runtime.worker.pipeline import (
+    WEIGHT_SUFFIXES,
+    LoadedPipeline,
+    prefetch,
+    quiet_libraries,
+    sets_cache_context,
+)
 from tests.support.params import job_params
 
 PARAMS = job_params(prompt="a kite", width=96, height=64, seed=9)
@@ -37,6 +47,51 @@ def test_options_are_applied(demo_models_dir: Path) -> None:
     assert image.size == (96, 64)
 
 
+def test_first_block_cache_is_refused_at_load_where_the_loop_sets_no_cache_context(
+    demo_models_dir: Path,
+) -> None:
+    """No className in the spec: the worker reads the class from model_index.json and judges
+    the loaded pipeline by its own code."""
+    options = PipelineOptions.model_validate({"firstBlockCache": 0.2})
+    with pytest.raises(ValueError, match=r"spec\.pipeline\.firstBlockCache: FluxKontextPipeline"):
+        LoadedPipeline.load(demo_models_dir / "tessera-demo-edit", "cpu", options=options)
+
+
+def test_why_first_block_cache_is_refused_on_kontext(demo_models_dir: Path) -> None:
+    """What the refusal spares a user: the cache enabled anyway fails the first job."""
+    loaded = LoadedPipeline.load(demo_models_dir / "tessera-demo-edit", "cpu")
+    loaded.pipeline.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    source = Image.new("RGB", (64, 64), "teal")
+    with pytest.raises(ValueError, match="No cache context is set"):
+        loaded.generate(job_params(prompt="a kite", width=64, height=64, seed=9), [source])
+
+
+def test_the_operators_list_matches_diffusers() -> None:
+    """The pipelines the operator refuses by className are exactly those of the installed
+    diffusers whose denoiser takes cache hooks and whose loop sets no cache context."""
+    import diffusers
+    from diffusers.models.cache_utils import CacheMixin
+
+    found = set()
+    for name in dir(diffusers):
+        pipeline_class = getattr(diffusers, name) if name.endswith("Pipeline") else None
+        if not (
+            isinstance(pipeline_class, type)
+            and issubclass(pipeline_class, diffusers.DiffusionPipeline)
+        ):
+            continue
+        try:
+            hints = typing.get_type_hints(pipeline_class.__init__)
+        except NameError:  # an annotation naming a library that is not installed
+            continue
+        denoiser = hints.get("transformer") or hints.get("unet")
+        cached = isinstance(denoiser, type) and issubclass(denoiser, CacheMixin)
+        if cached and not sets_cache_context(pipeline_class):
+            found.add(name)
+    assert found == NO_CACHE_CONTEXT
+    assert sets_cache_context(diffusers.FluxPipeline)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -51,6 +106,17 @@ def test_options_the_pipeline_cannot_honour_fail_at_load(
         LoadedPipeline.load(
             demo_models_dir / "tessera-demo", "cpu", options=PipelineOptions.model_validate(options)
         )
+
+
+def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    quiet_libraries()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    quiet_libraries()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_unknown_options_are_rejected() -> None:
