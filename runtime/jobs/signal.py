@@ -91,8 +91,11 @@ class ChangeSignal:
                 left = deadline - loop.time()
                 if left <= 0:
                     return None
+                # asyncio.timeout: wait_for (3.11) may lose a cancellation that lands as a
+                # wake-up does.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), left if nap is None else min(nap, left))
+                    async with asyncio.timeout(left if nap is None else min(nap, left)):
+                        await woken.wait()
                 woken.clear()
                 async with asyncio.timeout_at(None if claims else deadline):
                     value = await check()

@@ -279,8 +279,11 @@ class Worker:
     async def _heartbeat(self, job: Job, progress: _Progress) -> None:
         """Renew the lease on a timer and report progress as it moves."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # lands as progress arrives, and the job's heartbeat then never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.changed.wait(), timeout=self.heartbeat_seconds)
+                async with asyncio.timeout(self.heartbeat_seconds):
+                    await progress.changed.wait()
             progress.changed.clear()
             try:
                 await self.store.heartbeat(job.id, self.worker_id, progress.value)
