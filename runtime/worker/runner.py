@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_SECONDS = 0.25
 # Between asks once the store's own retries are spent.
 STORE_RETRY_SECONDS = 1.0
+# How long a cancelled heartbeat may take to end before it is cancelled again.
+CANCEL_AGAIN_SECONDS = 0.5
 
 
 @dataclass
@@ -312,7 +314,13 @@ def _reporter(progress: list[_Progress]) -> Callable[[int, int], None]:
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    """Cancel ``task`` and wait for it to end, cancelling again until it does: a library can
+    lose a cancellation (redis-py sends commands under Python 3.11's ``wait_for``, which
+    drops one that lands as the send finishes), and a heartbeat that lives on holds its
+    worker for ever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_AGAIN_SECONDS)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

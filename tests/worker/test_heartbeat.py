@@ -17,7 +17,7 @@ from tessera.runtime.jobs.base import StorePolicy
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.storage import open_storage
-from tessera.runtime.worker.runner import Worker, _Progress
+from tessera.runtime.worker.runner import Worker, _Progress, _stop
 from tests.support.params import job_params
 
 MODEL = "demo"
@@ -46,3 +46,22 @@ async def test_a_heartbeat_cancelled_as_progress_arrives_stops(tmp_path: Path) -
             await asyncio.wait_for(beating, 5)
     finally:
         await store.close()
+
+
+async def test_a_task_that_loses_a_cancellation_is_still_stopped() -> None:
+    ignored = 0
+
+    async def swallows_one_cancellation() -> None:
+        nonlocal ignored
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if ignored:
+                    raise
+                ignored += 1  # as a library's wait_for may
+
+    task = asyncio.create_task(swallows_one_cancellation())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(_stop(task), 5)
+    assert task.cancelled() and ignored == 1
