@@ -54,6 +54,19 @@ QUEUE_EVENT = "QueueEvent"
 # (for up to SWEEP_SECONDS; the sweep covers it after that).
 LAG_RETRY_SECONDS = 0.2
 SWEEP = "Sweep"
+# status.autoscaling.coldStart: seconds from the scale-up decision to each of the worker's
+# recorded phases, and the worker's own import and pipeline-building times.
+MILESTONES = (
+    ("startedSeconds", "started"),
+    ("loadedSeconds", "loaded"),
+    ("firstImageSeconds", "firstImage"),
+)
+COLD_START_FIELDS = (
+    "scheduledSeconds",
+    *(field for field, _ in MILESTONES),
+    "importSeconds",
+    "pipelineSeconds",
+)
 
 
 class Demand(Protocol):
@@ -93,6 +106,8 @@ class _Held:
     asked_revision: int = 0
     # The last scale-up being timed: when it was decided, and the pods that existed then.
     timing: tuple[float, frozenset[str]] | None = None
+    # Its milestones so far, kept until written (the measurement may end between writes).
+    cold_start: dict[str, Any] | None = None
 
 
 def _weights_ready(body: Mapping[str, Any]) -> bool:
@@ -258,15 +273,19 @@ class Autoscaler:
             autoscaling["lastScaleTime"] = iso_time(now)
         if scales and decision.replicas > current:
             held.timing = (now, frozenset(p["metadata"]["name"] for p in pods))
+        measured = False
         if held.timing is not None:
             cold = await self._cold_start(model, pods, *held.timing)
             if cold is not None:
-                autoscaling["coldStart"] = cold
-                if "firstImageSeconds" in cold:
+                held.cold_start = cold
+                if cold["firstImageSeconds"] is not None:
                     held.timing = None  # measured to the end
+                    measured = True
+        if held.cold_start is not None:
+            autoscaling["coldStart"] = held.cold_start
         written = {**held.written, **autoscaling}
         due = now - held.written_at >= STATUS_INTERVAL_SECONDS
-        if written != held.written and (scales or turned or due):
+        if written != held.written and (scales or turned or due or measured):
             await asyncio.to_thread(
                 self.kube.patch_status,
                 body,
@@ -306,7 +325,9 @@ class Autoscaler:
 
         pod = min(new, key=order)
         record = records.get(pod["metadata"]["name"], {})
-        cold: dict[str, Any] = {"pod": pod["metadata"]["name"]}
+        # Every field named, those not reached yet as null: the merge patch then clears what
+        # an earlier cold start left in the status.
+        cold: dict[str, Any] = dict.fromkeys(COLD_START_FIELDS) | {"pod": pod["metadata"]["name"]}
         scheduled = find_condition(pod.get("status", {}).get("conditions"), "PodScheduled")
         if scheduled and scheduled.get("status") == "True" and scheduled.get("lastTransitionTime"):
             at = datetime.datetime.fromisoformat(
@@ -314,12 +335,7 @@ class Autoscaler:
             ).timestamp()
             # The condition has whole seconds; the decision, milliseconds.
             cold["scheduledSeconds"] = round(max(0.0, at - decided), 1)
-        milestones = (
-            ("startedSeconds", "started"),
-            ("loadedSeconds", "loaded"),
-            ("firstImageSeconds", "firstImage"),
-        )
-        for field, phase in milestones:
+        for field, phase in MILESTONES:
             if phase in record:
                 cold[field] = round(record[phase] - decided, 2)
         for field in ("importSeconds", "pipelineSeconds"):

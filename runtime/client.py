@@ -28,6 +28,7 @@ __all__ = [
     "ApiError",
     "ClientError",
     "ImageRef",
+    "JobCancelled",
     "JobFailed",
     "ModelInfo",
     "ServerUnreachable",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-FINISHED = frozenset({"completed", "failed"})
+FINISHED = frozenset({"completed", "failed", "cancelled"})
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 # Tessera holds a task request up to 60 s; shorter holds keep a progress bar moving.
 DEFAULT_POLL_WAIT = 2.0
@@ -117,6 +118,12 @@ class JobFailed(ClientError):
         super().__init__(f"job {job_id} failed: {message}")
         self.job_id = job_id
         self.message = message
+
+
+class JobCancelled(ClientError):
+    def __init__(self, job_id: int, message: str):
+        super().__init__(f"job {job_id} was cancelled: {message}")
+        self.job_id = job_id
 
 
 class WaitTimeout(ClientError):
@@ -328,6 +335,10 @@ class TesseraClient:
         )
         return TaskInfo.from_body(job_id, body)
 
+    def cancel(self, job_id: int) -> TaskInfo:
+        """POST ``/images/tasks/{job_id}/cancel``: the job stops and is never billed."""
+        return TaskInfo.from_body(job_id, self._json("POST", f"/images/tasks/{job_id}/cancel"))
+
     def wait(
         self,
         job_id: int,
@@ -352,6 +363,8 @@ class TesseraClient:
                 on_progress(info)
             if info.status == "failed":
                 raise JobFailed(job_id, info.error or "the server gave no reason")
+            if info.status == "cancelled":
+                raise JobCancelled(job_id, info.error or "the server gave no reason")
             if info.finished:
                 return info
             if timeout is not None and time.monotonic() - started >= timeout:

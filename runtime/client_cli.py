@@ -81,6 +81,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     edit.set_defaults(handler=_guarded(_edit))
 
+    follow = commands.add_parser(
+        "wait", parents=[server], help="follow a submitted job to the end and save its images"
+    )
+    follow.add_argument("job_id", type=int, help="the job id that generate or edit printed")
+    follow.add_argument("-o", "--output", help="file, or folder for the images; default .")
+    follow.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    follow.set_defaults(handler=_guarded(_wait))
+
     models = commands.add_parser("models", parents=[server], help="list the models a server offers")
     models.add_argument("--task", choices=["text-to-image", "image-to-image"])
     models.set_defaults(handler=_guarded(_models))
@@ -206,11 +214,29 @@ def _run_job(args: argparse.Namespace, *, edit: bool) -> int:
         if source is not None:
             body["image_url"] = source if isinstance(source, str) else str(client.upload(source))
         job_id = client.submit_edit(body) if edit else client.submit_generation(body)
+        return _deliver(client, job_id, args, submitted=True)
+
+
+def _wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _deliver(client, args.job_id, args)
+
+
+def _deliver(
+    client: TesseraClient, job_id: int, args: argparse.Namespace, *, submitted: bool = False
+) -> int:
+    """Follow the job, save its images, print what it cost; Ctrl-C offers to cancel it."""
+    try:
+        if submitted:
+            # At once, so a client cut off later still knows which job to resume.
+            print(f"job {job_id} submitted", file=sys.stderr, flush=True)
         task = _follow(client, job_id, args)
-        for image, target in zip(task.images, _targets(args.output, job_id, task), strict=True):
-            client.download(image, target)
-            print(target)
-    details = [f"job {job_id}", model]
+    except KeyboardInterrupt:
+        return _interrupted(client, job_id)
+    for image, target in zip(task.images, _targets(args.output, job_id, task), strict=True):
+        client.download(image, target)
+        print(target)
+    details = [f"job {job_id}", str(task.raw.get("model") or "")]
     if task.seed is not None:
         details.append(f"seed {task.seed}")
     if task.parameters.get("num_inference_steps"):
@@ -218,6 +244,26 @@ def _run_job(args: argparse.Namespace, *, edit: bool) -> int:
     billed = "?" if task.patches is None else f"{task.patches:,}"
     print(f"{billed} patches billed ({', '.join(details)})")
     return 0
+
+
+def _interrupted(client: TesseraClient, job_id: int) -> int:
+    """Cancel only when a person at a terminal says so; a script's Ctrl-C (or SIGINT) with
+    no terminal to ask leaves the job running, resumable."""
+    resume = f"job {job_id} keeps running; resume with: tessera wait {job_id}"
+    if not sys.stdin.isatty():
+        print(f"\ninterrupted; {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        print(f"\ncancel job {job_id}? [y/N] ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline().strip().lower()
+    except KeyboardInterrupt:
+        answer = ""
+    if answer in ("y", "yes"):
+        client.cancel(job_id)
+        print(f"job {job_id} cancelled; it is not billed", file=sys.stderr)
+    else:
+        print(resume, file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _source(image: str) -> str | Path:

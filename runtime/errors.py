@@ -2,7 +2,8 @@
 
     TesseraError
     ├── InvalidParameter      422  a request field breaks a rule (names the field and rule)
-    │   └── ModalityIncompatible  400  an edit sent to a text-to-image model, or the reverse
+    │   ├── ModalityIncompatible  400  an edit sent to a text-to-image model, or the reverse
+    │   └── IdempotencyMismatch   an Idempotency-Key reused with another body
     ├── Unauthorized          401  missing or unknown API key
     ├── Forbidden             403  a valid key that may not do this (usage needs an admin key)
     ├── NotFound              404
@@ -10,6 +11,7 @@
     │   ├── JobNotFound           also raised for another key's job, so ids leak nothing
     │   └── FileNotFound          unknown, expired or badly signed file URL
     ├── UploadUsed            409  a signed upload URL that was already PUT to
+    ├── JobFinished           409  a cancel that came after the job completed or failed
     ├── PayloadTooLarge       413  a request body, upload or fetched image over its limit
     ├── RateLimited           429  too many requests from one key; says when to retry
     ├── QueueFull             429  the model's queue holds its limit; answered with Retry-After
@@ -102,6 +104,29 @@ class JobNotFound(NotFound):
 
     def __init__(self, job_id: int):
         super().__init__(f"job {job_id} does not exist")
+
+
+class IdempotencyMismatch(InvalidParameter):
+    code = "idempotency.mismatch"
+
+    def __init__(self, job_id: int):
+        super().__init__(
+            f"this Idempotency-Key was used in the last 24 h for job {job_id} with another "
+            "body; send the same body to get that job, or use a new key",
+            field="Idempotency-Key",
+            rule="same_body",
+        )
+        self.job_id = job_id
+
+
+class JobFinished(TesseraError):
+    status_code = 409
+    code = "job.finished"
+
+    def __init__(self, job_id: int, status: str):
+        super().__init__(
+            f"job {job_id} is already {status}; only a queued or running job can be cancelled"
+        )
 
 
 class FileNotFound(NotFound):

@@ -26,12 +26,15 @@ class Outcome(enum.StrEnum):
     EXPIRED = "expired"
     # The worker lost its lease before it could complete; the job runs again elsewhere.
     LEASE_LOST = "lease_lost"
+    # Cancelled by its client through the API (counted by the gateway that cancelled it).
+    CANCELLED = "cancelled"
 
 
 JOBS_SUBMITTED = Counter("tessera_jobs_submitted_total", "Jobs accepted by the API.", ["model"])
 JOBS_FINISHED = Counter(
     "tessera_jobs_finished_total",
-    "Jobs that ended on this process, by outcome (completed, failed, expired, lease_lost).",
+    "Jobs that ended on this process, by outcome"
+    " (completed, failed, expired, lease_lost, cancelled).",
     ["model", "outcome"],
 )
 IMAGES = Counter("tessera_images_total", "Images delivered and billed.", ["model"])

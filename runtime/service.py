@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from tessera.runtime import metrics
+from tessera.runtime import control, metrics
 from tessera.runtime.billing import format_amount
 from tessera.runtime.errors import InvalidParameter, JobNotFound, StorageUnavailable
 from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS, Job, JobStatus, JobStore
@@ -65,8 +65,19 @@ class ImageService:
     # Where webhooks may go (the same checks as fetched images, with their own allowances).
     webhooks: PinnedHttp = field(default_factory=PinnedHttp)
 
-    async def submit(self, key: ApiKey, request: GenerationRequest, *, edit: bool) -> Job:
+    async def submit(
+        self,
+        key: ApiKey,
+        request: GenerationRequest,
+        *,
+        edit: bool,
+        controls: control.SubmitControls | None = None,
+    ) -> Job:
+        """Queue a job (or, for a repeated ``Idempotency-Key``, answer the first one)."""
         await self.limiter.hit(Action.SUBMIT, key)
+        controls = controls or control.SubmitControls()
+        once = control.idempotency(controls.idempotency_key, request, edit=edit)
+        start_by = control.start_deadline(controls.cancel_after)
         model = self.catalog.get(request.model)
         params = resolve(request, model.limits, model.task, edit=edit, refused=model.refused)
         if params.webhook_url is not None:
@@ -80,9 +91,27 @@ class ImageService:
             )
             params = params.model_copy(update={"source_images": stored, "uploads": uploads})
         job = await self.store.submit(
-            model.name, key.id, params, max_queued=model.max_queued, queue_name=model.queue_name
+            model.name,
+            key.id,
+            params,
+            max_queued=model.max_queued,
+            queue_name=model.queue_name,
+            idempotency=once,
+            start_by=start_by,
         )
         metrics.JOBS_SUBMITTED.labels(model.name).inc()
+        return job
+
+    async def cancel(self, key: ApiKey, job_id: int) -> Job:
+        """Cancel the caller's queued or running job; it is never billed."""
+        await self.limiter.hit(Action.POLL, key)
+        job = await self.store.get(job_id)
+        if job.key_id != key.id:
+            raise JobNotFound(job_id)
+        was = job.status
+        job = await self.store.cancel(job_id, "cancelled by its client; not billed")
+        if not was.finished:
+            metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.CANCELLED).inc()
         return job
 
     async def check_webhook_url(self, reference: str) -> None:
@@ -105,6 +134,7 @@ class ImageService:
         """Fail the jobs that waited longer than their model's queue timeout; how many."""
         failed = 0
         for model in self.catalog.all():
+            await self.store.abort_late(model.queue_name)
             if model.queue_timeout_seconds is None:
                 continue
             reason = (
@@ -138,7 +168,7 @@ class ImageService:
     async def observe_queues(self) -> None:
         """Set the queue-depth gauges of every served model (for dashboards and alerts)."""
         for model in self.catalog.all():
-            depth = await self.store.queue_depth(model.name)
+            depth = await self.store.queue_depth(model.queue_name)
             metrics.QUEUE_JOBS.labels(model.name, "queued").set(depth.queued)
             metrics.QUEUE_JOBS.labels(model.name, "in_progress").set(depth.in_progress)
 
@@ -231,6 +261,10 @@ class ImageService:
         }
         if job.status is JobStatus.FAILED:
             body["error"] = {"code": "job.failed", "message": job.error or "the job failed"}
+        if job.status is JobStatus.CANCELLED:
+            body["error"] = {"code": "job.cancelled", "message": job.error or "cancelled"}
+        if job.status is JobStatus.QUEUED:
+            body["queue_position"] = await self.store.queue_position(job)
         if job.result is not None:
             params = job.params
             encoded: list[str | None] = [None] * len(job.result.images)

@@ -7,12 +7,13 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service
 from tessera.runtime.api.openapi import errors
+from tessera.runtime.control import CANCEL_AFTER_HEADER, IDEMPOTENCY_HEADER, SubmitControls
 from tessera.runtime.errors import InvalidParameter
 from tessera.runtime.jobs.base import MAX_JOB_ID, Job, JobStatus
 from tessera.runtime.keys import ApiKey
@@ -87,6 +88,7 @@ async def _submitted(
     service: ImageService,
     key: ApiKey,
     body: GenerationRequest,
+    controls: SubmitControls,
     prefer: str | None,
     response: Response,
     *,
@@ -94,7 +96,7 @@ async def _submitted(
 ) -> Any:
     """The job id, or with ``Prefer: wait`` the task if it finishes in time."""
     wait = prefer_wait(prefer)  # a bad header is refused before a job exists
-    job = await service.submit(key, body, edit=edit)
+    job = await service.submit(key, body, edit=edit, controls=controls)
     if wait is None:
         return JobAccepted(job_id=job.id, status=job.status)
     response.headers["Preference-Applied"] = f"wait={wait:g}"
@@ -110,6 +112,33 @@ class SignedUpload(BaseModel):
     expires_in: int
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="Up to 255 visible ASCII characters (a UUID). The same key and body from"
+        " this API key within 24 h answer the first job_id; another body is a 422.",
+    ),
+]
+CancelAfter = Annotated[
+    str | None,
+    Header(
+        alias=CANCEL_AFTER_HEADER,
+        description="Cancel the job, unbilled, if it has not started this long after"
+        " submission: seconds (300) or a duration (90s, 5m, 1h30m), 1 s to 24 h.",
+    ),
+]
+
+
+def submit_controls(
+    idempotency_key: IdempotencyKey = None, cancel_after: CancelAfter = None
+) -> SubmitControls:
+    return SubmitControls(idempotency_key=idempotency_key, cancel_after=cancel_after)
+
+
+Controls = Annotated[SubmitControls, Depends(submit_controls)]
+
+
 @router.post(
     "/generations",
     response_model=JobAccepted,
@@ -120,10 +149,11 @@ async def create_generation(
     body: GenerationRequest,
     key: CurrentKey,
     service: Service,
+    controls: Controls,
     response: Response,
     prefer: PreferWait = None,
 ) -> Any:
-    return await _submitted(service, key, body, prefer, response, edit=False)
+    return await _submitted(service, key, body, controls, prefer, response, edit=False)
 
 
 @router.post(
@@ -136,17 +166,21 @@ async def create_edit(
     body: GenerationRequest,
     key: CurrentKey,
     service: Service,
+    controls: Controls,
     response: Response,
     prefer: PreferWait = None,
 ) -> Any:
-    return await _submitted(service, key, body, prefer, response, edit=True)
+    return await _submitted(service, key, body, controls, prefer, response, edit=True)
+
+
+JobId = Annotated[
+    int, Path(ge=1, le=MAX_JOB_ID, description="The job_id that the submission returned.")
+]
 
 
 @router.get("/tasks/{job_id}", responses=errors(404), summary="A job's status, progress and result")
 async def get_task(
-    job_id: Annotated[
-        int, Path(ge=1, le=MAX_JOB_ID, description="The job_id that the submission returned.")
-    ],
+    job_id: JobId,
     key: CurrentKey,
     service: Service,
     wait: Annotated[
@@ -160,6 +194,15 @@ async def get_task(
 ) -> dict[str, Any]:
     job = await service.job_for(key, job_id, wait)
     return await service.task_body(job)
+
+
+@router.post(
+    "/tasks/{job_id}/cancel",
+    responses=errors(404, 409),
+    summary="Cancel a queued or running job; it ends cancelled and is never billed",
+)
+async def cancel_task(job_id: JobId, key: CurrentKey, service: Service) -> dict[str, Any]:
+    return await service.task_body(await service.cancel(key, job_id))
 
 
 @router.get(
@@ -179,9 +222,7 @@ async def get_task(
     summary="A live stream of a job's status and progress",
 )
 async def stream_task_events(
-    job_id: Annotated[
-        int, Path(ge=1, le=MAX_JOB_ID, description="The job_id that the submission returned.")
-    ],
+    job_id: JobId,
     key: CurrentKey,
     service: Service,
 ) -> StreamingResponse:

@@ -43,7 +43,7 @@ _DESCRIPTIONS = {
     401: "Missing or unknown API key",
     403: "The key is valid but may not do this (usage needs an admin key)",
     404: "No such model, job or file (another key's job answers the same)",
-    409: "This upload URL was already used",
+    409: "This upload URL was already used, or the job to cancel already finished",
     413: "The body or an image is larger than its limit",
     422: "A field breaks a rule; the body names the field and the rule",
     429: "Too many requests for this key; Retry-After says when to try again",

@@ -49,18 +49,24 @@ class JobStatus(enum.StrEnum):
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     FAILED = "failed"
+    # Stopped by its client (or by its Cancel-After deadline) and never billed. A client that
+    # knows only the four statuses above reads it as "not completed".
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 # An in-progress job goes back to QUEUED when its lease runs out.
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED}),
-    JobStatus.IN_PROGRESS: frozenset({JobStatus.QUEUED, JobStatus.COMPLETED, JobStatus.FAILED}),
+    JobStatus.QUEUED: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.IN_PROGRESS: frozenset(
+        {JobStatus.QUEUED, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
     JobStatus.COMPLETED: frozenset(),
     JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
 }
 
 
@@ -213,6 +219,8 @@ class Job:
     result: JobResult | None = None
     worker_id: str | None = None
     lease_until: datetime | None = None
+    # Cancel-After: a job still queued at this moment is cancelled, unbilled.
+    start_by: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,23 @@ class StorePolicy:
     # How long a finished job, its images and its inputs are kept.
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
 
+
+# How long an Idempotency-Key names its job (Stripe's and the IETF draft's window).
+IDEMPOTENCY_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A submission's Idempotency-Key (unique per API key) and a digest of its body: the same
+    key with the same body answers the first job; with another body, ``IdempotencyMismatch``."""
+
+    key: str
+    fingerprint: str
+
+
+DEADLINE_REASON = (
+    "the job had not started by its Cancel-After deadline; it did not run and is not billed"
+)
 
 # A full queue drains at the pace of its workers; a client that waits this long before it
 # retries gives them time without leaving the caller idle for long.
@@ -292,13 +317,36 @@ class JobStore(WebhookOutbox, Protocol):
         params: JobParams,
         max_queued: int | None = None,
         queue_name: str | None = None,
+        *,
+        idempotency: Idempotency | None = None,
+        start_by: datetime | None = None,
     ) -> Job:
         """The job, durable and queued in ``queue_name`` (``ModelSpec.queue_name``; by
         default ``model``); ``QueueFull`` if ``max_queued`` jobs already wait.
 
         ``model`` is the public name the job records; every other method that names a model
-        (``lease``, ``expire``, ``queue_depth``) takes its queue name.
+        (``lease``, ``expire``, ``queue_depth``, ``abort_late``) takes its queue name.
+
+        With ``idempotency``, a key this API key used in the last 24 h answers its first job
+        (however many submissions race) or raises ``IdempotencyMismatch`` for another body.
         """
+        ...
+
+    async def cancel(self, job_id: int, reason: str) -> Job:
+        """Cancel a queued or running job, unbilled; a running job's worker then loses its
+        lease at its next heartbeat. Against a completion racing it exactly one wins, in one
+        atomic step; a finished job raises ``JobFinished`` (an already cancelled one is
+        returned as it is)."""
+        ...
+
+    async def abort_late(self, queue_name: str) -> int:
+        """Cancel the queued jobs of ``queue_name`` whose Cancel-After deadline passed,
+        unbilled; how many. Leasing does it too; gateways call this on a timer for queues no
+        worker takes."""
+        ...
+
+    async def queue_position(self, job: Job) -> int:
+        """How many of its queue's queued jobs go before ``job`` (0: next), without a scan."""
         ...
 
     async def get(self, job_id: int) -> Job:

@@ -27,10 +27,13 @@ public name). Keys, for a model M and job N:
 - ``tessera:usage-cursor:NAME``       an exporter's saved cursor
 - ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any)
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
+- ``tessera:{M}:queue:order``         the same ids scored by id: ZRANK is a queue position
+- ``tessera:{M}:queue:deadlines``     queued ids with a Cancel-After, scored by deadline
 - ``tessera:{M}:leases``              ids in progress, scored by lease expiry
 - ``tessera:{M}:ledger``              usage records, a stream in completion order
 - ``tessera:{M}:finished``            finished ids, scored by finish time (retention sweeps)
 - ``tessera:{M}:start:W``             worker W's start-up phases (JSON), for 24 hours
+- ``tessera:idempotency:{K}:H``       API key K's Idempotency-Key (digest H): its job, 24 h
 - ``tessera:{M}:webhooks``            jobs with webhooks still to send, scored by when to look
 - ``tessera:{M}:webhook:N``           job N's webhook progress: events done, failed attempts
 - channel ``tessera:{M}:events``      a job id on every status change
@@ -41,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -55,10 +59,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
-from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
+from tessera.runtime.errors import (
+    IdempotencyMismatch,
+    JobFinished,
+    JobNotFound,
+    QueueFull,
+    StoreUnavailable,
+)
 from tessera.runtime.jobs.base import (
     BATCH_LOOKAHEAD,
+    DEADLINE_REASON,
+    IDEMPOTENCY_SECONDS,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
+    Idempotency,
     InvalidCursor,
     Job,
     JobResult,
@@ -87,8 +100,9 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 """
 
 # Put expired leases back in the queue (at its head, oldest first: they were first), or
-# fail them after the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished; ARGV[1]
-# job key prefix, ARGV[2] lease seconds, ARGV[3] max attempts, ARGV[4] events channel.
+# fail them after the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished,
+# KEYS[4] queue order, KEYS[5] deadlines; ARGV[1] job key prefix, ARGV[2] lease seconds,
+# ARGV[3] max attempts, ARGV[4] events channel.
 _RECLAIM = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 local requeued = {}
@@ -109,7 +123,10 @@ for _, id in ipairs(expired) do
 end
 -- A batch's leases lapse together: pushed newest first, the oldest ends at the head.
 table.sort(requeued, function(a, b) return tonumber(a) > tonumber(b) end)
-for _, id in ipairs(requeued) do redis.call('LPUSH', KEYS[1], id) end
+for _, id in ipairs(requeued) do
+  redis.call('LPUSH', KEYS[1], id)
+  redis.call('ZADD', KEYS[4], id, id)
+end
 """
 
 # Put one job (already off the queue) in progress for worker ARGV[5], under its own lease.
@@ -121,14 +138,38 @@ local function take(id)
     'lease_until', lease_until, 'progress', 0)
   redis.call('HINCRBY', key, 'attempts', 1)
   redis.call('ZADD', KEYS[2], lease_until, id)
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
   redis.call('PUBLISH', ARGV[4], id)
 end
 """
+
+# Cancel the queued jobs whose Cancel-After deadline has passed, counting them in
+# ``aborted``; KEYS and ARGV as _RECLAIM.
+_ABORT_LATE = """
+local aborted = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
+  redis.call('ZREM', KEYS[5], id)
+  local key = ARGV[1] .. id
+  if redis.call('HGET', key, 'status') == 'queued' then
+    redis.call('LREM', KEYS[1], 1, id)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'error', REASON)
+    redis.call('ZADD', KEYS[3], now, id)
+    redis.call('PUBLISH', ARGV[4], id)
+    aborted = aborted + 1
+  end
+end
+""".replace("REASON", json.dumps(DEADLINE_REASON))
+
+# The deadline sweep alone, for gateways. Returns how many it cancelled.
+_ABORT_LATE_ONLY = _NOW + _ABORT_LATE + "return aborted"
 
 # KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id.
 _LEASE = (
     _NOW
     + _RECLAIM
+    + _ABORT_LATE
     + _TAKE
     + """
 local id = redis.call('LPOP', KEYS[1])
@@ -144,6 +185,7 @@ return id
 _LEASE_BATCH = (
     _NOW
     + _RECLAIM
+    + _ABORT_LATE
     + _TAKE
     + """
 local limit = tonumber(ARGV[6])
@@ -253,8 +295,8 @@ return 1
 """
 )
 
-# KEYS[1] queue, KEYS[2] (if the job has a webhook) the webhook outbox; ARGV[1] job key,
-# ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
+# KEYS[1] queue, KEYS[2] queue order, KEYS[3] deadlines, KEYS[4] (if the job has a webhook)
+# the webhook outbox; ARGV[1] job key, ARGV[2] id, ARGV[3] channel, ARGV[4] most jobs waiting
 # (0: no limit), then field/value pairs. Returns the creation time, or 0, queueing nothing,
 # when the queue is full; a retry of a submission that landed queues nothing twice.
 _SUBMIT = (
@@ -266,7 +308,10 @@ local limit = tonumber(ARGV[4])
 if limit > 0 and redis.call('LLEN', KEYS[1]) >= limit then return 0 end
 redis.call('HSET', ARGV[1], 'created_at', now, unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[1], ARGV[2])
-if KEYS[2] then redis.call('ZADD', KEYS[2], now, ARGV[2]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+local start_by = redis.call('HGET', ARGV[1], 'start_by')
+if start_by then redis.call('ZADD', KEYS[3], start_by, ARGV[2]) end
+if KEYS[4] then redis.call('ZADD', KEYS[4], now, ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return tostring(now)
 """
@@ -289,6 +334,7 @@ while true do
   local created = redis.call('HGET', key, 'created_at')
   if created and tonumber(created) > cutoff then break end
   redis.call('LPOP', KEYS[1])
+  redis.call('ZREM', KEYS[4], id)
   if created then
     redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[6])
     redis.call('ZADD', KEYS[3], now, id)
@@ -297,6 +343,30 @@ while true do
   end
 end
 return failed
+"""
+)
+
+# A cancel against a completion or a lease: one script, so exactly one wins. KEYS as
+# _RECLAIM; ARGV[1] job key, ARGV[2] id, ARGV[3] reason, ARGV[4] channel. Returns the
+# status the job had; a second run finds it cancelled and changes nothing.
+_CANCEL = (
+    _NOW
+    + """
+local status = redis.call('HGET', ARGV[1], 'status')
+if status == 'queued' then
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('ZREM', KEYS[5], ARGV[2])
+elseif status == 'in_progress' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  return status or false
+end
+redis.call('HSET', ARGV[1], 'status', 'cancelled', 'finished_at', now, 'error', ARGV[3],
+  'lease_until', '')
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[2])
+return status
 """
 )
 
@@ -383,6 +453,13 @@ CONNECTION_WAIT_SECONDS = 20.0
 # 0.1, 0.2, 0.4 ... then every 2 s: 40 tries outlast a Redis that is gone for about a minute.
 RETRY_ATTEMPTS = 40
 RETRY_BACKOFF = ExponentialBackoff(cap=2.0, base=0.1)
+
+# A submission that finds its Idempotency-Key claimed waits this long (at most) for the
+# claimant's job to be written: one round trip, usually.
+REPLAY_POLL_SECONDS = 0.02
+REPLAY_TRIES = 250
+# How long an Idempotency-Key's claim lives before its job is written.
+CLAIM_SECONDS = 60
 
 
 def _job_id(data: Any) -> int | None:
@@ -487,6 +564,8 @@ class RedisJobStore:
                 "fail": _FAIL,
                 "submit": _SUBMIT,
                 "expire": _EXPIRE,
+                "cancel": _CANCEL,
+                "abort_late": _ABORT_LATE_ONLY,
                 "finished": _FINISHED,
                 "delete": _DELETE,
                 "webhook_touch": _WEBHOOK_TOUCH,
@@ -508,6 +587,8 @@ class RedisJobStore:
             self._model_key(model, "queue"),
             self._model_key(model, "leases"),
             self._model_key(model, "finished"),
+            self._model_key(model, "queue:order"),
+            self._model_key(model, "queue:deadlines"),
         ]
         args = [
             self._job_prefix(model),
@@ -603,6 +684,7 @@ class RedisJobStore:
             result=result_from_json(fields.get("result")),
             worker_id=fields.get("worker_id") or None,
             lease_until=_when(fields.get("lease_until")),
+            start_by=_when(fields.get("start_by")),
         )
 
     async def _model_for_lease(self, job_id: int) -> str:
@@ -620,10 +702,73 @@ class RedisJobStore:
         params: JobParams,
         max_queued: int | None = None,
         queue_name: str | None = None,
+        *,
+        idempotency: Idempotency | None = None,
+        start_by: datetime | None = None,
     ) -> Job:
         queue = queue_name or model
-        job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
+        while True:
+            job_id = int(await self._call(self._redis.incr(f"{self.prefix}:next-job-id")))
+            if idempotency is None:
+                return await self._enqueue(
+                    job_id, model, queue, key_id, params, max_queued, start_by
+                )
+            claim = self._idempotency_key(key_id, idempotency)
+            # The claim names its job before the job exists; it lives a minute until the job
+            # is written, so a gateway that dies in between blocks the key only that long.
+            mine = json.dumps({"fingerprint": idempotency.fingerprint, "job_id": job_id})
+            if await self._call(self._redis.set(claim, mine, nx=True, ex=CLAIM_SECONDS)):
+                try:
+                    job = await self._enqueue(
+                        job_id, model, queue, key_id, params, max_queued, start_by
+                    )
+                except QueueFull:
+                    await self._call(self._redis.delete(claim))
+                    raise
+                await self._call(self._redis.expire(claim, IDEMPOTENCY_SECONDS))
+                return job
+            if (first := await self._replay(claim, idempotency)) is not None:
+                return first
+            # The claim lapsed or its submission was refused: claim the key afresh.
+
+    def _idempotency_key(self, key_id: str, idempotency: Idempotency) -> str:
+        digest = hashlib.sha256(idempotency.key.encode()).hexdigest()
+        return f"{self.prefix}:idempotency:{{{key_id}}}:{digest}"
+
+    async def _replay(self, claim: str, idempotency: Idempotency) -> Job | None:
+        """The job another submission with this key made (waiting the moment it takes to be
+        written), or None once its claim is gone."""
+        for _ in range(REPLAY_TRIES):
+            held = await self._call(self._redis.get(claim))
+            if held is None:
+                return None
+            first = json.loads(held)
+            if first["fingerprint"] != idempotency.fingerprint:
+                raise IdempotencyMismatch(int(first["job_id"]))
+            with contextlib.suppress(JobNotFound):
+                return await self.get(int(first["job_id"]))
+            if await self._call(self._redis.ttl(claim)) > CLAIM_SECONDS:
+                # Its job was written (the claim got its day) and retention has deleted it
+                # since: the key names nothing any more.
+                await self._call(self._redis.delete(claim))
+                return None
+            await asyncio.sleep(REPLAY_POLL_SECONDS)
+        raise StoreUnavailable(
+            "an earlier submission with this Idempotency-Key is still being written; retry"
+        )
+
+    async def _enqueue(
+        self,
+        job_id: int,
+        model: str,
+        queue: str,
+        key_id: str,
+        params: JobParams,
+        max_queued: int | None,
+        start_by: datetime | None,
+    ) -> Job:
         pointer = f"{self.prefix}:job:{job_id}:model"
+        deadline = [] if start_by is None else ["start_by", f"{start_by.timestamp():f}"]
         # One round trip, in order: the pointer exists before a worker can lease the job.
         _, _, created = await self._call(
             self._pipelined(
@@ -631,6 +776,8 @@ class RedisJobStore:
                 "submit",
                 keys=[
                     self._model_key(queue, "queue"),
+                    self._model_key(queue, "queue:order"),
+                    self._model_key(queue, "queue:deadlines"),
                     *([self._model_key(queue, "webhooks")] if params.webhook_url else []),
                 ],
                 args=[
@@ -644,6 +791,7 @@ class RedisJobStore:
                     "status", JobStatus.QUEUED.value,
                     "progress", 0,
                     "attempts", 0,
+                    *deadline,
                     *(("batch", batch) if (batch := batch_key(params)) else ()),
                 ],
             )
@@ -660,6 +808,7 @@ class RedisJobStore:
             params=params,
             status=JobStatus.QUEUED,
             created_at=datetime.fromtimestamp(float(created), UTC),
+            start_by=start_by,
         )
 
     async def get(self, job_id: int) -> Job:
@@ -771,6 +920,30 @@ class RedisJobStore:
                 await self._call(self._scripts["release"](keys=keys, args=[*args, worker_id]))
             )
         return released
+
+    async def cancel(self, job_id: int, reason: str) -> Job:
+        model = await self._model_of(job_id)
+        keys, args = self._reclaim_args(model)
+        was = await self._call(
+            self._scripts["cancel"](
+                keys=keys, args=[f"{self._job_prefix(model)}{job_id}", job_id, reason, args[3]]
+            )
+        )
+        if not was:
+            raise JobNotFound(job_id)
+        if was in (JobStatus.COMPLETED.value, JobStatus.FAILED.value):
+            raise JobFinished(job_id, str(was))
+        return await self._read(model, job_id)
+
+    async def abort_late(self, queue_name: str) -> int:
+        keys, args = self._reclaim_args(queue_name)
+        return int(await self._call(self._scripts["abort_late"](keys=keys, args=args)))
+
+    async def queue_position(self, job: Job) -> int:
+        # ZRANK: O(log n) in the queue's jobs. The job names its public model, not its queue.
+        queue = await self._model_of(job.id)
+        rank = await self._call(self._redis.zrank(self._model_key(queue, "queue:order"), job.id))
+        return 0 if rank is None else int(rank)
 
     async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
         return await self._changes.wait_for_status(self.get, job_id, status, timeout)

@@ -22,11 +22,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tessera.runtime.errors import JobNotFound, QueueFull, StoreUnavailable
+from tessera.runtime.errors import (
+    IdempotencyMismatch,
+    JobFinished,
+    JobNotFound,
+    QueueFull,
+    StoreUnavailable,
+)
 from tessera.runtime.jobs.base import (
     BATCH_LOOKAHEAD,
+    DEADLINE_REASON,
+    IDEMPOTENCY_SECONDS,
     MAX_JOB_ID,
     QUEUE_FULL_RETRY_AFTER_SECONDS,
+    Idempotency,
     InvalidCursor,
     Job,
     JobResult,
@@ -64,9 +73,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,
     result      TEXT,
     worker_id   TEXT,
-    lease_until REAL
+    lease_until REAL,
+    start_by    REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key_id      TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    fingerprint TEXT    NOT NULL,
+    job_id      INTEGER NOT NULL,
+    created_at  REAL    NOT NULL,
+    PRIMARY KEY (key_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 -- The usage ledger. Writers are serialised (BEGIN IMMEDIATE), so ``sequence`` grows in
 -- commit order: the cursor of an export. AUTOINCREMENT never reuses one that was trimmed.
 CREATE TABLE IF NOT EXISTS ledger (
@@ -133,6 +152,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         result=result_from_json(row["result"]),
         worker_id=row["worker_id"],
         lease_until=_when(row["lease_until"]),
+        start_by=_when(row["start_by"]),
     )
 
 
@@ -193,6 +213,8 @@ class SQLiteJobStore:
             connection.execute("PRAGMA synchronous=FULL")
             connection.executescript(_SCHEMA)
             columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
+            if "start_by" not in columns:  # a file written before Cancel-After existed
+                connection.execute("ALTER TABLE jobs ADD COLUMN start_by REAL")
             if "queue" not in columns:
                 connection.executescript(_ADD_QUEUE)
             connection.executescript(_QUEUE_INDEX)
@@ -307,6 +329,34 @@ class SQLiteJobStore:
                     (JobStatus.QUEUED.value, row["id"]),
                 )
 
+    @staticmethod
+    def _abort_late(connection: sqlite3.Connection, now: float, queues: Sequence[str]) -> int:
+        """Cancel the queued jobs whose Cancel-After deadline passed before they started."""
+        placeholders = ",".join("?" * len(queues))
+        return connection.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, error = ?"  # noqa: S608
+            f" WHERE status = ? AND queue IN ({placeholders}) AND start_by <= ?",
+            (JobStatus.CANCELLED.value, now, DEADLINE_REASON, JobStatus.QUEUED.value, *queues, now),
+        ).rowcount
+
+    def _replay(
+        self, connection: sqlite3.Connection, key_id: str, idempotency: Idempotency
+    ) -> Job | None:
+        """The job this key's Idempotency-Key already names, if it is recent and still kept."""
+        row = connection.execute(
+            "SELECT fingerprint, job_id FROM idempotency"
+            " WHERE key_id = ? AND key = ? AND created_at > ?",
+            (key_id, idempotency.key, time.time() - IDEMPOTENCY_SECONDS),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["fingerprint"] != idempotency.fingerprint:
+            raise IdempotencyMismatch(row["job_id"])
+        try:
+            return self._fetch(connection, row["job_id"])
+        except JobNotFound:  # retention took it: the key names nothing any more
+            return None
+
     # -- JobStore ---------------------------------------------------------------------------
 
     async def submit(
@@ -316,10 +366,17 @@ class SQLiteJobStore:
         params: JobParams,
         max_queued: int | None = None,
         queue_name: str | None = None,
+        *,
+        idempotency: Idempotency | None = None,
+        start_by: datetime | None = None,
     ) -> Job:
         queue = queue_name or model
 
         def insert(connection: sqlite3.Connection) -> Job:
+            # One transaction holds the write lock: concurrent submits with one key queue
+            # behind each other here, and all but the first find its job.
+            if idempotency is not None and (job := self._replay(connection, key_id, idempotency)):
+                return job
             if max_queued is not None:
                 (waiting,) = connection.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status = ? AND queue = ?",
@@ -327,23 +384,30 @@ class SQLiteJobStore:
                 ).fetchone()
                 if waiting >= max_queued:
                     raise QueueFull(model, max_queued, QUEUE_FULL_RETRY_AFTER_SECONDS)
+            now = time.time()
             cursor = connection.execute(
-                "INSERT INTO jobs (model, queue, key_id, params, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (model, queue, key_id, params, status, created_at, start_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     model,
                     queue,
                     key_id,
                     params.model_dump_json(),
                     JobStatus.QUEUED.value,
-                    time.time(),
+                    now,
+                    None if start_by is None else start_by.timestamp(),
                 ),
             )
             assert cursor.lastrowid is not None
+            if idempotency is not None:
+                connection.execute(
+                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                    (key_id, idempotency.key, idempotency.fingerprint, cursor.lastrowid, now),
+                )
             if params.webhook_url:
                 connection.execute(
                     "INSERT INTO webhook_outbox (job_id, due_at) VALUES (?, ?)",
-                    (cursor.lastrowid, time.time()),
+                    (cursor.lastrowid, now),
                 )
             return self._fetch(connection, cursor.lastrowid)
 
@@ -368,6 +432,7 @@ class SQLiteJobStore:
         def take(connection: sqlite3.Connection) -> Job | None:
             now = time.time()
             self._reclaim_expired(connection, now)
+            self._abort_late(connection, now, models)
             row = connection.execute(
                 f"SELECT id FROM jobs WHERE status = ? AND queue IN ({placeholders})"  # noqa: S608
                 " ORDER BY id LIMIT 1",
@@ -412,6 +477,7 @@ class SQLiteJobStore:
 
             now = time.time()
             self._reclaim_expired(connection, now)
+            self._abort_late(connection, now, models)
             chosen: list[int] = []
             wanted, among, after = key, models, 0
             if key is None:
@@ -514,6 +580,42 @@ class SQLiteJobStore:
 
         return await self._run(requeue, notify=True)
 
+    async def cancel(self, job_id: int, reason: str) -> Job:
+        def stop(connection: sqlite3.Connection) -> Job:
+            job = self._fetch(connection, job_id)
+            if job.status is JobStatus.CANCELLED:
+                return job
+            if job.status.finished:
+                raise JobFinished(job_id, job.status.value)
+            # The worker keeps its id on the job, so its next heartbeat sees it lost the job.
+            connection.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_until = NULL"
+                " WHERE id = ?",
+                (JobStatus.CANCELLED.value, time.time(), reason, job_id),
+            )
+            return self._fetch(connection, job_id)
+
+        return await self._run(stop, notify=True)
+
+    async def abort_late(self, queue_name: str) -> int:
+        return await self._run(
+            lambda connection: self._abort_late(connection, time.time(), [queue_name]),
+            notify=True,
+        )
+
+    async def queue_position(self, job: Job) -> int:
+        # Counts index entries (status, queue, id) ahead of the job, never table rows: O(k)
+        # for k jobs ahead, which max_queued bounds. SQLite has no order-statistic index.
+        def count(connection: sqlite3.Connection) -> int:
+            (ahead,) = connection.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ? AND id < ?"
+                " AND queue = (SELECT queue FROM jobs WHERE id = ?)",
+                (JobStatus.QUEUED.value, job.id, job.id),
+            ).fetchone()
+            return int(ahead)
+
+        return await self._run(count, notify=False, write=False)
+
     async def wait_for_change(self, job_id: int, status: JobStatus, timeout: float) -> Job:
         return await self._changes.wait_for_status(self.get, job_id, status, timeout)
 
@@ -565,6 +667,11 @@ class SQLiteJobStore:
     async def delete(self, jobs: Sequence[Job]) -> None:
         def forget(connection: sqlite3.Connection) -> None:
             connection.executemany("DELETE FROM jobs WHERE id = ?", [(job.id,) for job in jobs])
+            # Idempotency keys outlive no window: the retention sweep takes them as well.
+            connection.execute(
+                "DELETE FROM idempotency WHERE created_at <= ?",
+                (time.time() - IDEMPOTENCY_SECONDS,),
+            )
 
         await self._run(forget, notify=False)
 

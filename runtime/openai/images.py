@@ -54,9 +54,10 @@ class OpenAIImages:
             )
         if finished is None:
             return None
-        if finished.status is JobStatus.FAILED:
+        if finished.status is not JobStatus.COMPLETED:  # failed, or cancelled natively
             raise JobFailed(
-                f"job {finished.id} failed and was not billed: {finished.error or 'no reason'}"
+                f"job {finished.id} {finished.status.value} and was not billed: "
+                f"{finished.error or 'no reason'}"
             )
         return await images_response(service, finished)
 

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import io
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,10 +45,17 @@ CANCEL_AGAIN_SECONDS = 0.5
 
 @dataclass
 class _Progress:
-    """Written by the pipeline thread, read by the heartbeat task."""
+    """Written by the pipeline thread, read by the heartbeat task; ``lost`` goes the other
+    way: the heartbeat found the job cancelled (or leased elsewhere), so the pipeline stops
+    at its next step instead of computing an image nobody gets."""
 
     value: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class JobStopped(Exception):
+    """Raised from the pipeline's step callback once the worker holds none of its jobs."""
 
 
 class Worker:
@@ -154,6 +162,11 @@ class Worker:
         try:
             try:
                 images = await self._generate_batch(jobs, progress)
+            except JobStopped:
+                log.warning("a batch of %d jobs stopped: every one was cancelled", len(jobs))
+                for job in jobs:
+                    metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.LEASE_LOST).inc()
+                return
             except Exception:
                 log.exception(
                     "a batch of %d jobs (%s) failed; running them one by one",
@@ -192,8 +205,10 @@ class Worker:
         until the result is ready."""
         try:
             result = await produce()
-        except LeaseLost:
-            log.warning("job %s: lease lost while running; dropping the result", job.id)
+        except (LeaseLost, JobStopped):
+            # Cancelled, or taken over after a lapse: the worker cannot tell which, and
+            # neither is billed here.
+            log.warning("job %s: cancelled or lease lost while running; stopped", job.id)
             metrics.JOBS_FINISHED.labels(job.model, metrics.Outcome.LEASE_LOST).inc()
             return
         except (StoreUnavailable, StorageUnavailable) as error:
@@ -290,7 +305,8 @@ class Worker:
             try:
                 await self.store.heartbeat(job.id, self.worker_id, progress.value)
             except LeaseLost:
-                log.warning("job %s: lease lost", job.id)
+                log.warning("job %s: lease lost (cancelled, or taken by another worker)", job.id)
+                progress.lost.set()
                 return
             except StoreUnavailable as error:
                 log.warning("job %s: could not renew the lease: %s", job.id, error)
@@ -304,6 +320,9 @@ def _reporter(progress: list[_Progress]) -> Callable[[int, int], None]:
     loop = asyncio.get_running_loop()
 
     def on_step(step: int, total: int) -> None:
+        # A batch goes on while any of its jobs is still held; alone, a job stops at once.
+        if all(job_progress.lost.is_set() for job_progress in progress):
+            raise JobStopped(f"stopped after step {step} of {total}")
         value = min(99, step * 100 // max(total, 1))
         for job_progress in progress:
             job_progress.value = value

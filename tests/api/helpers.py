@@ -27,7 +27,7 @@ def wait(client: httpx.Client, job_id: int, timeout: float = 120) -> dict[str, A
         response = client.get(f"/images/tasks/{job_id}", params={"wait": 10})
         assert response.status_code == 200, response.text
         task: dict[str, Any] = response.json()
-        if task["status"] in ("completed", "failed"):
+        if task["status"] in ("completed", "failed", "cancelled"):
             return task
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {task}")
 

@@ -507,3 +507,25 @@ def test_errors_read_as_messages_never_a_blank_canvas(
     generate(page, "a private address")
     expect(latest(page).get_by_role("alert")).to_contain_text("image_url")
     shot(page, "16-edit-errors")
+
+
+def test_cancel_stops_a_running_job_unbilled(page: Page, demo_server: ServerProcess) -> None:
+    signed_in(page, demo_server)
+    choose_model(page, "tessera-demo")
+    custom_size(page, 1024, 1024)
+    advanced(page).get_by_label("Num Inference Steps").fill("50")
+    generate(page, "a lighthouse nobody waits for")
+    result = latest(page)
+    expect(result.get_by_role("status").first).to_have_text(
+        re.compile(r"Generating \d+%"), timeout=JOB_TIMEOUT_MS
+    )
+    shot(page, "cancel-01-running")
+    result.get_by_role("button", name="Cancel").click()
+    expect(result.get_by_role("status").first).to_have_text("Cancelled", timeout=JOB_TIMEOUT_MS)
+    expect(result.get_by_role("alert")).to_contain_text("not billed")
+    expect(result.get_by_role("button", name="Cancel")).to_be_hidden()
+    shot(page, "cancel-02-cancelled")
+    job_id = int(re.search(r"Job (\d+)", result.get_by_role("alert").inner_text()).group(1))  # type: ignore[union-attr]
+    with demo_server.client() as client:
+        task = client.get(f"/images/tasks/{job_id}").json()
+    assert task["status"] == "cancelled" and "result" not in task

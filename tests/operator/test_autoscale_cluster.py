@@ -259,6 +259,71 @@ def test_the_decision_state_survives_an_operator_restart(
     ]
 
 
+def worker_pod(cluster: Cluster, namespace: str, name: str, not_: str = "") -> str:
+    """The name of the model's worker pod (another than ``not_``), once there is one."""
+
+    def probe() -> str | None:
+        pods = get(cluster, namespace, "pods", "-l", f"tessera.dev/imagemodel={name}") or {}
+        names = [p["metadata"]["name"] for p in pods.get("items", [])]
+        return next((n for n in names if n != not_), None)
+
+    return wait_until(f"a worker pod of {name}", probe, timeout=30)
+
+
+def record_start(redis: RedisServer, queue: str, pod: str, decided: float, *phases: str) -> None:
+    """Record a worker's start-up as ``tessera worker`` does, each phase one second after
+    the one before, from the scale-up decision."""
+    record = {phase: decided + i for i, phase in enumerate(phases, start=1)}
+    record |= {"importSeconds": 0.5, "pipelineSeconds": 0.25}
+    store_call(redis, lambda s: s.record_start(queue, pod, record))
+
+
+def test_each_cold_start_is_reported_whole_and_replaces_the_last(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> None:
+    queue = f"{namespace}/cold"
+    cluster.apply(model("cold", namespace, scaleDownDelaySeconds=2))
+    wait_replicas(cluster, namespace, "cold", 0, operator)
+
+    def cold_start(pod: str, *fields: str) -> dict[str, Any]:
+        return wait_until(
+            f"the cold start of {pod} with {fields}",
+            lambda: (
+                (c := autoscaling(cluster, namespace, "cold").get("coldStart") or {})
+                and c["pod"] == pod
+                and all(f in c for f in fields)
+                and c
+            ),
+            timeout=15,
+            explain=lambda: f"{autoscaling(cluster, namespace, 'cold')}\n{operator.tail(20)}",
+        )
+
+    submit(redis_server, queue)
+    decided = seconds(wait_replicas(cluster, namespace, "cold", 1, operator)["lastScaleTime"])
+    first = worker_pod(cluster, namespace, "cold")
+    # The whole start-up at once, then a queue event: the measurement ends on a pass that
+    # has no other reason to write the status, and is written all the same.
+    record_start(redis_server, queue, first, decided, "started", "loaded", "firstImage")
+    submit(redis_server, queue)
+    cold = cold_start(first, "firstImageSeconds")
+    expected = {"startedSeconds": 1.0, "loadedSeconds": 2.0, "firstImageSeconds": 3.0}
+    assert {k: cold[k] for k in expected} == expected, cold
+    assert (cold["importSeconds"], cold["pipelineSeconds"]) == (0.5, 0.25)
+
+    store_call(redis_server, lambda s: s.expire(queue, 0, "cancelled by the test"))
+    wait_replicas(cluster, namespace, "cold", 0, operator)
+    submit(redis_server, queue)
+    decided = seconds(wait_replicas(cluster, namespace, "cold", 1, operator)["lastScaleTime"])
+    second = worker_pod(cluster, namespace, "cold", not_=first)
+    record_start(redis_server, queue, second, decided, "started", "loaded")
+    # The new pod's milestones so far, none of the last cold start's left over.
+    cold = cold_start(second, "loadedSeconds")
+    assert "firstImageSeconds" not in cold, cold
+    record_start(redis_server, queue, second, decided, "started", "loaded", "firstImage")
+    submit(redis_server, queue)
+    assert cold_start(second, "firstImageSeconds")["firstImageSeconds"] == 3.0
+
+
 @pytest.fixture
 def pool_node(cluster: Cluster, namespace: str) -> Iterator[str]:
     """One more 8-GPU node, removed afterwards: later modules count the cluster's GPUs."""

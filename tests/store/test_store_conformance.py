@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from tessera.runtime.errors import JobNotFound, QueueFull
-from tessera.runtime.jobs.base import Job, JobStatus, JobStore, LeaseLost, batch_key
+from tessera.runtime.errors import IdempotencyMismatch, JobFinished, JobNotFound, QueueFull
+from tessera.runtime.jobs.base import (
+    DEADLINE_REASON,
+    Idempotency,
+    Job,
+    JobStatus,
+    JobStore,
+    LeaseLost,
+    QueueDepth,
+    batch_key,
+)
 from tests.store.conftest import PARAMS, RESULT, SHORT_LEASE, read_all
 from tests.support.params import job_params
 
@@ -251,6 +261,109 @@ async def test_a_long_poll_wakes_for_its_own_job_not_for_every_change(
     assert reads < others / 3
 
 
+async def test_a_cancelled_queued_job_is_never_leased_nor_billed(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    cancelled = await store.cancel(job.id, "by its client")
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.error == "by its client"
+    assert await store.cancel(job.id, "again") == cancelled, "a second cancel changes nothing"
+    assert await store.lease(["m"], "w") is None
+    assert await store.queue_depth("m") == QueueDepth(0, 0)
+    assert (await store.usage()).records == []
+
+
+async def test_a_cancelled_running_job_loses_its_lease_and_bills_nothing(store: JobStore) -> None:
+    job = await store.submit("m", "k", PARAMS)
+    await store.lease(["m"], "w")
+    await store.cancel(job.id, "by its client")
+    with pytest.raises(LeaseLost):
+        await store.heartbeat(job.id, "w", 50)
+    with pytest.raises(LeaseLost):
+        await store.complete(job.id, "w", RESULT)
+    assert (await store.get(job.id)).status is JobStatus.CANCELLED
+    assert await store.queue_depth("m") == QueueDepth(0, 0)
+    assert (await store.usage()).records == []
+
+
+async def test_a_cancel_racing_a_completion_has_one_winner(store: JobStore) -> None:
+    for _ in range(20):
+        job = await store.submit("m", "k", PARAMS)
+        await store.lease(["m"], "w")
+        cancel, complete = await asyncio.gather(
+            store.cancel(job.id, "raced"),
+            store.complete(job.id, "w", RESULT),
+            return_exceptions=True,
+        )
+        final = await store.get(job.id)
+        billed = [r.job_id for r in (await store.usage()).records].count(job.id)
+        if final.status is JobStatus.COMPLETED:
+            assert isinstance(cancel, JobFinished) and billed == 1
+        else:
+            assert final.status is JobStatus.CANCELLED
+            assert isinstance(complete, LeaseLost) and billed == 0
+    # A cancel after the completion is a conflict, and the bill stands.
+    job = await store.submit("m", "k", PARAMS)
+    await store.lease(["m"], "w")
+    await store.complete(job.id, "w", RESULT)
+    with pytest.raises(JobFinished):
+        await store.cancel(job.id, "late")
+    assert (await store.get(job.id)).status is JobStatus.COMPLETED
+
+
+async def test_queue_position_counts_the_jobs_ahead(store: JobStore) -> None:
+    jobs = [await store.submit("m", "k", PARAMS) for _ in range(4)]
+    await store.submit("other", "k", PARAMS)
+    assert [await store.queue_position(job) for job in jobs] == [0, 1, 2, 3]
+    await store.lease(["m"], "w")
+    await store.cancel(jobs[2].id, "gone")
+    assert [await store.queue_position(job) for job in (jobs[1], jobs[3])] == [0, 1]
+
+
+async def test_a_job_past_its_start_deadline_is_cancelled_not_leased(store: JobStore) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=0.2)
+    late = await store.submit("m", "k", PARAMS, start_by=soon)
+    patient = await store.submit("m", "k", PARAMS, start_by=soon + timedelta(hours=1))
+    assert (await store.get(late.id)).start_by is not None
+    await asyncio.sleep(0.3)
+    leased = await store.lease(["m"], "w")
+    assert leased is not None and leased.id == patient.id
+    aborted = await store.get(late.id)
+    assert aborted.status is JobStatus.CANCELLED and aborted.error == DEADLINE_REASON
+    assert aborted.attempts == 0
+    # With no worker leasing, the gateways' sweep aborts it.
+    unwatched = await store.submit("m", "k", PARAMS, start_by=datetime.now(UTC))
+    await store.submit("other", "k", PARAMS, start_by=datetime.now(UTC))
+    await asyncio.sleep(0.05)
+    assert await store.abort_late("m") == 1
+    assert (await store.get(unwatched.id)).status is JobStatus.CANCELLED
+    assert await store.queue_depth("other") == QueueDepth(queued=1), "only the model named"
+
+
+async def test_fifty_concurrent_idempotent_submits_make_one_job(store: JobStore) -> None:
+    once = Idempotency(key="k-1", fingerprint="body-a")
+    jobs = await asyncio.gather(
+        *(store.submit("m", "key_a", PARAMS, idempotency=once) for _ in range(50))
+    )
+    assert len({job.id for job in jobs}) == 1
+    assert await store.queue_depth("m") == QueueDepth(queued=1)
+    with pytest.raises(IdempotencyMismatch) as mismatch:
+        await store.submit("m", "key_a", PARAMS, idempotency=Idempotency("k-1", "body-b"))
+    assert mismatch.value.job_id == jobs[0].id
+    # Another API key's same Idempotency-Key is its own.
+    theirs = await store.submit("m", "key_b", PARAMS, idempotency=once)
+    assert theirs.id != jobs[0].id
+
+
+async def test_an_idempotency_key_whose_job_was_deleted_makes_a_new_job(store: JobStore) -> None:
+    once = Idempotency(key="k-2", fingerprint="body-a")
+    first = await store.submit("m", "k", PARAMS, idempotency=once)
+    await store.lease(["m"], "w")
+    await store.complete(first.id, "w", RESULT)
+    await store.delete([first])  # retention shorter than the key's 24 h
+    again = await store.submit("m", "k", PARAMS, idempotency=once)
+    assert again.id != first.id and (await store.get(again.id)).status is JobStatus.QUEUED
+    assert (await store.submit("m", "k", PARAMS, idempotency=once)).id == again.id
+
+
 async def test_one_public_name_in_two_queues_shares_nothing(store: JobStore) -> None:
     """Two ImageModels in two namespaces may claim one public name: their jobs wait in
     their own queues, named by resource, and nothing of one reaches the other."""
@@ -277,6 +390,34 @@ async def test_the_queue_name_defaults_to_the_public_name(store: JobStore) -> No
     assert (await store.queue_depth("m")).queued == 1
     leased = await store.lease(["m"], "w")
     assert leased is not None and leased.id == job.id
+
+
+async def test_cancel_deadlines_and_positions_follow_the_queue(store: JobStore) -> None:
+    """Two queues of one public name: each job's position, deadline and cancel are its own
+    queue's, however the jobs interleave."""
+    late = datetime.now(UTC)
+    ours = [
+        await store.submit("flux", "k", PARAMS, queue_name="team-a/flux", start_by=late),
+        await store.submit("flux", "k", PARAMS, queue_name="team-b/flux"),
+        await store.submit("flux", "k", PARAMS, queue_name="team-a/flux"),
+        await store.submit("flux", "k", PARAMS, queue_name="team-b/flux"),
+    ]
+    assert [await store.queue_position(job) for job in ours] == [0, 0, 1, 1]
+    await asyncio.sleep(0.05)
+    assert await store.abort_late("team-b/flux") == 0
+    assert await store.abort_late("team-a/flux") == 1
+    assert await store.queue_position(ours[2]) == 0
+    await store.cancel(ours[1].id, "by its client")
+    assert await store.queue_position(ours[3]) == 0
+    assert await store.queue_depth("team-a/flux") == QueueDepth(queued=1)
+    assert await store.queue_depth("team-b/flux") == QueueDepth(queued=1)
+    leased = await store.lease(["team-b/flux"], "w")
+    assert leased is not None and (leased.id, leased.model) == (ours[3].id, "flux")
+    # An Idempotency-Key replays its job whichever queue the second submission names.
+    once = Idempotency(key="k-q", fingerprint="body-a")
+    first = await store.submit("flux", "k", PARAMS, queue_name="team-a/flux", idempotency=once)
+    again = await store.submit("flux", "k", PARAMS, queue_name="team-a/flux", idempotency=once)
+    assert again.id == first.id and await store.queue_position(again) == 1
 
 
 # -- batch leases -----------------------------------------------------------------------------

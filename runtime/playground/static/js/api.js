@@ -151,6 +151,12 @@ export class Api {
     return { task: data, seed: data?.result ? exactSeed(text, data.result.seed) : null };
   }
 
+  /** Cancel a queued or running job; it ends `cancelled` and is never billed. */
+  async cancel(jobId) {
+    const { data } = await this.request("POST", `/images/tasks/${encodeURIComponent(jobId)}/cancel`);
+    return data;
+  }
+
   /**
    * The task's server-sent events: yields each state (status, progress) as the server sends
    * it, and returns when the stream ends (the task finished, or the connection was cut).

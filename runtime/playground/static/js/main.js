@@ -189,16 +189,21 @@ async function runOne(panel, prompt, view, controller) {
     view.setRequest(request.kind, request.body);
     const jobId = await state.api.submit(request.kind, request.body, controller.signal);
     submitted();
+    view.offerCancel(() => state.api.cancel(jobId));
     view.setStatus("queued");
     for await (const task of state.api.events(jobId, controller.signal)) {
       // The finished task is read once more by a poll: it carries base64 results if asked.
-      if (task.status === "completed" || task.status === "failed") break;
+      if (task.status === "completed" || task.status === "failed" || task.status === "cancelled") break;
       view.progress(task);
     }
     for (;;) {
       const { task, seed } = await state.api.task(jobId, WAIT_SECONDS, controller.signal);
       if (task.status === "completed") {
         view.complete(task, seed, request, (performance.now() - started) / 1000);
+        return;
+      }
+      if (task.status === "cancelled") {
+        view.cancelled(task);
         return;
       }
       if (task.status === "failed") {

@@ -14,6 +14,7 @@ const STATUS_TEXT = {
   in_progress: "Generating",
   completed: "Completed",
   failed: "Failed",
+  cancelled: "Cancelled",
 };
 
 function parseTime(text) {
@@ -119,6 +120,8 @@ function createResultView({ letter, modelName, compare, hooks }) {
   const uiapi = h("label", { class: "uiapi", for: switchId, title: "Show the request as code" },
     flip, h("span", { class: "uiapi-opt uiapi-ui" }, "UI"), h("span", { class: "uiapi-opt uiapi-api" }, "API"));
   const bar = h("div", { class: "progress", hidden: true }, h("div", { class: "progress-fill" }));
+  // Shown once the job has an id and until it finishes; main.js says what a click does.
+  const cancel = h("button", { type: "button", class: "btn btn-small result-cancel", hidden: true }, "Cancel");
   const ui = h("div", { class: "result-ui" });
   const api = createApiView(hooks.base);
   const meta = h("p", { class: "result-meta", hidden: true });
@@ -127,6 +130,7 @@ function createResultView({ letter, modelName, compare, hooks }) {
       compare ? h("span", { class: `badge badge-${letter.toLowerCase()}`, "aria-hidden": "true" }, letter) : null,
       h("span", { class: "result-model" }, modelName),
       chip,
+      cancel,
       h("span", { class: "spacer" }),
       uiapi),
     bar, ui, api.el, meta);
@@ -143,6 +147,7 @@ function createResultView({ letter, modelName, compare, hooks }) {
     chip.textContent = (STATUS_TEXT[status] ?? status) + pct;
     const running = status === "queued" || status === "in_progress" || status === "submitting" || status === "uploading";
     bar.hidden = !running;
+    cancel.hidden = !cancel.onclick || !(status === "queued" || status === "in_progress");
     bar.classList.toggle("indeterminate", status !== "in_progress");
     bar.firstChild.style.width = status === "in_progress" ? `${Math.max(4, progress ?? 0)}%` : "";
   }
@@ -169,6 +174,28 @@ function createResultView({ letter, modelName, compare, hooks }) {
 
     progress(task) {
       setStatus(task.status, task.progress ?? null);
+    },
+
+    /** Offer Cancel while the job waits or runs; `stop` asks the server to cancel it. */
+    offerCancel(stop) {
+      cancel.onclick = async () => {
+        cancel.disabled = true;
+        try {
+          await stop();
+        } catch (error) {
+          // A job that finished meanwhile (409) just shows its result; anything else says why.
+          if (error.status !== 409) this.fail(error, "Could not cancel");
+        }
+      };
+    },
+
+    cancelled(task) {
+      setStatus("cancelled");
+      replace(ui, h("div", { class: "error-box", role: "alert" },
+        h("div", { class: "error-icon", "aria-hidden": "true" }, "×"),
+        h("div", {},
+          h("p", { class: "error-title" }, "Cancelled"),
+          h("p", { class: "error-message" }, `Job ${task.job_id} was cancelled and is not billed.`))));
     },
 
     complete(task, seed, request, clientSeconds) {
