@@ -7,8 +7,8 @@ are the cheapest the demo model makes (16x16, one step), batched up to BATCH a c
 ``spec.batch`` allows, so the run measures the queueing path rather than the pipeline.
 
 On the 2-core development machine, shared with other sessions (load average 8-12), the
-clients' part took 75-80 s and the whole test 2 min 10 s to 3 min 6 s, most of the rest being the demo
-pipelines' build and the workers' torch import (2026-12-01).
+clients' part took 75-80 s and the whole test 2 min 10 s to 3 min 6 s; most of the rest is
+the demo pipelines' build and the workers' torch import (2026-12-01).
 """
 
 from __future__ import annotations
