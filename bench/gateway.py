@@ -117,7 +117,9 @@ async def completion_seen(url: str, gateway: ServerProcess, polls: int) -> list[
     """Seconds from ``complete`` to the long-poll's answer, one job at a time, while 50
     other long-polls wait on jobs in progress that never change. Run on an empty queue."""
     store = RedisJobStore(url, StorePolicy(lease_seconds=3600))
-    result = JobResult(images=(), patches=1024, price=Decimal("0.001"))
+    result = JobResult(
+        images=(), patches=1024, price=Decimal("0.001"), price_per_patch=Decimal("0.000001")
+    )
     async with httpx.AsyncClient(
         base_url=gateway.api_url, headers={"api_key": KEYS[0]}, timeout=60
     ) as client:

@@ -827,7 +827,9 @@ class RedisJobStore:
         return None
 
     async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
-        return await self._changes.wait_until(lambda: self._take(models, worker_id), wait)
+        return await self._changes.wait_until(
+            lambda: self._take(models, worker_id), wait, claims=True
+        )
 
     async def _take_batch(
         self, models: list[str], worker_id: str, max_jobs: int, key: str | None
@@ -852,7 +854,7 @@ class RedisJobStore:
         key: str | None = None,
     ) -> list[Job]:
         jobs = await self._changes.wait_until(
-            lambda: self._take_batch(models, worker_id, max_jobs, key), wait
+            lambda: self._take_batch(models, worker_id, max_jobs, key), wait, claims=True
         )
         return jobs or []
 

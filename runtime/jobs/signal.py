@@ -62,14 +62,18 @@ class ChangeSignal:
         check: Callable[[], Awaitable[T | None]],
         timeout: float,
         job_id: int | None = None,
+        *,
+        claims: bool = False,
     ) -> T | None:
         """``check()`` until it returns something, re-run when ``job_id`` (None: anything)
         changes; None at the timeout.
 
         The first check always runs; later ones are cut at the deadline, so a waiter answers
         on time even when the store is slow to answer checks (hundreds of waiters share it).
-        The waiter is registered before each check, so a change that lands between the
-        check and the sleep still wakes it at once.
+        A check that ``claims`` what it finds (a lease) is never cut: cut after the store
+        took the jobs, it would drop them, leased to a worker that never runs them until
+        the lease runs out. The waiter is registered before each check, so a change that
+        lands between the check and the sleep still wakes it at once.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -83,11 +87,17 @@ class ChangeSignal:
                 return value
             if self._probe is not None and self._poller is None:
                 self._poller = loop.create_task(self._poll_probe())
-            async with asyncio.timeout_at(deadline):
-                while value is None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), nap)
-                    woken.clear()
+            while value is None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                # asyncio.timeout: wait_for (3.11) may lose a cancellation that lands as a
+                # wake-up does.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left if nap is None else min(nap, left)):
+                        await woken.wait()
+                woken.clear()
+                async with asyncio.timeout_at(None if claims else deadline):
                     value = await check()
         except TimeoutError:
             return None

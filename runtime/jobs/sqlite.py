@@ -471,7 +471,7 @@ class SQLiteJobStore:
             return self._take(connection, row["id"], worker_id, now)
 
         job = await self._changes.wait_until(
-            lambda: self._run(take, notify=False, durable=False), wait
+            lambda: self._run(take, notify=False, durable=False), wait, claims=True
         )
         if job is not None:
             self._changes.notify(job.id)
@@ -524,7 +524,7 @@ class SQLiteJobStore:
             return [self._take(connection, job_id, worker_id, now) for job_id in chosen] or None
 
         jobs = await self._changes.wait_until(
-            lambda: self._run(take_compatible, notify=False, durable=False), wait
+            lambda: self._run(take_compatible, notify=False, durable=False), wait, claims=True
         )
         if jobs is None:
             return []

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_SECONDS = 0.25
 # Between asks once the store's own retries are spent.
 STORE_RETRY_SECONDS = 1.0
+# How long a cancelled heartbeat may take to end before it is cancelled again.
+CANCEL_AGAIN_SECONDS = 0.5
 
 
 @dataclass
@@ -294,8 +296,11 @@ class Worker:
     async def _heartbeat(self, job: Job, progress: _Progress) -> None:
         """Renew the lease on a timer and report progress as it moves."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # lands as progress arrives, and the job's heartbeat then never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.changed.wait(), timeout=self.heartbeat_seconds)
+                async with asyncio.timeout(self.heartbeat_seconds):
+                    await progress.changed.wait()
             progress.changed.clear()
             try:
                 await self.store.heartbeat(job.id, self.worker_id, progress.value)
@@ -328,7 +333,13 @@ def _reporter(progress: list[_Progress]) -> Callable[[int, int], None]:
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    """Cancel ``task`` and wait for it to end, cancelling again until it does: a library can
+    lose a cancellation (redis-py sends commands under Python 3.11's ``wait_for``, which
+    drops one that lands as the send finishes), and a heartbeat that lives on holds its
+    worker for ever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_AGAIN_SECONDS)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

@@ -22,6 +22,8 @@ class WorkerProcess:
     task: str = "text-to-image"
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    # More flags, e.g. ``--batch-max-size``.
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -38,6 +40,7 @@ class WorkerProcess:
             "--task", self.task,
             "--port", str(self.port),
             "--device", "cpu",
+            *self.args,
         ]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
