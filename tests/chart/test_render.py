@@ -607,6 +607,24 @@ REFUSED: dict[str, tuple[dict[str, str], str]] = {
         {"apiKeys.existingSecret": "keys", "apiKeys.adminSha256[0]": "ab" * 32},
         "apiKeys.existingSecret is set together with apiKeys.sha256 or apiKeys.adminSha256",
     ),
+    "key hash not hex": ({"apiKeys.sha256[0]": "zz"}, "'/apiKeys/sha256/0': 'zz' does not match"),
+    # The gateways compare lower-case digests: an upper-case hash would never match a key.
+    "upper-case key hash": (
+        {"apiKeys.adminSha256[0]": "AB" * 32},
+        f"'/apiKeys/adminSha256/0': '{'AB' * 32}' does not match pattern '^[0-9a-f]{{64}}$'",
+    ),
+    "key hash twice": (
+        {"apiKeys.sha256[0]": "ab" * 32, "apiKeys.sha256[1]": "ab" * 32},
+        "'/apiKeys/sha256': items at 0 and 1 are equal",
+    ),
+    "key both plain and admin": (
+        {"apiKeys.sha256[0]": "ab" * 32, "apiKeys.adminSha256[0]": "ab" * 32},
+        f"apiKeys.sha256 and apiKeys.adminSha256 both list {'ab' * 32}",
+    ),
+    "more keys than a Secret holds well": (
+        {"apiKeys.sha256": "{" + ",".join(f"{n:064x}" for n in range(1001)) + "}"},
+        "'/apiKeys/sha256': maxItems: got 1,001, want 1,000",
+    ),
     "hpa bounds": (
         {"gateway.autoscaling.minReplicas": "5", "gateway.autoscaling.maxReplicas": "2"},
         "minReplicas (5) exceeds maxReplicas (2)",

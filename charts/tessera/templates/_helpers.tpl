@@ -123,6 +123,11 @@ the variable that "tessera.redisEnv" declares first). */}}
 {{- if and .Values.apiKeys.existingSecret (or .Values.apiKeys.sha256 .Values.apiKeys.adminSha256) -}}
 {{- fail "ERROR: apiKeys.existingSecret is set together with apiKeys.sha256 or apiKeys.adminSha256: give the keys one way" -}}
 {{- end -}}
+{{- range $hash := .Values.apiKeys.adminSha256 -}}
+{{- if has $hash $.Values.apiKeys.sha256 -}}
+{{- fail (printf "ERROR: apiKeys.sha256 and apiKeys.adminSha256 both list %s: list an admin key in adminSha256 only" $hash) -}}
+{{- end -}}
+{{- end -}}
 {{- $as := .Values.gateway.autoscaling -}}
 {{- if and $as.enabled (gt (int $as.minReplicas) (int $as.maxReplicas)) -}}
 {{- fail (printf "ERROR: gateway.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" (int $as.minReplicas) (int $as.maxReplicas)) -}}
