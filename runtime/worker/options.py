@@ -8,10 +8,20 @@ these same models, so the two can never disagree on a field.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Collection, Mapping
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 # The API parameters whose pipeline argument differs between families. Everything else
@@ -72,6 +82,50 @@ NO_CACHE_CONTEXT = frozenset(
 )
 
 
+# The ``__call__`` arguments a worker sets itself on every call, from the request or for
+# its own use: a fixed value for one would be overwritten without a word, or (return_dict)
+# break every call. The operator and the CRD refuse them by name; the worker checks the
+# other names against the loaded pipeline's signature.
+WORKER_ARGUMENTS = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "num_images_per_prompt",
+        "generator",
+        "output_type",
+        "return_dict",
+        "width",
+        "height",
+        "image",
+        "max_area",
+        "callback_on_step_end",
+        "callback_on_step_end_tensor_inputs",
+    }
+)
+# A public keyword argument's name (a leading underscore marks a private one, as
+# ``_auto_resize``, which the worker sets), as short as diffusers' own.
+FIXED_ARGUMENT_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+MAX_FIXED_ARGUMENTS = 8
+# Past this a number loses digits in a float64, as JSON and the CRD carry it.
+LARGEST_FIXED = 2**53
+
+
+def _plain_number(value: object) -> object:
+    """A fixed value as given: a finite JSON number, never a string, a boolean or a NaN
+    coerced into one (NaN or infinity in a pipeline's arithmetic makes black images, not
+    errors)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, not {reprlib.repr(value)}")
+    # The bound first: a huge integer overflows isfinite's conversion to float.
+    if abs(value) > LARGEST_FIXED or not math.isfinite(value):
+        raise ValueError("must be a finite number between -2**53 and 2**53")
+    return value
+
+
+FixedNumber = Annotated[int | float, BeforeValidator(_plain_number)]
+
+
 def introspected_arguments(accepted: Collection[str]) -> dict[ApiArgument, str | None]:
     """Which argument of a ``__call__`` taking ``accepted`` carries each API parameter, by
     diffusers' usual names; None where it has none."""
@@ -127,9 +181,9 @@ class PipelineOptions(BaseModel):
     unsupported: tuple[ApiArgument, ...] = ()
     # Pipeline arguments passed as given on every call, for a value the API's ranges cannot
     # carry: Z-Image-Turbo runs without CFG only at guidance_scale 0, below the API's 1.
-    fixed_arguments: dict[
-        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], int | float
-    ] = Field(default_factory=dict, max_length=8)
+    fixed_arguments: dict[Annotated[str, Field(pattern=FIXED_ARGUMENT_NAME)], FixedNumber] = Field(
+        default_factory=dict, max_length=MAX_FIXED_ARGUMENTS
+    )
 
     @field_validator("first_block_cache")
     @classmethod
@@ -138,6 +192,17 @@ class PipelineOptions(BaseModel):
         if threshold is not None and class_name in NO_CACHE_CONTEXT:
             raise ValueError(no_cache_context(class_name))
         return threshold
+
+    @field_validator("fixed_arguments")
+    @classmethod
+    def _not_set_by_the_worker(cls, fixed: dict[str, int | float]) -> dict[str, int | float]:
+        taken = sorted(WORKER_ARGUMENTS & set(fixed))
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)}: the worker sets these on every call (from the request"
+                " or for itself), so a fixed value would be overwritten or break every call"
+            )
+        return fixed
 
     @model_validator(mode="after")
     def _placement(self) -> Self:

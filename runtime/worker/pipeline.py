@@ -12,8 +12,11 @@ import io
 import logging
 import math
 import os
+import re
 import threading
 import time
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,6 +291,7 @@ class LoadedPipeline:
         parameters = inspect.signature(pipeline.__call__).parameters
         strength = getattr(parameters.get("strength"), "default", None)
         targets = _check_targets(type(pipeline).__name__, frozenset(parameters), options)
+        _check_fixed(type(pipeline).__name__, parameters, targets, options)
         scale = getattr(pipeline, "vae_scale_factor", None)
         log.info("loaded %s from %s on %s", type(pipeline).__name__, path, device)
         return cls(
@@ -456,6 +460,69 @@ def _step_callback(on_step: Callable[[int, int], None], total: int) -> Any:
     return callback
 
 
+def _check_fixed(
+    name: str,
+    parameters: Mapping[str, inspect.Parameter],
+    targets: Mapping[ApiArgument, str | None],
+    options: PipelineOptions,
+) -> None:
+    """Each fixed argument names a number argument of the pipeline's own, which no request
+    sets (the spec's model refuses the arguments every call sets; these depend on the
+    pipeline), so a value that every call would overwrite or choke on stops the worker."""
+    fixed = set(options.fixed_arguments)
+    named = {
+        n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    if not fixed <= named:
+        raise ValueError(
+            f"spec.pipeline.fixedArguments names {', '.join(sorted(fixed - named))}, "
+            f"which {name} does not take"
+        )
+    carried = {part for target in targets.values() if target for part in target.split(",")}
+    if targets["negative_prompt"] is not None and "true_cfg_scale" in named:
+        carried.add("true_cfg_scale")  # set to the request's guidance with a negative prompt
+    if fixed & carried:
+        raise ValueError(
+            f"spec.pipeline.fixedArguments {', '.join(sorted(fixed & carried))} would also "
+            "carry a request's value: list that API parameter in spec.pipeline.unsupported"
+        )
+    for argument in sorted(fixed):
+        annotation = parameters[argument].annotation
+        if not takes_a_number(parameters[argument]):
+            raise ValueError(
+                f"spec.pipeline.fixedArguments.{argument}: {name} takes "
+                f"{inspect.formatannotation(annotation)} there, not a number"
+            )
+
+
+# The words of an annotation written as text that leave it a plain number (or None).
+_NUMBER_WORDS = frozenset({"int", "float", "None", "Optional", "Union"})
+
+
+def takes_a_number(parameter: inspect.Parameter) -> bool:
+    """Whether an argument is declared an int or a float (optionally None), or, undeclared,
+    defaults to one: a number given for a tensor, a list or a flag fails every call."""
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        default = parameter.default
+        return isinstance(default, int | float) and not isinstance(default, bool)
+    if isinstance(annotation, str):  # a module with postponed annotations
+        words = set(re.split(r"[\[\],|\s]+", annotation)) - {""}
+    else:
+        members = (
+            typing.get_args(annotation)
+            if typing.get_origin(annotation)
+            in (
+                typing.Union,
+                types.UnionType,
+            )
+            else (annotation,)
+        )
+        words = {getattr(m, "__name__", repr(m)) for m in members}
+        words = {"None" if w == "NoneType" else w for w in words}
+    return words <= _NUMBER_WORDS and bool(words & {"int", "float"})
+
+
 def _check_targets(
     name: str, accepted: frozenset[str], options: PipelineOptions
 ) -> Mapping[ApiArgument, str | None]:
@@ -468,18 +535,6 @@ def _check_targets(
             raise ValueError(
                 f"spec.pipeline.arguments.{api_name} names {target!r}, which {name} does not take"
             )
-    fixed = set(options.fixed_arguments)
-    if not fixed <= accepted:
-        raise ValueError(
-            f"spec.pipeline.fixedArguments names {', '.join(sorted(fixed - accepted))}, "
-            f"which {name} does not take"
-        )
-    carried = {part for target in targets.values() if target for part in target.split(",")}
-    if fixed & carried:
-        raise ValueError(
-            f"spec.pipeline.fixedArguments {', '.join(sorted(fixed & carried))} would also "
-            "carry a request's value: list that API parameter in spec.pipeline.unsupported"
-        )
     lacking = sorted(n for n, target in targets.items() if target is None)
     undeclared = [n for n in lacking if n not in options.refused]
     if undeclared:

@@ -10,6 +10,7 @@ import copy
 import datetime
 import json
 import math
+import re
 import typing
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -35,7 +36,13 @@ from tessera.runtime.cli import build_parser, settings_from
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits
 from tessera.runtime.settings import WorkerSettings
-from tessera.runtime.worker.options import BatchOptions
+from tessera.runtime.worker.options import (
+    FIXED_ARGUMENT_NAME,
+    LARGEST_FIXED,
+    MAX_FIXED_ARGUMENTS,
+    WORKER_ARGUMENTS,
+    BatchOptions,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "imagemodel.yaml").read_text())
@@ -181,6 +188,18 @@ def test_crd_spec_fields_match_the_models() -> None:
     assert _compare_fields(ImageModelSpec, SPEC_SCHEMA, "spec") == []
 
 
+def test_crd_fixed_arguments_rules_are_the_models() -> None:
+    """The CRD refuses at apply what the model refuses: the same name pattern, bounds and
+    worker arguments."""
+    schema = SPEC_SCHEMA["properties"]["pipeline"]["properties"]["fixedArguments"]
+    values = schema["additionalProperties"]
+    assert (values["minimum"], values["maximum"]) == (-LARGEST_FIXED, LARGEST_FIXED)
+    assert schema["maxProperties"] == MAX_FIXED_ARGUMENTS
+    names, reserved = (rule["rule"] for rule in schema["x-kubernetes-validations"])
+    assert f"k.matches('{FIXED_ARGUMENT_NAME}')" in names
+    assert set(re.findall(r"'(\w+)'", reserved)) == WORKER_ARGUMENTS
+
+
 def test_parameters_schema_is_the_runtimes_parameter_limits() -> None:
     schema = SPEC_SCHEMA["properties"]["parameters"]
     assert _compare_fields(ParameterLimits, schema, "spec.parameters") == []
@@ -249,6 +268,58 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "fixed argument not a name": (
         merged(DEMO, {"pipeline": {"fixedArguments": {"max length": 256}}}),
         "spec.pipeline.fixedArguments",
+    ),
+    "fixed argument NaN": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"guidance_scale": math.nan}}}),
+        "spec.pipeline.fixedArguments.guidance_scale: must be a finite number",
+    ),
+    "fixed argument infinite": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"guidance_scale": -math.inf}}}),
+        "spec.pipeline.fixedArguments.guidance_scale: must be a finite number",
+    ),
+    "fixed argument huge": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"max_sequence_length": 10**400}}}),
+        "spec.pipeline.fixedArguments.max_sequence_length: must be a finite number between",
+    ),
+    # A YAML file of models is not typed as the CRD is: "0" or true must not become 0 or 1.
+    "fixed argument a string": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"guidance_scale": "0"}}}),
+        "spec.pipeline.fixedArguments.guidance_scale: must be a number, not '0'",
+    ),
+    "fixed argument a boolean": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"guidance_scale": True}}}),
+        "spec.pipeline.fixedArguments.guidance_scale: must be a number, not True",
+    ),
+    "fixed argument an object": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"sigmas": {"a": 1}}}}),
+        "spec.pipeline.fixedArguments.sigmas: must be a number",
+    ),
+    "fixed argument a dunder": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"__class__": 1}}}),
+        "spec.pipeline.fixedArguments.__class__: String should match pattern",
+    ),
+    "fixed argument private": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"_auto_resize": 1}}}),
+        "spec.pipeline.fixedArguments._auto_resize: String should match pattern",
+    ),
+    "fixed argument name too long": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {"a" * 65: 1}}}),
+        "String should match pattern",
+    ),
+    "too many fixed arguments": (
+        merged(DEMO, {"pipeline": {"fixedArguments": {f"a{n}": n for n in range(9)}}}),
+        "spec.pipeline.fixedArguments: Dictionary should have at most 8 items",
+    ),
+    "fixed arguments the worker sets": (
+        merged(
+            DEMO,
+            {
+                "pipeline": {
+                    "fixedArguments": {"num_inference_steps": 4, "return_dict": 0, "eta": 0}
+                }
+            },
+        ),
+        "spec.pipeline.fixedArguments: num_inference_steps, return_dict: the worker sets these",
     ),
     "first-block-cache on a loop without cache contexts": (
         merged(DEMO, {"pipeline": {"className": "FluxKontextPipeline", "firstBlockCache": 0.12}}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import typing
 from pathlib import Path
@@ -19,6 +20,7 @@ from tessera.runtime.worker.pipeline import (
     prefetch,
     quiet_libraries,
     sets_cache_context,
+    takes_a_number,
 )
 from tests.support.params import job_params
 
@@ -106,6 +108,51 @@ def test_options_the_pipeline_cannot_honour_fail_at_load(
         LoadedPipeline.load(
             demo_models_dir / "tessera-demo", "cpu", options=PipelineOptions.model_validate(options)
         )
+
+
+@pytest.mark.parametrize(
+    ("fixed", "message"),
+    [
+        # FluxPipeline sets true_cfg_scale to the request's guidance with a negative prompt.
+        ({"true_cfg_scale": 4.0}, "fixedArguments true_cfg_scale would also carry a request's"),
+        ({"sigmas": 1}, r"fixedArguments\.sigmas: FluxPipeline takes list\[float\] \| None"),
+        ({"latents": 0}, r"fixedArguments\.latents: FluxPipeline takes .*Tensor"),
+        ({"kwargs": 1}, "fixedArguments names kwargs, which FluxPipeline does not take"),
+    ],
+)
+def test_a_fixed_argument_every_call_would_overwrite_or_choke_on_stops_the_worker(
+    demo_models_dir: Path, fixed: dict[str, float], message: str
+) -> None:
+    options = PipelineOptions(fixed_arguments=fixed)
+    with pytest.raises(ValueError, match=message):
+        LoadedPipeline.load(demo_models_dir / "tessera-demo", "cpu", options=options)
+
+
+def test_a_fixed_number_argument_reaches_every_call(demo_models_dir: Path) -> None:
+    options = PipelineOptions(fixed_arguments={"max_sequence_length": 32})
+    loaded = LoadedPipeline.load(demo_models_dir / "tessera-demo", "cpu", options=options)
+    negative = PARAMS.model_copy(update={"negative_prompt": "fog"})
+    assert loaded.arguments(negative, [])["max_sequence_length"] == 32
+    [image] = loaded.generate(PARAMS)
+    assert image.size == (96, 64)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "number"),
+    [
+        ("float", True),
+        ("int | None", True),
+        ("Optional[int]", True),
+        ("Union[int, float]", True),
+        ("bool", False),
+        ("list[float] | None", False),
+        ("Optional[torch.Tensor]", False),
+    ],
+)
+def test_postponed_annotations_are_read_as_numbers_or_not(annotation: str, number: bool) -> None:
+    """Some diffusers modules postpone their annotations: the worker reads the text."""
+    parameter = inspect.Parameter("x", inspect.Parameter.KEYWORD_ONLY, annotation=annotation)
+    assert takes_a_number(parameter) is number
 
 
 def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise(
