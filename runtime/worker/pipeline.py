@@ -177,8 +177,8 @@ class LoadedPipeline:
     fixed: Mapping[str, int | float]
     # Sides are rounded up to this: the VAE's downscale times the transformer's 2x2 packing.
     size_multiple: int
-    # The default ``strength`` of image-to-image pipelines that have one: they denoise only
-    # ``steps * strength`` of the steps.
+    # The ``strength`` of image-to-image pipelines that have one (the spec's fixed one, or
+    # the pipeline's default): they denoise only ``steps * strength`` of the steps.
     strength: float | None
     # One pipeline call at a time: diffusers pipelines keep per-call state on themselves.
     lock: threading.Lock
@@ -289,7 +289,9 @@ class LoadedPipeline:
                 denoiser.compile()
         pipeline.set_progress_bar_config(disable=True)
         parameters = inspect.signature(pipeline.__call__).parameters
-        strength = getattr(parameters.get("strength"), "default", None)
+        strength = options.fixed_arguments.get(
+            "strength", getattr(parameters.get("strength"), "default", None)
+        )
         targets = _check_targets(type(pipeline).__name__, frozenset(parameters), options)
         _check_fixed(type(pipeline).__name__, parameters, targets, options)
         scale = getattr(pipeline, "vae_scale_factor", None)
@@ -301,7 +303,9 @@ class LoadedPipeline:
             targets=targets,
             fixed=options.fixed_arguments,
             size_multiple=max(SIZE_MULTIPLE, 2 * scale if isinstance(scale, int) else 0),
-            strength=strength if isinstance(strength, float) and strength > 0 else None,
+            strength=float(strength)
+            if isinstance(strength, int | float) and strength > 0
+            else None,
             lock=threading.Lock(),
             import_seconds=imported - started,
             pipeline_seconds=time.monotonic() - imported,
@@ -485,6 +489,12 @@ def _check_fixed(
         raise ValueError(
             f"spec.pipeline.fixedArguments {', '.join(sorted(fixed & carried))} would also "
             "carry a request's value: list that API parameter in spec.pipeline.unsupported"
+        )
+    strength = options.fixed_arguments.get("strength", 1)
+    if not 0 < strength <= 1:
+        raise ValueError(
+            f"spec.pipeline.fixedArguments.strength: {name} denoises num_inference_steps x"
+            f" strength steps; it must be above 0 and at most 1, not {strength}"
         )
     for argument in sorted(fixed):
         annotation = parameters[argument].annotation

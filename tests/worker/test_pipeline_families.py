@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tessera.runtime.worker.options import PipelineOptions
 from tessera.runtime.worker.pipeline import LoadedPipeline, UnsupportedParameter
 from tests.api.helpers import download, image_of, png_bytes, submit, wait
 from tests.conftest import new_server
@@ -54,6 +55,24 @@ def test_image_to_image_without_a_size_gets_its_source_at_the_size_asked(sd_dir:
     # Its default strength, 0.8, leaves no step of one to denoise: a clear error, not torch's.
     with pytest.raises(UnsupportedParameter, match="ask for at least 2 steps"):
         loaded.generate(job_params(num_inference_steps=1), [source])
+
+
+def test_a_fixed_strength_is_the_one_the_worker_counts_steps_with(sd_dir: Path) -> None:
+    options = PipelineOptions(fixed_arguments={"strength": 0.25})
+    loaded = LoadedPipeline.load(sd_dir / "sd-img2img", "cpu", options=options)
+    source = Image.new("RGB", (64, 48), "red")
+    with pytest.raises(UnsupportedParameter, match="ask for at least 4 steps"):
+        loaded.generate(job_params(num_inference_steps=3), [source])
+    [image] = loaded.generate(job_params(width=64, height=48, num_inference_steps=4), [source])
+    assert image.size == (64, 48)
+    # No step at all to denoise, or more than all of them: every job would fail.
+    for strength in (0, 1.5):
+        with pytest.raises(ValueError, match=r"fixedArguments\.strength: .* above 0 and at most 1"):
+            LoadedPipeline.load(
+                sd_dir / "sd-img2img",
+                "cpu",
+                options=PipelineOptions(fixed_arguments={"strength": strength}),
+            )
 
 
 @pytest.fixture(scope="module")
