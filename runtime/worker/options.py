@@ -156,7 +156,8 @@ class PipelineOptions(BaseModel):
     )
 
     # A diffusers class to load with instead of the one model_index.json names.
-    class_name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # A public name (diffusers' classes are CamelCase): nothing private or dunder.
+    class_name: str | None = Field(default=None, max_length=128, pattern=r"^[A-Z][A-Za-z0-9_]*$")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # A diffusers attention backend for the denoiser, e.g. "flash" or "_native_cudnn".
     attention: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
@@ -166,7 +167,7 @@ class PipelineOptions(BaseModel):
     compile: bool = False
     # First-Block-Cache (diffusers hooks): skip the denoiser's other blocks on a step whose
     # first block changed less than this; faster, and the image drifts as it grows.
-    first_block_cache: float | None = Field(default=None, gt=0, le=1)
+    first_block_cache: float | None = Field(default=None, gt=0, le=1, strict=True)
     # Keep the denoiser's weights in float8 (e4m3) and compute in ``dtype``: about half its
     # weight memory, at the cost of rounding every weight to 3 mantissa bits.
     fp8_weights: bool = False

@@ -218,11 +218,8 @@ class LoadedPipeline:
             if dtype
             else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         )
-        loader = diffusers.DiffusionPipeline
-        if options.class_name:
-            loader = getattr(diffusers, options.class_name, None)
-            if loader is None:
-                raise ValueError(f"diffusers has no pipeline class {options.class_name!r}")
+        loader = pipeline_class(diffusers, options.class_name) if options.class_name else None
+        loader = loader or diffusers.DiffusionPipeline
         # Straight from safetensors to the device (a few times faster on a GPU than loading to
         # host memory and moving); diffusers maps a whole pipeline onto its own device only.
         straight = (
@@ -462,6 +459,20 @@ def _step_callback(on_step: Callable[[int, int], None], total: int) -> Any:
         return tensors
 
     return callback
+
+
+def pipeline_class(diffusers: Any, name: str) -> Any:
+    """diffusers' pipeline class of that name (a model class or anything else it exports
+    would fail in ``from_pretrained`` with an error of its own), or a ValueError naming
+    ``className`` and, for a name off only in its case, the class meant."""
+    found = getattr(diffusers, name, None)
+    if isinstance(found, type) and (
+        issubclass(found, diffusers.DiffusionPipeline) or name.startswith("AutoPipeline")
+    ):
+        return found
+    meant = [n for n in dir(diffusers) if n.lower() == name.lower() and n != name]
+    hint = f" (did you mean {meant[0]}?)" if meant else ""
+    raise ValueError(f"spec.pipeline.className: diffusers has no pipeline class {name!r}{hint}")
 
 
 def _check_fixed(

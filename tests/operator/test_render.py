@@ -42,6 +42,7 @@ from tessera.runtime.worker.options import (
     MAX_FIXED_ARGUMENTS,
     WORKER_ARGUMENTS,
     BatchOptions,
+    PipelineOptions,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,6 +197,9 @@ def test_crd_fixed_arguments_rules_are_the_models() -> None:
     assert (values["minimum"], values["maximum"]) == (-LARGEST_FIXED, LARGEST_FIXED)
     assert schema["maxProperties"] == MAX_FIXED_ARGUMENTS
     names, reserved = (rule["rule"] for rule in schema["x-kubernetes-validations"])
+    class_name = SPEC_SCHEMA["properties"]["pipeline"]["properties"]["className"]
+    model = PipelineOptions.model_json_schema(by_alias=True)["properties"]["className"]
+    assert class_name["pattern"] == model["anyOf"][0]["pattern"]
     assert f"k.matches('{FIXED_ARGUMENT_NAME}')" in names
     assert set(re.findall(r"'(\w+)'", reserved)) == WORKER_ARGUMENTS
 
@@ -320,6 +324,31 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
             },
         ),
         "spec.pipeline.fixedArguments: num_inference_steps, return_dict: the worker sets these",
+    ),
+    "class name private": (
+        merged(DEMO, {"pipeline": {"className": "__class__"}}),
+        "spec.pipeline.className: String should match pattern",
+    ),
+    # A YAML file of models is not typed as the CRD is: "0.2" or true must not become a number.
+    "first-block-cache a string": (
+        merged(DEMO, {"pipeline": {"firstBlockCache": "0.2"}}),
+        "spec.pipeline.firstBlockCache: Input should be a valid number",
+    ),
+    "first-block-cache a boolean": (
+        merged(DEMO, {"pipeline": {"firstBlockCache": True}}),
+        "spec.pipeline.firstBlockCache: Input should be a valid number",
+    ),
+    "first-block-cache NaN": (
+        merged(DEMO, {"pipeline": {"firstBlockCache": math.nan}}),
+        "spec.pipeline.firstBlockCache",
+    ),
+    "first-block-cache zero": (
+        merged(DEMO, {"pipeline": {"firstBlockCache": 0}}),
+        "spec.pipeline.firstBlockCache: Input should be greater than 0",
+    ),
+    "device map in capitals": (
+        merged(DEMO, {"pipeline": {"deviceMap": "Balanced"}, "gpu": {"count": 2}}),
+        "spec.pipeline.deviceMap: Input should be 'balanced'",
     ),
     "first-block-cache on a loop without cache contexts": (
         merged(DEMO, {"pipeline": {"className": "FluxKontextPipeline", "firstBlockCache": 0.12}}),

@@ -98,6 +98,10 @@ def test_the_operators_list_matches_diffusers() -> None:
     ("options", "message"),
     [
         ({"className": "NoSuchPipeline"}, "no pipeline class"),
+        # diffusers' names are case-sensitive: the worker says which class was meant.
+        ({"className": "Fluxpipeline"}, "no pipeline class 'Fluxpipeline' .did you mean Flux"),
+        # A model class loads no pipeline (its from_pretrained fails on model_index.json).
+        ({"className": "UNet2DModel"}, r"className: diffusers has no pipeline class 'UNet2D"),
         ({"cpuOffload": "model"}, "needs a CUDA device"),
     ],
 )
@@ -153,6 +157,12 @@ def test_postponed_annotations_are_read_as_numbers_or_not(annotation: str, numbe
     """Some diffusers modules postpone their annotations: the worker reads the text."""
     parameter = inspect.Parameter("x", inspect.Parameter.KEYWORD_ONLY, annotation=annotation)
     assert takes_a_number(parameter) is number
+
+
+def test_an_auto_pipeline_class_is_a_pipeline_class(demo_models_dir: Path) -> None:
+    options = PipelineOptions(class_name="AutoPipelineForText2Image")
+    loaded = LoadedPipeline.load(demo_models_dir / "tessera-demo", "cpu", options=options)
+    assert type(loaded.pipeline).__name__ == "FluxPipeline"
 
 
 def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise(
