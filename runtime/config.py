@@ -34,7 +34,7 @@ from tessera.runtime.settings import (
 from tessera.runtime.sources import SourceLimits
 from tessera.runtime.storage import InvalidStorageUrl, PublicDownloads, open_storage
 from tessera.runtime.webhooks import WebhookPolicy
-from tessera.runtime.worker.options import PipelineOptions, introspected_arguments
+from tessera.runtime.worker.options import PipelineOptions, introspected_arguments, pipeline_class
 
 DEMO_MODELS = {"tessera-demo": Task.TEXT_TO_IMAGE, "tessera-demo-edit": Task.IMAGE_TO_IMAGE}
 # The demo pipelines make a 1024x1024 image in well under a second on one CPU core at four
@@ -224,10 +224,11 @@ def introspected_options(path: Path) -> PipelineOptions:
     import diffusers
 
     class_name = json.loads((path / "model_index.json").read_text()).get("_class_name", "")
-    pipeline_class = getattr(diffusers, class_name, None)
-    if pipeline_class is None:
-        raise ConfigError(f"{path}: diffusers has no pipeline class {class_name!r}")
-    accepted = inspect.signature(pipeline_class.__call__).parameters
+    try:
+        loader = pipeline_class(diffusers, class_name)
+    except LookupError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    accepted = inspect.signature(loader.__call__).parameters
     targets = introspected_arguments(accepted)
     lacking = tuple(name for name, target in targets.items() if not target)
     return PipelineOptions(unsupported=lacking)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Collection, Mapping
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -139,6 +139,20 @@ def introspected_arguments(accepted: Collection[str]) -> dict[ApiArgument, str |
         "negative_prompt": "negative_prompt" if "negative_prompt" in accepted else None,
         "image_size": size,
     }
+
+
+def pipeline_class(diffusers: Any, name: str) -> Any:
+    """diffusers' pipeline class of that name (a model class or anything else it exports
+    would fail in ``from_pretrained`` or ``__call__`` with an error of its own), or a
+    LookupError naming, for a name off only in its case, the class meant."""
+    found = getattr(diffusers, name, None)
+    if isinstance(found, type) and (
+        issubclass(found, diffusers.DiffusionPipeline) or name.startswith("AutoPipeline")
+    ):
+        return found
+    meant = [n for n in dir(diffusers) if n.lower() == name.lower() and n != name]
+    hint = f" (did you mean {meant[0]}?)" if meant else ""
+    raise LookupError(f"diffusers has no pipeline class {name!r}{hint}")
 
 
 def no_cache_context(class_name: str) -> str:

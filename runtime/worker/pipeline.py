@@ -32,6 +32,7 @@ from tessera.runtime.worker.options import (
     ApiArgument,
     PipelineOptions,
     no_cache_context,
+    pipeline_class,
 )
 
 log = logging.getLogger(__name__)
@@ -218,8 +219,12 @@ class LoadedPipeline:
             if dtype
             else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         )
-        loader = pipeline_class(diffusers, options.class_name) if options.class_name else None
-        loader = loader or diffusers.DiffusionPipeline
+        loader = diffusers.DiffusionPipeline
+        if options.class_name:
+            try:
+                loader = pipeline_class(diffusers, options.class_name)
+            except LookupError as error:
+                raise ValueError(f"spec.pipeline.className: {error}") from None
         # Straight from safetensors to the device (a few times faster on a GPU than loading to
         # host memory and moving); diffusers maps a whole pipeline onto its own device only.
         straight = (
@@ -459,20 +464,6 @@ def _step_callback(on_step: Callable[[int, int], None], total: int) -> Any:
         return tensors
 
     return callback
-
-
-def pipeline_class(diffusers: Any, name: str) -> Any:
-    """diffusers' pipeline class of that name (a model class or anything else it exports
-    would fail in ``from_pretrained`` with an error of its own), or a ValueError naming
-    ``className`` and, for a name off only in its case, the class meant."""
-    found = getattr(diffusers, name, None)
-    if isinstance(found, type) and (
-        issubclass(found, diffusers.DiffusionPipeline) or name.startswith("AutoPipeline")
-    ):
-        return found
-    meant = [n for n in dir(diffusers) if n.lower() == name.lower() and n != name]
-    hint = f" (did you mean {meant[0]}?)" if meant else ""
-    raise ValueError(f"spec.pipeline.className: diffusers has no pipeline class {name!r}{hint}")
 
 
 def _check_fixed(

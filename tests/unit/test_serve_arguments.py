@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tessera.runtime.cli import build_parser, settings_from
+from tessera.runtime.config import ConfigError, introspected_options
 from tessera.runtime.settings import ServeSettings
 
 
@@ -67,3 +71,15 @@ def test_a_rate_limit_that_cannot_be_parsed_is_refused(
     assert "ten per second" in capsys.readouterr().err
     args = build_parser().parse_args(["serve", flag, "5/second;100/minute"])
     assert "5/second;100/minute" in vars(args).values()
+
+
+@pytest.mark.parametrize("class_name", ["UNet2DModel", "__class__", "fluxpipeline"])
+def test_a_model_folder_naming_no_pipeline_class_is_refused_at_start(
+    tmp_path: Path, class_name: str
+) -> None:
+    """``serve --model`` reads the class that model_index.json names to learn its arguments;
+    a model class or another export of diffusers is no pipeline (its ``__call__`` would make
+    every parameter look unsupported, and the worker fail later)."""
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    with pytest.raises(ConfigError, match=f"no pipeline class {class_name!r}"):
+        introspected_options(tmp_path)
