@@ -77,9 +77,14 @@ def start_deadline(text: str | None, now: datetime | None = None) -> datetime | 
     return (now or datetime.now(UTC)) + timedelta(seconds=cancel_after_seconds(text))
 
 
-def idempotency(key: str | None, request: GenerationRequest, *, edit: bool) -> Idempotency | None:
-    """The key, checked, and a digest of what was asked (the endpoint and the body as
-    validated, so key order and whitespace do not make two bodies differ)."""
+def idempotency(
+    controls: SubmitControls, request: GenerationRequest, *, edit: bool
+) -> Idempotency | None:
+    """The key, checked, and a digest of what was asked: the endpoint, the body as
+    validated (so key order and whitespace do not make two bodies differ) and the
+    ``Cancel-After`` in seconds (a retry that asks for another deadline asks for another
+    job, and would otherwise be answered with the first one's without a word)."""
+    key = controls.idempotency_key
     if key is None:
         return None
     if _IDEMPOTENCY_KEY.fullmatch(key) is None:
@@ -89,6 +94,8 @@ def idempotency(key: str | None, request: GenerationRequest, *, edit: bool) -> I
             field=IDEMPOTENCY_HEADER,
             rule="format",
         )
-    asked = {"edit": edit, "body": request.model_dump(mode="json")}
+    asked: dict[str, object] = {"edit": edit, "body": request.model_dump(mode="json")}
+    if controls.cancel_after is not None:
+        asked["cancel_after"] = cancel_after_seconds(controls.cancel_after)
     digest = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
     return Idempotency(key=key, fingerprint=digest)

@@ -112,7 +112,7 @@ class IdempotencyMismatch(InvalidParameter):
     def __init__(self, job_id: int):
         super().__init__(
             f"this Idempotency-Key was used in the last 24 h for job {job_id} with another "
-            "body; send the same body to get that job, or use a new key",
+            "body or Cancel-After; send the same ones to get that job, or use a new key",
             field="Idempotency-Key",
             rule="same_body",
         )

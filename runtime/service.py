@@ -76,7 +76,7 @@ class ImageService:
         """Queue a job (or, for a repeated ``Idempotency-Key``, answer the first one)."""
         await self.limiter.hit(Action.SUBMIT, key)
         controls = controls or control.SubmitControls()
-        once = control.idempotency(controls.idempotency_key, request, edit=edit)
+        once = control.idempotency(controls, request, edit=edit)
         start_by = control.start_deadline(controls.cancel_after)
         model = self.catalog.get(request.model)
         if once is not None and (first := await self.store.replay(key.id, once)) is not None:

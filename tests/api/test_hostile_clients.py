@@ -26,7 +26,9 @@ from tests.support.server import ServerProcess, free_port
 from tests.support.waiting import wait_until
 
 HEADER_TIMEOUT = 2.0
-KEYS = tuple(f"test-key-{name}" for name in ("plain", "submit", "poll", "b64", "upload", "files"))
+KEYS = tuple(
+    f"test-key-{name}" for name in ("plain", "submit", "poll", "b64", "upload", "files", "replay")
+)
 MiB = 1024 * 1024
 JOB = {**FAST, "model": "tessera-demo", "prompt": "a lighthouse"}
 
@@ -229,6 +231,19 @@ def test_submits_and_polls_over_the_key_limit_get_429_with_retry_after(
         job_id = submit(client, JOB)
         statuses = [client.get(f"/images/tasks/{job_id}").status_code for _ in range(7)]
     assert statuses == [200] * 6 + [429]
+
+
+def test_idempotent_replays_spend_the_submit_limit(server: ServerProcess) -> None:
+    """A replay costs the gateway a store read and answers a job: it is a submission to the
+    limiter, so a loop of retries is held back like a loop of submits."""
+    headers = {"Idempotency-Key": "one-key"}
+    with server.client(KEYS[6]) as client:
+        answers = [client.post("/images/generations", json=JOB, headers=headers) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 4 + [429]
+    assert [a.headers.get("Idempotent-Replayed") for a in answers[:4]] == [None] + ["true"] * 3
+    assert len({a.json()["job_id"] for a in answers[:4]}) == 1
+    body = assert_error(answers[4], 429)
+    assert "job_id" not in body
 
 
 def test_b64_results_count_against_their_own_limit(server: ServerProcess) -> None:

@@ -210,6 +210,58 @@ def test_an_idempotency_key_answers_the_first_job(demo_server: Deployment) -> No
         assert wait(client, first.json()["job_id"])["status"] == "completed"
 
 
+def test_a_replay_answers_what_the_first_job_became(demo_server: Deployment) -> None:
+    """Whatever became of the first job (cancelled here), a retry gets it, and with
+    ``Prefer: wait`` its task at once; an edit under a generation's key is another body."""
+    key = str(uuid.uuid4())
+    with demo_server.client() as client:
+        with worker_busy(client):
+            first = client.post("/images/generations", json=QUICK, headers={"Idempotency-Key": key})
+            cancel(client, first.json()["job_id"])
+        submitted = jobs_submitted(demo_server)
+        again = client.post(
+            "/images/generations", json=QUICK, headers={"Idempotency-Key": key, "Prefer": "wait=5"}
+        )
+        assert again.status_code == 200, again.text
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json()["job_id"] == first.json()["job_id"]
+        assert again.json()["status"] == "cancelled"
+        assert again.json()["error"]["code"] == "job.cancelled"
+        edit = client.post(
+            "/images/edits",
+            json={**QUICK, "image_url": "https://example.com/a.png"},
+            headers={"Idempotency-Key": key},
+        )
+        assert assert_error(edit, 422, "Idempotency-Key")["rule"] == "same_body"
+        assert jobs_submitted(demo_server) == submitted
+
+
+def test_a_retry_asking_another_cancel_after_is_another_body(demo_server: Deployment) -> None:
+    """Cancel-After counts as what was asked (in seconds: 300 and 5m are the same ask): a
+    retry with another deadline is a 422, not the first job with the first deadline."""
+    key = str(uuid.uuid4())
+    with demo_server.client() as client:
+        first = client.post(
+            "/images/generations",
+            json=QUICK,
+            headers={"Idempotency-Key": key, "Cancel-After": "300"},
+        )
+        same = client.post(
+            "/images/generations",
+            json=QUICK,
+            headers={"Idempotency-Key": key, "Cancel-After": "5m"},
+        )
+        assert same.headers["Idempotent-Replayed"] == "true"
+        assert same.json()["job_id"] == first.json()["job_id"]
+        for other in ({"Cancel-After": "2s"}, {}):
+            refused = client.post(
+                "/images/generations", json=QUICK, headers={"Idempotency-Key": key, **other}
+            )
+            body = assert_error(refused, 422, "Idempotency-Key")
+            assert body["rule"] == "same_body" and "Cancel-After" in body["message"]
+        assert wait(client, first.json()["job_id"])["status"] == "completed"
+
+
 def test_fifty_concurrent_identical_submits_make_one_job(demo_server: Deployment) -> None:
     key = str(uuid.uuid4())
 
