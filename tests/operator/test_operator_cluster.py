@@ -194,6 +194,19 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
         {"pipeline": {"fixedArguments": {"max length": 256}}},
         "spec.pipeline.fixedArguments names must be argument names",
     ),
+    "fixed argument a dunder": (
+        {"pipeline": {"fixedArguments": {"__class__": 1}}},
+        "spec.pipeline.fixedArguments names must be argument names",
+    ),
+    "fixed argument the worker sets": (
+        {"pipeline": {"fixedArguments": {"num_inference_steps": 4}}},
+        "spec.pipeline.fixedArguments names an argument the worker sets on every call",
+    ),
+    "fixed argument past 2**53": (
+        {"pipeline": {"fixedArguments": {"guidance_scale": 1e300}}},
+        "spec.pipeline.fixedArguments.guidance_scale",
+    ),
+    "class name private": ({"pipeline": {"className": "__class__"}}, "spec.pipeline.className"),
 }
 
 
