@@ -14,10 +14,6 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import TypeVar
-
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
 from tessera.runtime import client_cli
 from tessera.runtime.config import ConfigError, ServerConfig, gateway_config, serve_config
@@ -32,6 +28,7 @@ from tessera.runtime.settings import (
     parse_network,
     parse_origin,
     parse_rates,
+    settings_from,
 )
 from tessera.runtime.usage import cli as usage_cli
 
@@ -71,27 +68,6 @@ def _image_model_argument(value: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return value
-
-
-S = TypeVar("S", bound=BaseSettings)
-
-
-def settings_from(cls: type[S], args: argparse.Namespace) -> S:
-    """The command's settings: the flags given (only those: their defaults are suppressed),
-    then ``TESSERA_*`` variables, then the defaults. Bad values exit 2 naming the flag."""
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("handler", "command", "usage_command", "log_level")
-    }
-    try:
-        return cls(**given)
-    except ValidationError as error:
-        for problem in error.errors():
-            name = str(problem["loc"][0]) if problem["loc"] else ""
-            where = f"--{name.replace('_', '-')} (TESSERA_{name.upper()})" if name else "settings"
-            print(f"error: {where}: {problem['msg']}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def _run_api(config: ServerConfig, settings: ApiSettings, log_level: str) -> int:

@@ -10,11 +10,13 @@ in the process list. ``tests/unit/test_settings.py`` holds the CLI to this.
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from decimal import Decimal
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -23,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -343,3 +346,24 @@ class UsagePushSettings(_Settings):
             retry_max_seconds=self.retry_max_seconds,
             idle_seconds=self.idle_seconds,
         )
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def settings_from(cls: type[S], args: argparse.Namespace) -> S:
+    """The command's settings: the flags given (only those: their defaults are suppressed),
+    then ``TESSERA_*`` variables, then the defaults. Bad values exit 2 naming the flag."""
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("handler", "command", "usage_command", "log_level")
+    }
+    try:
+        return cls(**given)
+    except ValidationError as error:
+        for problem in error.errors():
+            name = str(problem["loc"][0]) if problem["loc"] else ""
+            where = f"--{name.replace('_', '-')} (TESSERA_{name.upper()})" if name else "settings"
+            print(f"error: {where}: {problem['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,7 +1,4 @@
-"""``tessera usage export`` and ``tessera usage push``: thin commands over the ledger.
-
-``settings_from`` is imported where it is used: ``tessera.runtime.cli`` imports this module.
-"""
+"""``tessera usage export`` and ``tessera usage push``: thin commands over the ledger."""
 
 from __future__ import annotations
 
@@ -12,13 +9,11 @@ import signal
 import sys
 from pathlib import Path
 
-from tessera.runtime.settings import UsageExportSettings, UsagePushSettings
+from tessera.runtime.settings import UsageExportSettings, UsagePushSettings, settings_from
 from tessera.runtime.usage.formats import Format
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tessera.runtime.cli import settings_from
-
     settings = settings_from(UsageExportSettings, args)
     return asyncio.run(_run_export(settings))
 
@@ -54,8 +49,6 @@ async def _run_export(settings: UsageExportSettings) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from tessera.runtime.cli import settings_from
-
     settings = settings_from(UsagePushSettings, args)
     return asyncio.run(_run_push(settings))
 

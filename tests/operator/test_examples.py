@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from tessera.operator import render
-from tessera.runtime.cli import build_parser, settings_from
+from tessera.runtime.cli import build_parser
 from tessera.runtime.imagemodel import ImageModel, parse
-from tessera.runtime.settings import WorkerSettings
+from tessera.runtime.settings import WorkerSettings, settings_from
 from tests.cluster.harness import Cluster
 from tests.operator.process import install_crds
 

@@ -32,10 +32,10 @@ from tessera.operator.spec import (
     parse_spec,
 )
 from tessera.runtime import conditions
-from tessera.runtime.cli import build_parser, settings_from
+from tessera.runtime.cli import build_parser
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits
-from tessera.runtime.settings import WorkerSettings
+from tessera.runtime.settings import WorkerSettings, settings_from
 from tessera.runtime.worker.options import (
     FIXED_ARGUMENT_NAME,
     LARGEST_FIXED,

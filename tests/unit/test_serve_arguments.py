@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tessera.runtime.cli import build_parser, settings_from
+from tessera.runtime.cli import build_parser
 from tessera.runtime.config import ConfigError, introspected_options
-from tessera.runtime.settings import ServeSettings
+from tessera.runtime.settings import ServeSettings, settings_from
 
 
 @pytest.mark.parametrize(

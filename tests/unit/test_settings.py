@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tessera.runtime.cli import build_parser, settings_from
-from tessera.runtime.settings import GatewaySettings, ServeSettings, WorkerSettings
+from tessera.runtime.cli import build_parser
+from tessera.runtime.settings import GatewaySettings, ServeSettings, WorkerSettings, settings_from
 
 COMMANDS = {"serve": ServeSettings, "gateway": GatewaySettings, "worker": WorkerSettings}
 
