@@ -80,8 +80,16 @@ class Cluster:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
     def chaos(self, chance: random.Random) -> None:
-        """Kill one process with SIGKILL and start its replacement."""
-        if chance.random() < 0.35 and self.exporter is not None:
+        """Kill one process with SIGKILL and start its replacement: a worker first, the
+        exporter second (each is then surely killed once, however fast the jobs run), then
+        either at random."""
+        workers_killed = self.kills["worker busy"] + self.kills["worker idle"]
+        exporter_due = workers_killed >= 1 and not self.kills["exporter"]
+        if (
+            self.exporter is not None
+            and workers_killed
+            and (exporter_due or chance.random() < 0.35)
+        ):
             self.exporter.kill()
             self.exporter.wait()
             self.kills["exporter"] += 1
@@ -210,7 +218,8 @@ def test_the_ledger_bills_every_completed_job_once_whatever_crashes(cluster: Clu
     deadline = time.monotonic() + 240
     while True:
         states = _jobs(cluster, everything)
-        if all(status.finished for status, _ in states.values()):
+        # Finished, and the exporter killed once at least (it runs on after the jobs).
+        if all(status.finished for status, _ in states.values()) and cluster.kills["exporter"]:
             break
         assert time.monotonic() < deadline, f"jobs never finished: {states}\n{cluster.logs()}"
         cluster.replace_the_dead()
