@@ -1167,7 +1167,7 @@ class RedisJobStore:
         self._sends_webhooks = True
         await self._listen()
         found = await self._changes.wait_until(
-            lambda: self._claim_webhooks(limit, hold_seconds), wait
+            lambda: self._claim_webhooks(limit, hold_seconds), wait, claims=True
         )
         return found or []
 

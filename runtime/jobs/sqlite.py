@@ -792,7 +792,7 @@ class SQLiteJobStore:
             ] or None
 
         found = await self._changes.wait_until(
-            lambda: self._run(claim, notify=False, durable=False), wait
+            lambda: self._run(claim, notify=False, durable=False), wait, claims=True
         )
         return found or []
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +118,26 @@ async def test_jobs_ended_in_bulk_make_their_entries_due(
         assert claimed, f"only {sorted(woken)} of {sorted(before)} became due"
         woken |= {due.job_id: due for due in claimed}
     assert all(woken[i].changes > before[i].changes for i in woken)
+
+
+async def test_a_claim_that_outlasts_its_wait_returns_what_it_claimed(
+    sqlite_store: JobStore, tmp_path: Path
+) -> None:
+    """A claim is a write (the entry is held): one that lands after its wait's deadline,
+    because another process held the database, must be returned, not dropped for the hold."""
+    store = sqlite_store
+    job = await store.submit("m", "k", WITH_WEBHOOK)
+    (due,) = await store.claim_webhooks(10, HOLD)
+    await store.settle_webhook(dataclasses.replace(due, attempts=1), 0.2, "HTTP 500")
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    claiming = asyncio.create_task(store.claim_webhooks(10, HOLD, wait=0.6))
+    await asyncio.sleep(0.3)  # the first check found nothing due; the entry is due now
+    # Another process writes (the store's probe wakes the claim) and keeps the write lock
+    # past the wait's deadline, so the woken claim commits late.
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE meta SET value = value WHERE name = 'ledger_id'")
+    await asyncio.sleep(0.9)
+    other.execute("COMMIT")
+    other.close()
+    claimed = await asyncio.wait_for(claiming, 10)
+    assert [d.job_id for d in claimed] == [job.id]
