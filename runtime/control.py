@@ -46,8 +46,11 @@ class SubmitControls:
     cancel_after: str | None = None
 
 
-def cancel_after_seconds(text: str) -> float:
-    """Seconds from a ``Cancel-After`` value, or ``InvalidParameter`` naming the header."""
+def cancel_after_seconds(text: str | None) -> float | None:
+    """Seconds from a ``Cancel-After`` value (None: not sent), or ``InvalidParameter``
+    naming the header."""
+    if text is None:
+        return None
     value = text.strip()
     if _DURATION.fullmatch(value) is None:
         raise InvalidParameter(
@@ -70,21 +73,20 @@ def cancel_after_seconds(text: str) -> float:
     return seconds
 
 
-def start_deadline(text: str | None, now: datetime | None = None) -> datetime | None:
-    """When a job submitted now with this ``Cancel-After`` must have started by."""
-    if text is None:
+def start_deadline(cancel_after: float | None, now: datetime | None = None) -> datetime | None:
+    """When a job submitted now with this ``Cancel-After`` (seconds) must have started by."""
+    if cancel_after is None:
         return None
-    return (now or datetime.now(UTC)) + timedelta(seconds=cancel_after_seconds(text))
+    return (now or datetime.now(UTC)) + timedelta(seconds=cancel_after)
 
 
 def idempotency(
-    controls: SubmitControls, request: GenerationRequest, *, edit: bool
+    key: str | None, request: GenerationRequest, *, edit: bool, cancel_after: float | None
 ) -> Idempotency | None:
     """The key, checked, and a digest of what was asked: the endpoint, the body as
     validated (so key order and whitespace do not make two bodies differ) and the
     ``Cancel-After`` in seconds (a retry that asks for another deadline asks for another
     job, and would otherwise be answered with the first one's without a word)."""
-    key = controls.idempotency_key
     if key is None:
         return None
     if _IDEMPOTENCY_KEY.fullmatch(key) is None:
@@ -95,7 +97,7 @@ def idempotency(
             rule="format",
         )
     asked: dict[str, object] = {"edit": edit, "body": request.model_dump(mode="json")}
-    if controls.cancel_after is not None:
-        asked["cancel_after"] = cancel_after_seconds(controls.cancel_after)
+    if cancel_after is not None:
+        asked["cancel_after"] = cancel_after
     digest = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
     return Idempotency(key=key, fingerprint=digest)

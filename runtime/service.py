@@ -76,8 +76,11 @@ class ImageService:
         """Queue a job (or, for a repeated ``Idempotency-Key``, answer the first one)."""
         await self.limiter.hit(Action.SUBMIT, key)
         controls = controls or control.SubmitControls()
-        once = control.idempotency(controls, request, edit=edit)
-        start_by = control.start_deadline(controls.cancel_after)
+        cancel_after = control.cancel_after_seconds(controls.cancel_after)
+        once = control.idempotency(
+            controls.idempotency_key, request, edit=edit, cancel_after=cancel_after
+        )
+        start_by = control.start_deadline(cancel_after)
         model = self.catalog.get(request.model)
         if once is not None and (first := await self.store.replay(key.id, once)) is not None:
             return first  # a retry: nothing fetched, checked or queued again
