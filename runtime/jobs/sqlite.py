@@ -317,9 +317,10 @@ class SQLiteJobStore:
             "SELECT id, attempts FROM jobs WHERE status = ? AND lease_until < ?",
             (JobStatus.IN_PROGRESS.value, now),
         ).fetchall()
-        given_up = [row["id"] for row in expired if row["attempts"] >= self.policy.max_attempts]
+        given_up: list[int] = []
         for row in expired:
-            if row["id"] in given_up:
+            if row["attempts"] >= self.policy.max_attempts:
+                given_up.append(row["id"])
                 connection.execute(
                     "UPDATE jobs SET status = ?, finished_at = ?, error = ?, worker_id = NULL,"
                     " lease_until = NULL WHERE id = ?",
