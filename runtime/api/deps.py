@@ -66,7 +66,7 @@ async def current_key(
     return authenticate(request)
 
 
-def admin_key(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+async def admin_key(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
     if not key.admin:
         raise Forbidden("only an admin key may read usage; this key is not one")
     return key

@@ -142,7 +142,7 @@ CancelAfter = Annotated[
 ]
 
 
-def submit_controls(
+async def submit_controls(
     idempotency_key: IdempotencyKey = None, cancel_after: CancelAfter = None
 ) -> SubmitControls:
     return SubmitControls(idempotency_key=idempotency_key, cancel_after=cancel_after)
