@@ -25,7 +25,8 @@ public name). Keys, for a model M and job N:
 - ``tessera:models``                  the queue name of every model that ever had a job
 - ``tessera:ledger-id``               this store's random id, part of every usage event id
 - ``tessera:usage-cursor:NAME``       an exporter's saved cursor
-- ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any)
+- ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any;
+                                      ``webhook``: 1 if it has one)
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
 - ``tessera:{M}:queue:order``         the same ids scored by id: ZRANK is a queue position
 - ``tessera:{M}:queue:deadlines``     queued ids with a Cancel-After, scored by deadline
@@ -100,6 +101,18 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 """
 
+WEBHOOK_FLAG = " webhook"
+
+# A job's change, on its model's channel: its id, with WEBHOOK_FLAG after it when the job
+# has a webhook (its hash has a ``webhook`` field), so that processes that send webhooks
+# look at its outbox entry for those jobs alone rather than for every change of every job.
+_PUBLISH = """
+local function publish(channel, key, id)
+  if redis.call('HEXISTS', key, 'webhook') == 1 then id = id .. 'FLAG' end
+  redis.call('PUBLISH', channel, id)
+end
+""".replace("FLAG", WEBHOOK_FLAG)
+
 # Put expired leases back in the queue (at its head, oldest first: they were first), or
 # fail them after the last attempt. KEYS[1] queue, KEYS[2] leases, KEYS[3] finished,
 # KEYS[4] queue order, KEYS[5] deadlines; ARGV[1] job key prefix, ARGV[2] lease seconds,
@@ -120,7 +133,7 @@ for _, id in ipairs(expired) do
     redis.call('HSET', key, 'status', 'queued', 'progress', 0, 'worker_id', '', 'lease_until', '')
     requeued[#requeued + 1] = id
   end
-  redis.call('PUBLISH', ARGV[4], id)
+  publish(ARGV[4], key, id)
 end
 -- A batch's leases lapse together: pushed newest first, the oldest ends at the head.
 table.sort(requeued, function(a, b) return tonumber(a) > tonumber(b) end)
@@ -141,7 +154,7 @@ local function take(id)
   redis.call('ZADD', KEYS[2], lease_until, id)
   redis.call('ZREM', KEYS[4], id)
   redis.call('ZREM', KEYS[5], id)
-  redis.call('PUBLISH', ARGV[4], id)
+  publish(ARGV[4], key, id)
 end
 """
 
@@ -157,18 +170,19 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
     redis.call('ZREM', KEYS[4], id)
     redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'error', REASON)
     redis.call('ZADD', KEYS[3], now, id)
-    redis.call('PUBLISH', ARGV[4], id)
+    publish(ARGV[4], key, id)
     aborted = aborted + 1
   end
 end
 """.replace("REASON", json.dumps(DEADLINE_REASON))
 
 # The deadline sweep alone, for gateways. Returns how many it cancelled.
-_ABORT_LATE_ONLY = _NOW + _ABORT_LATE + "return aborted"
+_ABORT_LATE_ONLY = _NOW + _PUBLISH + _ABORT_LATE + "return aborted"
 
 # KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id.
 _LEASE = (
     _NOW
+    + _PUBLISH
     + _RECLAIM
     + _ABORT_LATE
     + _TAKE
@@ -185,6 +199,7 @@ return id
 # A job without a batch field (unbatchable, or queued before batching) comes alone.
 _LEASE_BATCH = (
     _NOW
+    + _PUBLISH
     + _RECLAIM
     + _ABORT_LATE
     + _TAKE
@@ -217,6 +232,7 @@ return taken
 # KEYS as _RECLAIM; ARGV as _RECLAIM, then ARGV[5] worker id. Returns how many.
 _RELEASE = (
     _NOW
+    + _PUBLISH
     + """
 local count = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -263,6 +279,7 @@ if done[1] == '%s' and done[2] == ARGV[3] then return 1 end
 # ARGV[8] events channel, ARGV[9] price per patch, ARGV[10] namespace.
 _COMPLETE = (
     _NOW
+    + _PUBLISH
     + _ALREADY % "completed"
     + _CHECK_LEASE
     + """
@@ -275,7 +292,7 @@ redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[2], 'model', job[1], 'namespace'
   'key_id', job[2], 'image_sizes', ARGV[7], 'patches', ARGV[5], 'price_per_patch', ARGV[9],
   'amount', ARGV[6], 'submitted_at', job[3], 'started_at', job[4],
   'finished_at', tostring(now), 'attempts', job[5])
-redis.call('PUBLISH', ARGV[8], ARGV[2])
+publish(ARGV[8], key, ARGV[2])
 return 1
 """
 )
@@ -284,6 +301,7 @@ return 1
 # ARGV[4] error, ARGV[5] channel
 _FAIL = (
     _NOW
+    + _PUBLISH
     + _ALREADY % "failed"
     + _CHECK_LEASE
     + """
@@ -291,7 +309,7 @@ redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[4]
   'lease_until', '')
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], now, ARGV[2])
-redis.call('PUBLISH', ARGV[5], ARGV[2])
+publish(ARGV[5], key, ARGV[2])
 return 1
 """
 )
@@ -302,6 +320,7 @@ return 1
 # when the queue is full; a retry of a submission that landed queues nothing twice.
 _SUBMIT = (
     _NOW
+    + _PUBLISH
     + """
 local created = redis.call('HGET', ARGV[1], 'created_at')
 if created then return created end
@@ -313,7 +332,7 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 local start_by = redis.call('HGET', ARGV[1], 'start_by')
 if start_by then redis.call('ZADD', KEYS[3], start_by, ARGV[2]) end
 if KEYS[4] then redis.call('ZADD', KEYS[4], now, ARGV[2]) end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+publish(ARGV[3], ARGV[1], ARGV[2])
 return tostring(now)
 """
 )
@@ -324,6 +343,7 @@ return tostring(now)
 # the sweep stops at the first job that has not waited long enough. Returns how many failed.
 _EXPIRE = (
     _NOW
+    + _PUBLISH
     + _RECLAIM
     + """
 local cutoff = now - tonumber(ARGV[5])
@@ -339,7 +359,7 @@ while true do
   if created then
     redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'error', ARGV[6])
     redis.call('ZADD', KEYS[3], now, id)
-    redis.call('PUBLISH', ARGV[4], id)
+    publish(ARGV[4], key, id)
     failed = failed + 1
   end
 end
@@ -352,6 +372,7 @@ return failed
 # status the job had; a second run finds it cancelled and changes nothing.
 _CANCEL = (
     _NOW
+    + _PUBLISH
     + """
 local status = redis.call('HGET', ARGV[1], 'status')
 if status == 'queued' then
@@ -366,7 +387,7 @@ end
 redis.call('HSET', ARGV[1], 'status', 'cancelled', 'finished_at', now, 'error', ARGV[3],
   'lease_until', '')
 redis.call('ZADD', KEYS[3], now, ARGV[2])
-redis.call('PUBLISH', ARGV[4], ARGV[2])
+publish(ARGV[4], ARGV[1], ARGV[2])
 return status
 """
 )
@@ -463,12 +484,15 @@ REPLAY_TRIES = 250
 CLAIM_SECONDS = 60
 
 
-def _job_id(data: Any) -> int | None:
-    """The job an event names; None (wake everyone) for one that names none."""
+def _event(data: Any) -> tuple[int | None, bool]:
+    """The job an event names (None, to wake everyone, for one that names none), and
+    whether that job has a webhook."""
+    text = str(data)
+    has_webhook = text.endswith(WEBHOOK_FLAG)
     try:
-        return int(data)
-    except (TypeError, ValueError):
-        return None
+        return int(text.removesuffix(WEBHOOK_FLAG)), has_webhook
+    except ValueError:
+        return None, False
 
 
 def _when(value: str | None) -> datetime | None:
@@ -550,6 +574,8 @@ class RedisJobStore:
         )
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
+        # The webhook sender's own wake-ups: changes of jobs with webhooks, not of every job.
+        self._webhook_changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         self._listener: asyncio.Task[None] | None = None
         self._ledger: str | None = None
         # Set once this process sends webhooks: its relay then makes changed jobs' entries due.
@@ -647,13 +673,17 @@ class RedisJobStore:
 
     async def _relay_events(self) -> None:
         """Each message carries the id of the job that changed: only its waiters wake (and
-        workers, who wait for any change)."""
+        workers, who wait for any change). Only a job with a webhook costs a sender a round
+        trip (its outbox entry made due) and a look at the outbox."""
         changes = self.changes()
         try:
-            async for model, job_id in changes:
-                if self._sends_webhooks and model is not None and job_id is not None:
+            async for model, job_id, has_webhook in changes:
+                if job_id is None:
+                    self._webhook_changes.notify()
+                elif has_webhook and self._sends_webhooks and model is not None:
                     with contextlib.suppress(StoreUnavailable):  # the sender also polls
                         await self._webhook_due_now(model, job_id)
+                    self._webhook_changes.notify(job_id)
                 self._changes.notify(job_id)
         finally:
             # Cancelled mid-body, the generator would keep its subscription open until the
@@ -797,6 +827,7 @@ class RedisJobStore:
                     "attempts", 0,
                     *deadline,
                     *(("batch", batch) if (batch := batch_key(params)) else ()),
+                    *(("webhook", "1") if params.webhook_url else ()),
                 ],
             )
         )  # fmt: skip
@@ -981,10 +1012,11 @@ class RedisJobStore:
         values = await self._call(self._redis.mget(keys))
         return {w: json.loads(v) for w, v in zip(worker_ids, values, strict=True) if v}
 
-    async def changes(self) -> AsyncGenerator[tuple[str | None, int | None], None]:
-        """(model, job id) of every job that is submitted or changes status, as it happens.
+    async def changes(self) -> AsyncGenerator[tuple[str | None, int | None, bool], None]:
+        """(model, job id, whether the job has a webhook) of every job that is submitted or
+        changes status, as it happens.
 
-        (None, None) each time the subscription starts again: changes made while
+        (None, None, False) each time the subscription starts again: changes made while
         unsubscribed went unheard, so a caller looks at everything once more.
         """
         pattern = f"{self.prefix}:*:events"
@@ -993,11 +1025,11 @@ class RedisJobStore:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.psubscribe(pattern)
-                    yield None, None
+                    yield None, None, False
                     async for message in pubsub.listen():
                         if message.get("type") == "pmessage":
                             model = str(message["channel"])[start : -len("}:events")]
-                            yield model, _job_id(message.get("data"))
+                            yield model, *_event(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
@@ -1012,7 +1044,7 @@ class RedisJobStore:
     async def changed_models(self) -> AsyncIterator[str]:
         """The model of every job that is submitted or changes status (a reconnect may drop
         some, so callers also poll)."""
-        async for model, _ in self.changes():
+        async for model, _, _ in self.changes():
             if model is not None:
                 yield model
 
@@ -1166,7 +1198,7 @@ class RedisJobStore:
     ) -> list[WebhookDue]:
         self._sends_webhooks = True
         await self._listen()
-        found = await self._changes.wait_until(
+        found = await self._webhook_changes.wait_until(
             lambda: self._claim_webhooks(limit, hold_seconds), wait, claims=True
         )
         return found or []

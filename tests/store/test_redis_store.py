@@ -7,6 +7,10 @@ import asyncio
 
 from tessera.runtime.jobs.redis import MAX_CONNECTIONS, RedisJobStore
 from tests.store.test_store_conformance import PARAMS
+from tests.support.params import job_params
+from tests.support.redis_server import RedisServer
+
+HOOK = "https://hooks.example.com/"
 
 
 async def test_a_retried_submission_queues_nothing_twice(redis_store: RedisJobStore) -> None:
@@ -72,3 +76,35 @@ async def test_a_job_queued_before_batching_comes_alone(redis_store: RedisJobSto
     await redis_store._redis.hdel(f"{redis_store._job_prefix('m')}{old.id}", "batch")
     assert [job.id for job in await redis_store.lease_batch(["m"], "w", 4)] == [old.id]
     assert [job.id for job in await redis_store.lease_batch(["m"], "w", 4)] == [new.id]
+
+
+
+async def test_a_webhook_sender_looks_only_at_changes_of_jobs_with_webhooks(
+    redis_store: RedisJobStore, redis_server: RedisServer
+) -> None:
+    """Every gateway sends webhooks and hears every change of every job. A change of a job
+    without a webhook must cost a sender no round trip (the outbox touch) and no look at
+    the outbox (a claim's SMEMBERS), or each submission costs Redis work in proportion to
+    the replicas."""
+    gateway = RedisJobStore(redis_server.url, prefix=redis_store.prefix)  # another replica
+    try:
+        await gateway.submit("m", "k", PARAMS)  # subscribed from here on
+        sender = asyncio.create_task(redis_store.claim_webhooks(10, 30, wait=10))
+        while sum(c["psub"] == "1" for c in await redis_store._redis.client_list()) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the sender's first, empty claim is done
+        await redis_store._redis.config_resetstat()
+        for _ in range(20):  # 40 changes: 20 submissions, 20 leases
+            await gateway.submit("m", "k", PARAMS)
+            assert await gateway.lease(["m"], "w") is not None
+        # Changes arrive in order: once the sender claims this one, it heard all the others.
+        hooked = await gateway.submit("m", "k", job_params(prompt="p", webhook_url=HOOK))
+        (due,) = await asyncio.wait_for(sender, 5)
+        assert due.job_id == hooked.id
+        stats = await redis_store._redis.info("commandstats")
+        calls = {name: entry["calls"] for name, entry in stats.items()}
+        assert calls["cmdstat_publish"] == 41  # the sender heard every change
+        assert calls["cmdstat_zscore"] == 1  # one outbox touch: the webhook job's
+        assert calls["cmdstat_smembers"] == 1  # one claim (a look at each model's outbox)
+    finally:
+        await gateway.close()
