@@ -7,8 +7,10 @@ Against a real redis-server (AOF, appendfsync always, as the chart runs it) and 
    generations, half to each gateway.
 2. The same load generator calling Redis directly with the same atomic submit script
    (``RedisJobStore.submit``): the limit on this machine. Then the ratio of the two.
-3. Gateway CPU-seconds per 1,000 jobs (user + system time of both gateway processes,
-   from /proc, over phase 1).
+3. CPU-seconds per 1,000 jobs (user + system time, from /proc) of both gateway processes,
+   of redis-server and of the load generator itself, for phases 1 and 2: on a machine with
+   few cores their sum, not the gateway alone, sets the rate, and a load generator that
+   spends more than the gateways measures itself.
 4. (Run first, on an empty queue.) Time from a job's completion (this process completes it
    as a worker would) to a client long-polling its task through a gateway seeing it:
    p50/p99, while other long-polls wait on jobs that do not change.
@@ -23,14 +25,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 # The repository root, for tests.support; bench/ itself, for common.
@@ -46,7 +52,10 @@ from tests.support.redis_server import RedisServer
 from tests.support.server import KEYS, ServerProcess
 
 MODEL = "tessera-demo"
+# Submissions before each measured phase (connections, caches); CPU counts them too.
+WARM_UP = 200
 BODY = {"model": MODEL, "prompt": "a lighthouse at dusk", "image_size": "square"}
+BODY_BYTES = json.dumps(BODY).encode()
 
 
 async def timed_load(
@@ -77,26 +86,65 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+@dataclass(frozen=True)
+class CpuAccount:
+    """The processes whose CPU a phase is charged: gateways, redis-server, this one."""
+
+    gateways: list[int]
+    redis: int
+
+    def sample(self) -> tuple[float, float, float]:
+        return (
+            cpu_seconds(self.gateways),
+            cpu_seconds([self.redis]),
+            cpu_seconds([os.getpid()]),
+        )
+
+    def per_thousand(self, before: tuple[float, float, float], jobs: int) -> str:
+        now = self.sample()
+        spent = [(after - was) / jobs * 1000 for after, was in zip(now, before, strict=True)]
+        return (
+            "   ".join(
+                f"{name} {seconds:5.2f}"
+                for name, seconds in zip(
+                    ("gateways", "redis", "load generator"), spent, strict=True
+                )
+            )
+            + f"   (sum {sum(spent):.2f})"
+        )
+
+
 async def through_gateways(
-    gateways: list[ServerProcess], jobs: int, clients: int
+    gateways: list[ServerProcess], jobs: int, clients: int, client: str
 ) -> tuple[float, list[float]]:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"api_key": KEYS[0]}
-    pools = [
-        httpx.AsyncClient(base_url=g.api_url, headers=headers, limits=limits, timeout=60)
-        for g in gateways
-    ]
+    """Half the submissions to each gateway, from keep-alive connection pools of
+    ``clients`` connections, by aiohttp (the default) or httpx."""
+    urls = [f"{g.api_url}/images/generations" for g in gateways]
+    headers = {"api_key": KEYS[0], "content-type": "application/json"}
+    async with contextlib.AsyncExitStack() as stack:
+        if client == "aiohttp":
+            connector = aiohttp.TCPConnector(limit=clients)
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=connector, headers=headers)
+            )
 
-    async def submit(index: int) -> None:
-        response = await pools[index % len(pools)].post("/images/generations", json=BODY)
-        response.raise_for_status()
+            async def submit(index: int) -> None:
+                async with session.post(urls[index % len(urls)], data=BODY_BYTES) as response:
+                    response.raise_for_status()
+                    await response.read()
 
-    try:
-        await timed_load(min(200, jobs), clients, submit)  # warm-up: connections, caches
+        else:
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            pool = await stack.enter_async_context(
+                httpx.AsyncClient(headers=headers, limits=limits, timeout=60)
+            )
+
+            async def submit(index: int) -> None:
+                response = await pool.post(urls[index % len(urls)], content=BODY_BYTES)
+                response.raise_for_status()
+
+        await timed_load(min(WARM_UP, jobs), clients, submit)  # warm-up: connections, caches
         return await timed_load(jobs, clients, submit)
-    finally:
-        for pool in pools:
-            await pool.aclose()
 
 
 async def straight_to_redis(url: str, jobs: int, clients: int) -> tuple[float, list[float]]:
@@ -107,7 +155,7 @@ async def straight_to_redis(url: str, jobs: int, clients: int) -> tuple[float, l
         await store.submit(MODEL, "bench", params, max_queued=1_000_000)
 
     try:
-        await timed_load(min(200, jobs), clients, submit)
+        await timed_load(min(WARM_UP, jobs), clients, submit)
         return await timed_load(jobs, clients, submit)
     finally:
         await store.close()
@@ -166,6 +214,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--polls", type=int, default=200)
+    parser.add_argument(
+        "--client",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="the HTTP load generator (httpx costs several times aiohttp's CPU per request)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tessera-bench-gateway-") as folder:
@@ -184,15 +238,22 @@ def main() -> None:
             print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             # First, while the queue is empty: the bench leases the jobs it submits.
             delays = asyncio.run(completion_seen(redis.url, gateways[0], args.polls))
-            pids = [g.process.pid for g in gateways if g.process is not None]
-            cpu_before = cpu_seconds(pids)
-            seconds, latencies = asyncio.run(through_gateways(gateways, args.jobs, args.clients))
-            cpu = cpu_seconds(pids) - cpu_before
+            assert redis.process is not None
+            account = CpuAccount([g.process.pid for g in gateways if g.process], redis.process.pid)
+            before = account.sample()
+            load = through_gateways(gateways, args.jobs, args.clients, args.client)
+            seconds, latencies = asyncio.run(load)
+            submitted = args.jobs + min(WARM_UP, args.jobs)
+            http_cpu = account.per_thousand(before, submitted)
             gateway_rate = line("two gateways (HTTP)", seconds, latencies, args.jobs)
+            before = account.sample()
             seconds, latencies = asyncio.run(straight_to_redis(redis.url, args.jobs, args.clients))
+            direct_cpu = account.per_thousand(before, submitted)
             redis_rate = line("Redis directly (same script)", seconds, latencies, args.jobs)
             print(f"{'ratio gateway / Redis':<34} {gateway_rate / redis_rate:8.2f}")
-            print(f"{'gateway CPU-seconds per 1,000 jobs':<34} {cpu / args.jobs * 1000:8.2f}")
+            print("CPU-seconds per 1,000 jobs:")
+            print(f"  {'through the gateways':<32} {http_cpu}")
+            print(f"  {'Redis directly':<32} {direct_cpu}")
             print(
                 f"{'completion -> long-poll sees it':<34}"
                 f"          p50 {percentile(delays, 0.5) * 1000:6.2f} ms"
