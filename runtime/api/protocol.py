@@ -13,6 +13,10 @@ data rate do:
   application is busy) does not count against the client.
 
 A cut request is answered 408 when nothing was answered yet, and its connection closed.
+
+It also sends a response whose length is known (every JSON answer) in one write, not two:
+uvicorn writes the head and then the body, each a TCP segment that wakes the client, and a
+submission paid for the second write and wake-up on both sides (bench/gateway.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,38 @@ def _timeout_response(message: str) -> bytes:
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     )
+
+
+class _HeadWithBody:
+    """One response's transport: the head of a response with a Content-Length is held back
+    and leaves with the body, in one write. Everything else passes straight through (a
+    ``100 Continue``, a streamed response's head, a HEAD request's head, which has no body
+    write to wait for)."""
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any):
+        self._transport = transport
+        self._cycle = cycle
+        self._head = b""
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        if not self._head_seen and self._cycle.response_started:
+            self._head_seen = True
+            if self._cycle.chunked_encoding is False and self._cycle.scope["method"] != "HEAD":
+                self._head = data
+                return
+        if self._head:
+            data, self._head = self._head + data, b""
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head:
+            self._transport.write(self._head)
+            self._head = b""
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -89,7 +125,10 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not previous:
+            self.cycle.transport = _HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
         self._body_bytes = 0
         self._body_counted_seconds = 0.0
         self._body_timer = self.loop.call_later(_RATE_CHECK_SECONDS, self._check_body_rate)

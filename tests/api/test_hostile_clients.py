@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import socket
 import stat
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,6 +194,33 @@ def test_a_steady_body_slower_than_the_grace_period_still_arrives(server: Server
         timeout=30,
     )
     assert_error(response, 422, field="model")
+
+
+# Linux's struct tcp_info: tcpi_data_segs_in, the data segments this socket received.
+TCP_INFO_DATA_SEGS_IN = 152
+
+
+def data_segments_in(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_DATA_SEGS_IN + 8)
+    return int(struct.unpack_from("I", info, TCP_INFO_DATA_SEGS_IN)[0])
+
+
+def test_an_answer_leaves_in_one_segment_and_a_head_request_is_not_held(
+    server: ServerProcess,
+) -> None:
+    """uvicorn writes a response's head and body apart, two segments and two wake-ups of
+    the client per answer; the API sends a response of known length in one write. A HEAD
+    request, whose body is never written, gets its head at once."""
+    with connect(server) as sock:
+        for answered in range(1, 4):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = b""
+            while not response.endswith(b'{"status":"ok"}'):
+                response += sock.recv(4096)
+            assert data_segments_in(sock) == answered
+        sock.settimeout(5)
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(sock) == 307
 
 
 # -- uploads ----------------------------------------------------------------------------------
