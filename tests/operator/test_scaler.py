@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tessera.operator import scaler
+from tessera.operator.reasons import Condition
 from tessera.operator.reconcile import Inventory, Key, Reconciler
 from tessera.operator.scaler import QUEUE_EVENT, SWEEP, Autoscaler
 from tessera.runtime.jobs.base import QueueDepth
@@ -97,7 +98,7 @@ def fleet(kube: ScalingKube) -> Reconciler:
                     "weights": {"demo": {}},
                     "scaling": {"minReplicas": 0, "maxReplicas": 8},
                 },
-                "status": {"conditions": [{"type": "WeightsReady", "status": "True"}]},
+                "status": {"conditions": [{"type": Condition.WEIGHTS_READY, "status": "True"}]},
             }
         ]
         indices[Inventory.DEPLOYMENTS][key] = [
