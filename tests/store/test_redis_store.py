@@ -9,6 +9,7 @@ from tessera.runtime.jobs.redis import MAX_CONNECTIONS, RedisJobStore
 from tests.store.test_store_conformance import PARAMS
 from tests.support.params import job_params
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 HOOK = "https://hooks.example.com/"
 
@@ -78,7 +79,6 @@ async def test_a_job_queued_before_batching_comes_alone(redis_store: RedisJobSto
     assert [job.id for job in await redis_store.lease_batch(["m"], "w", 4)] == [new.id]
 
 
-
 async def test_a_webhook_sender_looks_only_at_changes_of_jobs_with_webhooks(
     redis_store: RedisJobStore, redis_server: RedisServer
 ) -> None:
@@ -90,8 +90,11 @@ async def test_a_webhook_sender_looks_only_at_changes_of_jobs_with_webhooks(
     try:
         await gateway.submit("m", "k", PARAMS)  # subscribed from here on
         sender = asyncio.create_task(redis_store.claim_webhooks(10, 30, wait=10))
-        while sum(c["psub"] == "1" for c in await redis_store._redis.client_list()) < 2:
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(
+            wait_until,
+            "both stores subscribed",
+            lambda: redis_server.pattern_subscriber_clients() >= 2,
+        )
         await asyncio.sleep(0.1)  # the sender's first, empty claim is done
         await redis_store._redis.config_resetstat()
         for _ in range(20):  # 40 changes: 20 submissions, 20 leases

@@ -62,6 +62,12 @@ class RedisServer:
         with redis.Redis.from_url(self.url) as client:
             return int(client.execute_command("PUBSUB", "NUMPAT"))
 
+    def pattern_subscriber_clients(self) -> int:
+        """How many connections hold a pattern subscription (``pattern_subscribers`` counts
+        patterns: two processes on one pattern are one)."""
+        with redis.Redis.from_url(self.url) as client:
+            return sum(int(entry["psub"]) > 0 for entry in client.client_list())
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
