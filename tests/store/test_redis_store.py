@@ -44,8 +44,9 @@ async def test_a_models_keys_carry_its_queue_name_as_hash_tag(redis_store: Redis
 async def test_a_submission_is_two_round_trips_and_survives_a_lost_script(
     redis_store: RedisJobStore,
 ) -> None:
-    """INCR, then one pipeline: no SCRIPT EXISTS before it (redis-py asks one per pipelined
-    Script). A Redis that lost its scripts gets the script loaded once, and the job lands."""
+    """One pipeline, and an INCRBY for a block of ids now and then: no SCRIPT EXISTS before
+    it (redis-py asks one per pipelined Script). A Redis that lost its scripts gets the
+    script loaded once, and the job lands."""
     await redis_store._redis.script_flush()
     await redis_store._redis.config_resetstat()
     first = await redis_store.submit("m", "k", PARAMS)
@@ -55,6 +56,7 @@ async def test_a_submission_is_two_round_trips_and_survives_a_lost_script(
     assert calls.get("cmdstat_script|exists", 0) == 0
     assert calls["cmdstat_script|load"] == 1
     assert calls["cmdstat_evalsha"] == 3  # the first NOSCRIPT, its retry, the second
+    assert calls["cmdstat_incrby"] == 1 and "cmdstat_incr" not in calls  # one block of ids
     assert (await redis_store.queue_depth("m")).queued == 2
     assert [first.id, second.id] == [(await redis_store.lease(["m"], "w")).id for _ in "ab"]  # type: ignore[union-attr]
 
@@ -109,5 +111,23 @@ async def test_a_webhook_sender_looks_only_at_changes_of_jobs_with_webhooks(
         assert calls["cmdstat_publish"] == 41  # the sender heard every change
         assert calls["cmdstat_zscore"] == 1  # one outbox touch: the webhook job's
         assert calls["cmdstat_smembers"] == 1  # one claim (a look at each model's outbox)
+    finally:
+        await gateway.close()
+
+
+async def test_ids_of_two_gateways_are_unique_and_the_queue_keeps_submission_order(
+    redis_store: RedisJobStore, redis_server: RedisServer
+) -> None:
+    """Each store takes ids in blocks, so ids of two gateways are not in submission order:
+    queue positions and leases follow the order jobs were submitted in, not their ids."""
+    gateway = RedisJobStore(redis_server.url, prefix=redis_store.prefix)  # another replica
+    try:
+        jobs = [
+            await store.submit("m", "k", PARAMS) for store in (redis_store, gateway, redis_store)
+        ]
+        assert len({job.id for job in jobs}) == 3 and jobs[2].id < jobs[1].id
+        assert [await redis_store.queue_position(job) for job in jobs] == [0, 1, 2]
+        leased = [await gateway.lease(["m"], "w") for _ in jobs]
+        assert [job.id for job in leased if job] == [job.id for job in jobs]
     finally:
         await gateway.close()
