@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BeforeValidator,
     Field,
     SecretStr,
@@ -38,7 +37,7 @@ from tessera.runtime.params import ParameterLimits, Task
 from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.storage.base import PublicDownloads
 from tessera.runtime.usage.export import PushPolicy
-from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format
+from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format, Rfc3339Time
 from tessera.runtime.worker.options import BatchOptions, BatchSize, BatchWaitMs, PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
@@ -301,7 +300,7 @@ class UsageExportSettings(_Settings):
     since: str = ""
     until: str | None = None
     # A time instead of ``until``: every record that finished before it (an invoice period).
-    before: AwareDatetime | None = None
+    before: Rfc3339Time | None = None
     format: Format = Format.JSONL
     source: str = DEFAULT_SOURCE
     output: Path | None = None

@@ -475,7 +475,7 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 # The last id a millisecond can hold: a position just before the next millisecond.
 _LAST_SEQUENCE = 2**64 - 1
 
@@ -485,6 +485,15 @@ StreamId = tuple[int, int]
 def _stream_id(text: str) -> StreamId:
     milliseconds, sequence = text.split("-")
     return int(milliseconds), int(sequence)
+
+
+def _readable_position(text: str) -> bool:
+    """A stream id Redis can read after: both parts fit 64 bits, and a later id exists (an
+    exclusive start at the very last id is an error in Redis, not an empty range)."""
+    if not _STREAM_ID.match(text):
+        return False
+    milliseconds, sequence = _stream_id(text)
+    return milliseconds < _LAST_SEQUENCE and sequence <= _LAST_SEQUENCE
 
 
 class LedgerCursor:
@@ -501,7 +510,7 @@ class LedgerCursor:
         except ValueError:
             raise InvalidCursor(cursor) from None
         if not isinstance(positions, dict) or not all(
-            isinstance(value, str) and _STREAM_ID.match(value) for value in positions.values()
+            isinstance(value, str) and _readable_position(value) for value in positions.values()
         ):
             raise InvalidCursor(cursor)
         return positions

@@ -164,7 +164,9 @@ def _batch_key_of(row: sqlite3.Row) -> str | None:
 def _sequence(cursor: str) -> int:
     if cursor == "":
         return 0
-    if not cursor.isdecimal() or len(cursor) > 19:
+    # ASCII digits only (``isdecimal`` takes any script's), within SQLite's 64-bit integers.
+    digits = cursor.isascii() and cursor.isdigit() and len(cursor) <= 19
+    if not digits or int(cursor) > MAX_JOB_ID:
         raise InvalidCursor(cursor)
     return int(cursor)
 

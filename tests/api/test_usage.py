@@ -57,4 +57,25 @@ def test_other_keys_are_forbidden_and_bad_ranges_named(demo_server: ServerProces
     assert_error(usage(demo_server, None, start=start), 401)
     assert_error(usage(demo_server, start="2026-01-01T00:00:00"), 422, "start")
     assert_error(usage(demo_server, start=start, end="2025-01-01T00:00:00Z"), 422, "end")
+    assert_error(usage(demo_server, start=start, end=start), 422, "end")
     assert_error(usage(demo_server, start=start, group_by="colour"), 422, "group_by")
+    # Hostile ends: never a 5xx, always the field named.
+    for hostile in (
+        "garbage",
+        "1700000000",  # pydantic alone reads a number as Unix seconds ...
+        "99999999999",  # ... or as milliseconds above 2e10 (this would be 1973)
+        "-62135596800",
+        "2026-13-01T00:00:00Z",
+        "2026-01-01T00:00:00+25:00",
+        "9" * 5000,
+        "",
+    ):
+        assert_error(usage(demo_server, start=hostile), 422, "start")
+        assert_error(usage(demo_server, start=start, end=hostile), 422, "end")
+    # The widest range a datetime holds, at both extreme offsets, is an answer, not a 5xx.
+    widest = usage(
+        demo_server, start="0001-01-01T00:00:00+14:00", end="9999-12-31T23:59:59.999999-14:00"
+    )
+    assert widest.status_code == 200, widest.text
+    everything = usage(demo_server, start="0001-01-01T00:00:00Z").json()["total"]
+    assert widest.json()["total"] == everything
