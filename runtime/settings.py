@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tessera.runtime.api.protocol import ClientDeadlines
+from tessera.runtime.jobs import queue_url
 from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
@@ -85,6 +86,16 @@ def storage_url(value: str) -> str:
     return f"file://{value}" if value.startswith("/") else value
 
 
+def event_source(value: str) -> str:
+    """A CloudEvents ``source``: a URI reference, so printable ASCII without spaces."""
+    if not value or not all("!" <= character <= "~" for character in value):
+        raise ValueError(
+            "a CloudEvents source is a URI reference: printable ASCII without spaces, such as "
+            f"tessera or //tessera.example/eu-1, not {value!r}"
+        )
+    return value
+
+
 def parse_network(value: str) -> IPv4Network | IPv6Network:
     try:
         return ip_network(value, strict=False)
@@ -119,6 +130,8 @@ Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
 Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
 Networks = Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode, BeforeValidator(_networks)]
 StorageUrl = Annotated[str, AfterValidator(storage_url)]
+QueueUrl = Annotated[str, AfterValidator(queue_url)]
+EventSource = Annotated[str, AfterValidator(event_source)]
 Rates = Annotated[str, AfterValidator(parse_rates)]
 
 
@@ -296,13 +309,13 @@ class WorkerSettings(_Settings):
 class UsageExportSettings(_Settings):
     """``tessera usage export``: one range of the usage ledger, as a file."""
 
-    queue: str
+    queue: QueueUrl
     since: str = ""
     until: str | None = None
     # A time instead of ``until``: every record that finished before it (an invoice period).
     before: Rfc3339Time | None = None
     format: Format = Format.JSONL
-    source: str = DEFAULT_SOURCE
+    source: EventSource = DEFAULT_SOURCE
     output: Path | None = None
 
     @model_validator(mode="after")
@@ -317,22 +330,28 @@ class UsagePushSettings(_Settings):
 
     ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"push_token"})
 
-    queue: str
+    queue: QueueUrl
     to: str
     # Sent as ``Authorization: Bearer ...`` (OpenMeter's API token).
     push_token: SecretStr | None = None
-    source: str = DEFAULT_SOURCE
+    source: EventSource = DEFAULT_SOURCE
     batch_size: int = Field(default=PushPolicy.batch_size, ge=1, le=1000)
-    retention_seconds: float = Field(default=PushPolicy.retention_seconds, ge=0)
-    retry_max_seconds: float = Field(default=PushPolicy.retry_max_seconds, gt=0)
-    idle_seconds: float = Field(default=PushPolicy.idle_seconds, gt=0)
+    # Finite, and at most ten years: the store computes a cutoff in milliseconds from it.
+    retention_seconds: float = Field(
+        default=PushPolicy.retention_seconds, ge=0, le=3650 * 24 * 3600, allow_inf_nan=False
+    )
+    retry_max_seconds: float = Field(
+        default=PushPolicy.retry_max_seconds, gt=0, allow_inf_nan=False
+    )
+    idle_seconds: float = Field(default=PushPolicy.idle_seconds, gt=0, allow_inf_nan=False)
     # Deliver everything there is, then exit (a cron job, or a test).
     once: bool = False
 
     @field_validator("to", mode="after")
     @classmethod
     def _http(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https"):
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"expected an http(s) URL such as http://openmeter/api/v1/events, not {value!r}"
             )

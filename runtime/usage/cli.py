@@ -23,25 +23,26 @@ async def _run_export(settings: UsageExportSettings) -> int:
     from tessera.runtime.jobs import open_store
     from tessera.runtime.usage.export import export_range
 
+    try:
+        out = sys.stdout.buffer if settings.output is None else settings.output.open("wb")
+    except OSError as error:
+        print(f"error: --output: cannot write {settings.output}: {error.strerror}", file=sys.stderr)
+        return 2
     store = open_store(settings.queue)
     try:
         until = settings.until
         if settings.before is not None:
             until = await store.usage_cursor_at(settings.before)
-        if settings.output is None:
-            cursor = await export_range(
-                store, sys.stdout.buffer, settings.format, settings.since, until, settings.source
-            )
-        else:
-            with settings.output.open("wb") as out:
-                cursor = await export_range(
-                    store, out, settings.format, settings.since, until, settings.source
-                )
+        cursor = await export_range(
+            store, out, settings.format, settings.since, until, settings.source
+        )
     except TesseraError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2 if error.status_code < 500 else 1
     finally:
         await store.close()
+        if out is not sys.stdout.buffer:
+            out.close()
     sys.stdout.flush()
     # Last, on its own line: what the next export passes as --since.
     print(f"cursor: {cursor}", file=sys.stderr)

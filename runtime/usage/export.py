@@ -43,14 +43,14 @@ async def export_range(
     """Write the records after ``since`` and not after ``until``; return the cursor to
     resume from (the last record's). The same arguments write the same bytes."""
     encoder = Encoder(format, source)
+    # The first page is read before anything is written: a foreign cursor writes nothing.
+    page = await store.usage(since, until, PAGE_SIZE)
     out.write(encoder.start())
     cursor = since
-    while True:
-        page = await store.usage(cursor, until, PAGE_SIZE)
-        if not page.records:
-            break
+    while page.records:
         out.write(encoder.page(page.records))
         cursor = page.cursor
+        page = await store.usage(cursor, until, PAGE_SIZE)
     out.write(encoder.end())
     return cursor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -81,8 +82,6 @@ async def test_money_is_exact_to_the_last_digit(store: JobStore) -> None:
 
 
 def test_the_command_prints_the_cursor_to_resume_from_last(tmp_path: Path) -> None:
-    import asyncio
-
     database = tmp_path / "jobs.db"
 
     async def fill(count: int) -> None:
@@ -118,3 +117,48 @@ def test_the_command_prints_the_cursor_to_resume_from_last(tmp_path: Path) -> No
         timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and b"not a usage cursor" in bad.stderr
+
+
+# A flag a user got wrong, and the name the refusal must give: exit 2, never a traceback.
+HOSTILE_FLAGS = [
+    (["export", "--queue", "/etc/passwd"], "--queue"),
+    (["export", "--queue", "sqlite://relative/jobs.db"], "--queue"),
+    (["export", "--before", "99999999999"], "--before"),  # pydantic alone: 1973, in ms
+    (["export", "--before", "2026-01-01T00:00:00"], "--before"),
+    (["export", "--until", "1", "--before", "2026-01-01T00:00:00Z"], "--until or --before"),
+    (["export", "--since", "9" * 19], "not a usage cursor"),
+    (["export", "--since", "\u0661"], "not a usage cursor"),
+    (["export", "--format", "cloudevents", "--source", ""], "--source"),
+    (["export", "--format", "cloudevents", "--source", "a b"], "--source"),
+    (["export", "--output", "/nonexistent/usage.csv"], "--output"),
+    (["push", "--to", "http://", "--once"], "--to"),
+    (["push", "--to", "file:///etc/passwd", "--once"], "--to"),
+    (["push", "--to", "http://x", "--retention-seconds", "inf", "--once"], "--retention-seconds"),
+    (["push", "--to", "http://x", "--retention-seconds", "1e300", "--once"], "--retention-seconds"),
+    (["push", "--to", "http://x", "--retry-max-seconds", "nan", "--once"], "--retry-max-seconds"),
+    (["push", "--to", "http://x", "--batch-size", "0", "--once"], "--batch-size"),
+]
+
+
+def test_hostile_flags_are_refused_by_name(tmp_path: Path) -> None:
+    database = tmp_path / "jobs.db"
+
+    async def fill() -> None:
+        store = SQLiteJobStore(database)
+        await complete_one(store)
+        await store.close()
+
+    asyncio.run(fill())
+    for arguments, named in HOSTILE_FLAGS:
+        action, *flags = arguments
+        queue = [] if "--queue" in flags else ["--queue", f"sqlite://{database}"]
+        run = subprocess.run(
+            [sys.executable, "-m", "tessera.runtime.cli", "usage", action, *queue, *flags],
+            capture_output=True,
+            timeout=60,
+        )
+        stderr = run.stderr.decode()
+        assert run.returncode == 2, (arguments, run.returncode, stderr)
+        assert named in stderr and "Traceback" not in stderr, (arguments, stderr)
+        assert run.stdout == b"", "a refused export writes nothing"
+    assert not (tmp_path / "nonexistent").exists()
