@@ -28,7 +28,15 @@ from PIL import Image
 
 from tessera.runtime import billing, metrics
 from tessera.runtime.errors import StorageUnavailable, StoreUnavailable
-from tessera.runtime.jobs.base import ImageFile, Job, JobResult, JobStore, LeaseLost, batch_key
+from tessera.runtime.jobs.base import (
+    ImageFile,
+    Job,
+    JobResult,
+    JobStatus,
+    JobStore,
+    LeaseLost,
+    batch_key,
+)
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.storage import FileStore
 from tessera.runtime.worker.options import BatchOptions
@@ -237,6 +245,20 @@ class Worker:
             metrics.BILLED.labels(job.model).inc(float(result.price))
             if self.on_completed is not None:
                 await self.on_completed(job)
+        else:
+            await self._discard_if_cancelled(job, result)
+
+    async def _discard_if_cancelled(self, job: Job, result: JobResult) -> None:
+        """Delete the images of a job cancelled after they were stored (a batch goes on for
+        its other jobs): no result names them, so the retention sweep never would. A job
+        taken over after a lapse keeps them: its new run writes the same keys."""
+        try:
+            if (await self.store.get(job.id)).status is not JobStatus.CANCELLED:
+                return
+            for image in result.images:
+                await self.files.delete(image.key)
+        except (StoreUnavailable, StorageUnavailable) as error:
+            log.warning("job %s: the cancelled job's images stay: %s", job.id, error)
 
     async def _finish(self, job: Job, write: Callable[[], Awaitable[Job]]) -> bool:
         try:
