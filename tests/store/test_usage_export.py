@@ -8,13 +8,16 @@ import io
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from tessera.runtime.billing import format_amount, price
 from tessera.runtime.jobs.base import ImageFile, JobResult, JobStore
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.usage.export import export_range
 from tessera.runtime.usage.formats import COLUMNS, Format
+from tessera.runtime.usage.summary import GroupBy, summarize
 from tests.store.conftest import RESULT, complete_one
 
 
@@ -64,21 +67,31 @@ async def test_cloudevents_are_what_openmeter_ingests(store: JobStore) -> None:
 
 
 async def test_money_is_exact_to_the_last_digit(store: JobStore) -> None:
-    """10^7 patches at 10^-8 a patch over 250 records: 0.1 exactly, where floats drift."""
+    """10^7 patches at 10^-8 a patch over 250 records: 0.1 exactly, where floats drift;
+    in every export format and in the totals GET /v1/usage answers."""
     rate = Decimal("0.00000001")
     for _ in range(250):
         patches = 10**7 // 250
         result = JobResult(
             images=(ImageFile("r.png", 16, 16 * patches, "image/png"),),
             patches=patches,
-            price=patches * rate,
+            price=price(patches, rate),
             price_per_patch=rate,
         )
-        await complete_one(store, result=result)
+        await complete_one(store, model="m", result=result)
     data, _ = await export(store, Format.JSONL)
     amounts = [json.loads(line)["amount"] for line in data.splitlines()]
     assert sum(Decimal(amount) for amount in amounts) == Decimal(10**7) * rate == Decimal("0.1")
     assert sum(float(amount) for amount in amounts) != 0.1, "floats would have drifted"
+    rows = csv.DictReader(io.StringIO((await export(store, Format.CSV))[0].decode()))
+    assert sum(Decimal(row["amount"]) for row in rows) == Decimal("0.1")
+    events = json.loads((await export(store, Format.CLOUDEVENTS))[0])
+    assert sum(Decimal(event["data"]["amount"]) for event in events) == Decimal("0.1")
+    start, end = datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(seconds=1)
+    groups, overall = await summarize(store, start, end, GroupBy.MODEL)
+    assert overall.patches == 10**7 and overall.jobs == 250
+    assert overall.amount == groups["m"].amount == Decimal("0.1")
+    assert format_amount(overall.amount) == "0.10000000"
 
 
 def test_the_command_prints_the_cursor_to_resume_from_last(tmp_path: Path) -> None:
