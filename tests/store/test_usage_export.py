@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from cloudevents.core.formats.json import JSONFormat
+
 from tessera.runtime.billing import format_amount, price
 from tessera.runtime.jobs.base import ImageFile, JobResult, JobStore
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
@@ -61,6 +63,12 @@ async def test_cloudevents_are_what_openmeter_ingests(store: JobStore) -> None:
     (record,) = (await store.usage()).records
     assert event["id"] == record.event_id and event["data"]["job_id"] == job_id
     assert event["data"]["patches"] == 12 and event["data"]["amount"] == "0.0060"
+    # The SDK reads each event of the batch back as a valid CloudEvent 1.0.
+    read = JSONFormat().read(None, json.dumps(event))
+    assert read.get_id() == record.event_id and read.get_source() == "tessera"
+    assert read.get_type() == "tessera.image.usage" and read.get_subject() == "key_a"
+    assert read.get_time() == record.finished_at
+    assert read.get_data() == event["data"] and isinstance(event["data"], dict)
     assert (
         json.loads((await export(store, Format.CLOUDEVENTS, (await store.usage()).cursor))[0]) == []
     )
