@@ -87,6 +87,10 @@ def test_promql_sums_equal_the_ledger(usage_deployment: GatewayDeployment, tmp_p
             'sum by (model) (tessera_job_seconds_count{phase="run"})', "model"
         )
         assert runs == completed
+        waits = prometheus.by_label(
+            'sum by (model) (tessera_job_seconds_count{phase="queue"})', "model"
+        )
+        assert waits == completed, "each job's queue wait observed once (none ran again)"
         busy = prometheus.by_label("sum by (model) (tessera_worker_busy_seconds_total)", "model")
         assert busy.keys() == patches.keys() and all(seconds > 0 for seconds in busy.values())
     finally:
