@@ -306,17 +306,27 @@ class WorkerSettings(_Settings):
         return BatchOptions(max_size=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms)
 
 
+# How long delivered usage records stay in the store. Finite, and at most ten years: the
+# store computes a cutoff in milliseconds from it.
+RetentionSeconds = Annotated[float, Field(ge=0, le=3650 * 24 * 3600, allow_inf_nan=False)]
+
+
 class UsageExportSettings(_Settings):
     """``tessera usage export``: one range of the usage ledger, as a file."""
 
     queue: QueueUrl
-    since: str = ""
+    # Default: the start, or the cursor saved under ``cursor_name``.
+    since: str | None = None
     until: str | None = None
     # A time instead of ``until``: every record that finished before it (an invoice period).
     before: Rfc3339Time | None = None
     format: Format = Format.JSONL
     source: EventSource = DEFAULT_SOURCE
     output: Path | None = None
+    # Resume from the cursor saved under this name, and save the one reached once the
+    # range is written: the export then counts as delivered, and retention may trim it.
+    cursor_name: str | None = Field(default=None, min_length=1, max_length=100)
+    retention_seconds: RetentionSeconds = PushPolicy.retention_seconds
 
     @model_validator(mode="after")
     def _one_end(self) -> UsageExportSettings:
@@ -336,10 +346,7 @@ class UsagePushSettings(_Settings):
     push_token: SecretStr | None = None
     source: EventSource = DEFAULT_SOURCE
     batch_size: int = Field(default=PushPolicy.batch_size, ge=1, le=1000)
-    # Finite, and at most ten years: the store computes a cutoff in milliseconds from it.
-    retention_seconds: float = Field(
-        default=PushPolicy.retention_seconds, ge=0, le=3650 * 24 * 3600, allow_inf_nan=False
-    )
+    retention_seconds: RetentionSeconds = PushPolicy.retention_seconds
     retry_max_seconds: float = Field(
         default=PushPolicy.retry_max_seconds, gt=0, allow_inf_nan=False
     )

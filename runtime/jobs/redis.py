@@ -25,6 +25,7 @@ public name). Keys, for a model M and job N:
 - ``tessera:models``                  the queue name of every model that ever had a job
 - ``tessera:ledger-id``               this store's random id, part of every usage event id
 - ``tessera:usage-cursor:NAME``       an exporter's saved cursor
+- ``tessera:usage-cursors``           the names of the saved cursors (retention waits for all)
 - ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any)
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
 - ``tessera:{M}:queue:order``         the same ids scored by id: ZRANK is a queue position
@@ -1122,7 +1123,24 @@ class RedisJobStore:
 
     async def save_cursor(self, name: str, cursor: str) -> None:
         LedgerCursor.decode(cursor)
-        await self._call(self._redis.set(f"{self.prefix}:usage-cursor:{name}", cursor))
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            pipeline.set(f"{self.prefix}:usage-cursor:{name}", cursor)
+            pipeline.sadd(f"{self.prefix}:usage-cursors", name)
+            await self._call(pipeline.execute())
+
+    async def delivered_cursor(self) -> str:
+        names = sorted(await self._call(self._redis.smembers(f"{self.prefix}:usage-cursors")))
+        if not names:
+            return ""
+        saved = [LedgerCursor.decode(await self.saved_cursor(name)) for name in names]
+        models = {model for positions in saved for model in positions}
+        # A model a cursor does not name is read from its start by it: nothing delivered.
+        return LedgerCursor.encode(
+            {
+                model: min((positions.get(model, "0-0") for positions in saved), key=_stream_id)
+                for model in models
+            }
+        )
 
     async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
         seconds, microseconds = await self._call(self._redis.time())

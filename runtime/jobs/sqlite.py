@@ -760,6 +760,15 @@ class SQLiteJobStore:
 
         await self._run(write, notify=False)
 
+    async def delivered_cursor(self) -> str:
+        def read(connection: sqlite3.Connection) -> str:
+            (oldest,) = connection.execute(
+                "SELECT MIN(CAST(cursor AS INTEGER)) FROM usage_cursors"
+            ).fetchone()
+            return "" if oldest is None else str(oldest)
+
+        return await self._run(read, notify=False, write=False)
+
     async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
         through = _sequence(delivered)
 

@@ -55,6 +55,11 @@ async def export_range(
     return cursor
 
 
+async def trim_delivered(store: JobStore, retention_seconds: float) -> int:
+    """Trim what every saved cursor has passed, once ``retention_seconds`` old."""
+    return await store.trim_usage(await store.delivered_cursor(), retention_seconds)
+
+
 class ReceiverUnavailable(Exception):
     """The receiver answered with a status worth retrying (5xx, 408, 429)."""
 
@@ -106,7 +111,7 @@ class Pusher:
             return 0
         await self._post(encode(Format.CLOUDEVENTS, page.records, self.source))
         await self.store.save_cursor(self.policy.cursor_name, page.cursor)
-        trimmed = await self.store.trim_usage(page.cursor, self.policy.retention_seconds)
+        trimmed = await trim_delivered(self.store, self.policy.retention_seconds)
         log.info("pushed %d usage events (%d old ones trimmed)", len(page.records), trimmed)
         return len(page.records)
 

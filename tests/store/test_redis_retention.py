@@ -93,7 +93,8 @@ async def test_the_store_stays_the_same_size_whatever_the_jobs(
     # stream per model (XTRIM keeps the key), none of it per job.
     constant = {f"{prefix}:{name}": 1 for name in ("ledger-id", "next-job-id", "usage-cursor:push")}
     ledgers = {f"{prefix}:{{{model}}}:ledger": 0 for model in MODELS}
-    assert after_sixty == constant | ledgers | {f"{prefix}:models": len(MODELS)}
+    sets = {f"{prefix}:models": len(MODELS), f"{prefix}:usage-cursors": 1}
+    assert after_sixty == constant | ledgers | sets
 
 
 async def test_undelivered_records_stay_until_delivered(

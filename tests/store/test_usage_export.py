@@ -20,7 +20,7 @@ from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.usage.export import export_range
 from tessera.runtime.usage.formats import COLUMNS, Format
 from tessera.runtime.usage.summary import GroupBy, summarize
-from tests.store.conftest import RESULT, complete_one
+from tests.store.conftest import RESULT, complete_one, read_all
 
 
 async def export(store: JobStore, format: Format, since: str = "", until: str | None = None):
@@ -140,6 +140,45 @@ def test_the_command_prints_the_cursor_to_resume_from_last(tmp_path: Path) -> No
     assert bad.returncode == 2 and b"not a usage cursor" in bad.stderr
 
 
+def test_a_named_export_resumes_by_itself_and_lets_retention_trim(tmp_path: Path) -> None:
+    """``--cursor-name``: each run exports what the last one did not, and what every saved
+    cursor has passed goes once it is older than ``--retention-seconds``."""
+    database = tmp_path / "jobs.db"
+
+    async def fill(count: int) -> list[int]:
+        store = SQLiteJobStore(database)
+        try:
+            return [await complete_one(store) for _ in range(count)]
+        finally:
+            await store.close()
+
+    async def kept() -> list[int]:
+        store = SQLiteJobStore(database)
+        try:
+            return [record.job_id for record in await read_all(store)]
+        finally:
+            await store.close()
+
+    def export_named(*arguments: str) -> list[int]:
+        command = [sys.executable, "-m", "tessera.runtime.cli", "usage", "export"]
+        run = subprocess.run(
+            [*command, "--queue", f"sqlite://{database}", "--cursor-name", "invoices",
+             *arguments],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )  # fmt: skip
+        return [json.loads(line)["job_id"] for line in run.stdout.splitlines()]
+
+    first = asyncio.run(fill(2))
+    assert export_named() == first
+    assert asyncio.run(kept()) == first, "inside the retention window (a week) they stay"
+    later = asyncio.run(fill(1))
+    assert export_named("--retention-seconds", "0") == later, "resumed where it stopped"
+    assert asyncio.run(kept()) == [], "exported, and past a zero window"
+    assert export_named() == []
+
+
 # A flag a user got wrong, and the name the refusal must give: exit 2, never a traceback.
 HOSTILE_FLAGS = [
     (["export", "--queue", "/etc/passwd"], "--queue"),
@@ -158,6 +197,8 @@ HOSTILE_FLAGS = [
     (["push", "--to", "http://x", "--retention-seconds", "1e300", "--once"], "--retention-seconds"),
     (["push", "--to", "http://x", "--retry-max-seconds", "nan", "--once"], "--retry-max-seconds"),
     (["push", "--to", "http://x", "--batch-size", "0", "--once"], "--batch-size"),
+    (["export", "--cursor-name", ""], "--cursor-name"),
+    (["export", "--cursor-name", "x", "--retention-seconds", "-1"], "--retention-seconds"),
 ]
 
 

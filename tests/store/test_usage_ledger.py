@@ -143,6 +143,24 @@ async def test_a_saved_cursor_survives_the_store(store: JobStore) -> None:
     assert await store.saved_cursor("other") == ""
 
 
+async def test_retention_waits_for_every_saved_cursor(store: JobStore) -> None:
+    """Two exporters (the push one, an invoicing job's export): what is delivered is what
+    the slower one has read, model by model."""
+    assert await store.delivered_cursor() == "", "nothing saved: nothing delivered"
+    first = [await complete_one(store, model) for model in ["a", "b"]]
+    invoiced = (await store.usage()).cursor
+    later = [await complete_one(store, model) for model in ["b", "c"]]
+    await store.save_cursor("push", (await store.usage()).cursor)
+    await store.save_cursor("invoices", invoiced)
+    delivered = await store.delivered_cursor()
+    assert [r.job_id for r in await read_all(store, delivered)] == later
+    await asyncio.sleep(0.01)
+    assert await store.trim_usage(delivered, keep_seconds=0) == len(first)
+    assert [r.job_id for r in await read_all(store)] == later
+    await store.save_cursor("invoices", await store.saved_cursor("push"))
+    assert await store.trim_usage(await store.delivered_cursor(), keep_seconds=0) == len(later)
+
+
 async def test_trim_removes_only_delivered_records_past_the_window(store: JobStore) -> None:
     await complete_one(store)
     delivered = (await store.usage()).cursor
