@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -16,11 +15,10 @@ from cloudevents.core.formats.json import JSONFormat
 
 from tessera.runtime.billing import format_amount, price
 from tessera.runtime.jobs.base import ImageFile, JobResult, JobStore
-from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.usage.export import export_range
 from tessera.runtime.usage.formats import COLUMNS, Format
 from tessera.runtime.usage.summary import GroupBy, summarize
-from tests.store.conftest import RESULT, complete_one, read_all
+from tests.store.conftest import complete_many, complete_one, in_sqlite, read_all
 
 
 async def export(store: JobStore, format: Format, since: str = "", until: str | None = None):
@@ -105,12 +103,6 @@ async def test_money_is_exact_to_the_last_digit(store: JobStore) -> None:
 def test_the_command_prints_the_cursor_to_resume_from_last(tmp_path: Path) -> None:
     database = tmp_path / "jobs.db"
 
-    async def fill(count: int) -> None:
-        store = SQLiteJobStore(database)
-        for _ in range(count):
-            await complete_one(store, result=RESULT)
-        await store.close()
-
     def run(*arguments: str) -> subprocess.CompletedProcess[bytes]:
         command = [sys.executable, "-m", "tessera.runtime.cli", "usage", "export"]
         return subprocess.run(
@@ -120,12 +112,12 @@ def test_the_command_prints_the_cursor_to_resume_from_last(tmp_path: Path) -> No
             timeout=60,
         )
 
-    asyncio.run(fill(2))
+    in_sqlite(database, lambda store: complete_many(store, 2))
     first = run("--format", "csv")
     cursor = first.stderr.decode().splitlines()[-1].removeprefix("cursor: ")
     assert len(first.stdout.decode().splitlines()) == 3
     assert run("--format", "csv", "--until", cursor).stdout == first.stdout
-    asyncio.run(fill(1))
+    in_sqlite(database, lambda store: complete_many(store, 1))
     resumed = run("--format", "jsonl", "--since", cursor)
     assert len(resumed.stdout.splitlines()) == 1
     # An invoice period: the records that finished before a time.
@@ -145,19 +137,8 @@ def test_a_named_export_resumes_by_itself_and_lets_retention_trim(tmp_path: Path
     cursor has passed goes once it is older than ``--retention-seconds``."""
     database = tmp_path / "jobs.db"
 
-    async def fill(count: int) -> list[int]:
-        store = SQLiteJobStore(database)
-        try:
-            return [await complete_one(store) for _ in range(count)]
-        finally:
-            await store.close()
-
-    async def kept() -> list[int]:
-        store = SQLiteJobStore(database)
-        try:
-            return [record.job_id for record in await read_all(store)]
-        finally:
-            await store.close()
+    def kept() -> list[int]:
+        return [record.job_id for record in in_sqlite(database, read_all)]
 
     def export_named(*arguments: str) -> list[int]:
         command = [sys.executable, "-m", "tessera.runtime.cli", "usage", "export"]
@@ -170,12 +151,12 @@ def test_a_named_export_resumes_by_itself_and_lets_retention_trim(tmp_path: Path
         )  # fmt: skip
         return [json.loads(line)["job_id"] for line in run.stdout.splitlines()]
 
-    first = asyncio.run(fill(2))
+    first = in_sqlite(database, lambda store: complete_many(store, 2))
     assert export_named() == first
-    assert asyncio.run(kept()) == first, "inside the retention window (a week) they stay"
-    later = asyncio.run(fill(1))
+    assert kept() == first, "inside the retention window (a week) they stay"
+    later = in_sqlite(database, lambda store: complete_many(store, 1))
     assert export_named("--retention-seconds", "0") == later, "resumed where it stopped"
-    assert asyncio.run(kept()) == [], "exported, and past a zero window"
+    assert kept() == [], "exported, and past a zero window"
     assert export_named() == []
 
 
@@ -204,13 +185,7 @@ HOSTILE_FLAGS = [
 
 def test_hostile_flags_are_refused_by_name(tmp_path: Path) -> None:
     database = tmp_path / "jobs.db"
-
-    async def fill() -> None:
-        store = SQLiteJobStore(database)
-        await complete_one(store)
-        await store.close()
-
-    asyncio.run(fill())
+    in_sqlite(database, complete_one)
     for arguments, named in HOSTILE_FLAGS:
         action, *flags = arguments
         queue = [] if "--queue" in flags else ["--queue", f"sqlite://{database}"]
