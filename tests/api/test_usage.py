@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 
-from tests.api.helpers import assert_error, generate
+from tessera.runtime.usage.formats import Format
+from tests.api.helpers import assert_error, generate, store_url
+from tests.support.gateway import GatewayDeployment
 from tests.support.server import ADMIN_KEY, ServerProcess
 
 
 def usage(server: ServerProcess, key: str | None = ADMIN_KEY, **query: str) -> httpx.Response:
     headers = {"api_key": key} if key else {}
     return httpx.get(server.api_url + "/usage", params=query, headers=headers, timeout=30)
+
+
+def export_ledger(server: ServerProcess | GatewayDeployment, format: Format) -> bytes:
+    """The deployment's whole ledger, as ``tessera usage export`` writes it."""
+    exported = subprocess.run(
+        [sys.executable, "-m", "tessera.runtime.cli", "usage", "export", "--format", format,
+         "--queue", store_url(server)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )  # fmt: skip
+    return exported.stdout
 
 
 def test_an_admin_key_reads_totals_by_model_and_by_key(demo_server: ServerProcess) -> None:
@@ -40,6 +56,11 @@ def test_an_admin_key_reads_totals_by_model_and_by_key(demo_server: ServerProces
     assert sorted(g["patches"] for g in by_key["groups"]) == sorted(patches.values())
     assert all(g["name"].startswith("key_") for g in by_key["groups"])
     assert not any(key in by_key["groups"][0]["name"] for key in demo_server.keys)
+    # The ledger's exports name the same key ids, and never a key, in any format.
+    for format in Format:
+        exported = export_ledger(demo_server, format)
+        assert not any(key.encode() in exported for key in [*demo_server.keys, ADMIN_KEY])
+        assert all(g["name"].encode() in exported for g in by_key["groups"])
     # A range before any job holds nothing.
     empty = usage(demo_server, start="2020-01-01T00:00:00Z", end="2020-01-02T00:00:00Z").json()
     assert empty["groups"] == [] and empty["total"] == {
