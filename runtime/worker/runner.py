@@ -278,10 +278,11 @@ class Worker:
     ) -> list[list[Image.Image]]:
         pipeline = self.pipelines[jobs[0].model]
         stored = [(job.params, await self._sources(job)) for job in jobs]
+        on_step = _reporter(progress)
 
         def call() -> list[list[Image.Image]]:
             requests = [(params, _decode(sources)) for params, sources in stored]
-            return pipeline.generate_batch(requests, _reporter(progress))
+            return pipeline.generate_batch(requests, on_step)
 
         return await asyncio.get_running_loop().run_in_executor(
             self._compute, _timed, jobs[0].model, "call", call
