@@ -373,6 +373,11 @@ def report(calls: list[float], encodes: list[float], served: dict[str, list[Serv
             job.accepted - job.sent for job in jobs
         ]
         columns["(in the steps: the client's own CPU, httpx)"] = [job.client_cpu for job in jobs]
+        columns["(the share less that CPU: the server's, at least)"] = [
+            None if share is None else share - job.client_cpu
+            for job in jobs
+            for share in [job.share()]
+        ]
         for row, values in columns.items():
             rows.setdefault(row, []).append(median_or_none(values))
     print(f"{'median, ms':56s} " + " ".join(f"{label:>10s}" for label in served))
@@ -380,15 +385,15 @@ def report(calls: list[float], encodes: list[float], served: dict[str, list[Serv
         cells = " ".join("n/a".rjust(10) if ms is None else f"{ms:10.2f}" for ms in figures)
         print(f"{row:56s} {cells}")
     for label, jobs in served.items():
-        shares = [job.share() for job in jobs]
-        if None in shares:
+        shares = [share for job in jobs if (share := job.share()) is not None]
+        if len(shares) < len(jobs):
             continue
         means = [
             statistics.mean(job.steps()[step] or 0.0 for job in jobs) * 1000
             for step in jobs[0].steps()
         ]
         print(
-            f"means, {label} (they add up): share {statistics.mean(shares) * 1000:.2f} ms"  # type: ignore[arg-type]
+            f"means, {label} (they add up): share {statistics.mean(shares) * 1000:.2f} ms"
             f" = {' + '.join(f'{ms:.2f}' for ms in means)}"
         )
 
