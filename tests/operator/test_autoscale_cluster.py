@@ -356,6 +356,9 @@ def test_a_gpu_shortage_is_explained_and_does_not_run_away(
     status = wait_until("4 replicas Pending in status", waiting, timeout=20)
     assert status["lastDecision"]["reason"] == "WaitingForCapacity"
     assert "4 of 6 replicas Pending with no node since" in status["lastDecision"]["message"]
+    table = cluster.kubectl("-n", namespace, "get", "im", "big", "-o", "wide").stdout.split("\n")
+    shown = dict(zip(table[0].split(), table[1].split(), strict=False))
+    assert (shown["PENDING"], shown["DESIRED"]) == ("4", "6"), table
     # More work arrives: the request does not grow while replicas wait for a node.
     submit(redis_server, f"{namespace}/big", 16)
     wait_until(

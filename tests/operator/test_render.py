@@ -137,7 +137,7 @@ def test_crd_names_and_subresources() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = {c["name"].lower() for c in version["additionalPrinterColumns"]}
-    assert {"model", "task", "ready", "replicas", "queue", "age"} <= columns
+    assert {"model", "task", "ready", "replicas", "queue", "desired", "pending", "age"} <= columns
 
 
 def test_every_field_has_a_description() -> None:
