@@ -8,22 +8,29 @@
    behind the others, which charged the client's next submit with the direct call's burst.
 3. The same request through a real `tessera serve --demo` over loopback (submit, long-poll
    until complete, download the image), N times in a row: median seconds.
-4. The limit (direct call + the worker's encoding), the API's own share beyond it, and
-   where each millisecond goes: submit, queue wake, the run inside the server beyond the
-   limit, the hand-off of the completion to the long poll, the download.
+4. The limit (direct call + the worker's encoding), and the API's own share: the job's
+   total less the server's own pipeline call and encoding (its ``tessera_pipeline_seconds``,
+   read between jobs), split along the job's critical path on the wall clock client and
+   server share: request in, queue wake, the worker beyond the call and encoding, the
+   completion's hand-off to the long poll, the download. Each step runs from one moment
+   to the next, so they add up to the share and none counts twice. ``--baseline`` runs
+   another checkout's server on the same jobs, interleaved, in a column beside.
 5. Latency of GET /v1/images/tasks/{id} while the worker is busy: p50 and p99.
 6. The same request with the worker idle, back to back and after 50 ms of quiet: a request
    that finds the machine idle pays for waking the server's threads, which is most of what
-   the API adds to a job on a small CPU machine.
+   the API adds to a job on a small CPU machine. And an fsync here, which a submit and a
+   completion each wait for: with these, the floor under the API's share.
 
-Usage: .venv/bin/python bench/serving_overhead.py [--jobs 50] [--steps 4]
+Usage: .venv/bin/python bench/serving_overhead.py [--jobs 50] [--steps 4] [--baseline PYTHON]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -40,6 +47,7 @@ import httpx
 import imagecodecs
 import numpy
 from PIL import Image, ImageFilter
+from prometheus_client.parser import text_string_to_metric_families
 
 # The repository root, for tests.support; bench/ itself, for common.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
@@ -49,7 +57,7 @@ from common import demo_params
 from tessera.runtime.demo import ensure_demo_pipeline
 from tessera.runtime.params import OutputFormat, Task
 from tessera.runtime.worker.pipeline import LoadedPipeline, encode
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port
 
 # What a millisecond of encoding and a byte of download cost: an H100 SXM hour, and a
 # typical cloud's internet egress.
@@ -134,47 +142,106 @@ def compare_encoders(images: dict[str, Image.Image], rounds: int) -> None:
 
 @dataclass
 class ServedJob:
-    """One job's path, in seconds: the client's clock around the server's timestamps."""
+    """One job's path on the wall clock that client and server share (one machine): the
+    client's moments around the server's task timestamps, and the server's own seconds in
+    the pipeline call and the encoding (its ``tessera_pipeline_seconds``; None from a
+    server that does not export them)."""
 
-    total: float
-    submit: float
-    queued: float  # created -> a worker started it
-    running: float  # started -> finished: decode, pipeline, encode, store writes
-    handed_off: float  # finished -> the long poll answered the client
-    download: float
+    sent: float  # the client sends the POST
+    accepted: float  # the client has the job_id
+    created: float  # the server wrote the job
+    started: float  # a worker took it
+    finished: float  # the worker's completion stamped it finished
+    answered: float  # the client has the completed task from its long poll
+    downloaded: float  # the client has the image
+    call: float | None
+    encoding: float | None
+    client_cpu: float  # the client's own CPU seconds in all that (httpx building, parsing)
+
+    @property
+    def total(self) -> float:
+        return self.downloaded - self.sent
+
+    def steps(self) -> dict[str, float | None]:
+        """The job's critical path, step by step: each moment to the next, so the steps add
+        up to the total and none counts twice. The client's own ``accepted`` runs beside the
+        queue wake, off that path."""
+        in_worker = (
+            None
+            if self.call is None or self.encoding is None
+            else self.finished - self.started - self.call - self.encoding
+        )
+        return {
+            "request in (POST sent -> job written)": self.created - self.sent,
+            "queue wake (written -> a worker took it)": self.started - self.created,
+            "worker (took -> finished) beyond call+encode": in_worker,
+            "completion (finished -> long poll answered)": self.answered - self.finished,
+            "download (GET the signed URL)": self.downloaded - self.answered,
+        }
+
+    def share(self) -> float | None:
+        """What the API adds to the job: its total less the server's own pipeline call and
+        encoding (the sum of the steps)."""
+        if self.call is None or self.encoding is None:
+            return None
+        return self.total - self.call - self.encoding
 
 
 def _seconds(moment: str) -> float:
     return datetime.fromisoformat(moment + "+00:00").timestamp()
 
 
-def one_served_job(client: httpx.Client, body: dict[str, Any]) -> ServedJob:
+class PipelineClock:
+    """The server's ``tessera_pipeline_seconds`` sums, read between jobs: each read's
+    growth is the seconds of the job (or jobs) since the last."""
+
+    def __init__(self, server: ServerProcess):
+        self.urls = server.metrics_urls
+        self.last = self._sums()
+
+    def _sums(self) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for url in self.urls:
+            for family in text_string_to_metric_families(httpx.get(url).text):
+                for sample in family.samples:
+                    if sample.name == "tessera_pipeline_seconds_sum":
+                        step = sample.labels["step"]
+                        sums[step] = sums.get(step, 0.0) + sample.value
+        return sums
+
+    def since_last(self) -> tuple[float | None, float | None]:
+        """Seconds in pipeline calls and in encoding since the last read (None: not exported)."""
+        sums = self._sums()
+        grown = {step: sums[step] - self.last.get(step, 0.0) for step in sums}
+        self.last = sums
+        return grown.get("call"), grown.get("encode")
+
+
+def one_served_job(
+    client: httpx.Client, body: dict[str, Any], clock: PipelineClock | None = None
+) -> ServedJob:
     """Submit, long-poll until complete, download: the reference client's whole path.
 
     The download reuses the client's connection pool, as a real client would: a fresh
     ``httpx.get`` builds a TLS context first, about 50 ms of the client's own time.
     """
-    started = time.perf_counter()
+    cpu, sent = time.thread_time(), time.time()
     job_id = client.post("/images/generations", json=body).json()["job_id"]
-    submitted = time.perf_counter()
+    accepted = time.time()
     while True:
         task = client.get(f"/images/tasks/{job_id}", params={"wait": 30}).json()
         if task["status"] in ("completed", "failed"):
             break
-    seen, seen_wall = time.perf_counter(), time.time()
+    answered = time.time()
     assert task["status"] == "completed", task
     client.get(task["result"]["data"][0]["url"]).raise_for_status()
-    done = time.perf_counter()
-    created, began, finished = (
+    downloaded, cpu = time.time(), time.thread_time() - cpu
+    call, encoding = (None, None) if clock is None else clock.since_last()
+    created, started, finished = (
         _seconds(task[name]) for name in ("created_at", "started_at", "finished_at")
     )
     return ServedJob(
-        total=done - started,
-        submit=submitted - started,
-        queued=began - created,
-        running=finished - began,
-        handed_off=seen_wall - finished,
-        download=done - seen,
+        sent, accepted, created, started, finished, answered, downloaded, call, encoding, cpu
     )
 
 
@@ -198,9 +265,10 @@ def _direct_call(steps: int, seed: int) -> tuple[float, float]:
 
 
 def paired_runs(
-    direct: ProcessPoolExecutor, server: ServerProcess, jobs: int, steps: int
-) -> tuple[list[float], list[float], list[ServedJob]]:
-    """Direct call, encode and served job, interleaved, so both see the same machine noise."""
+    direct: ProcessPoolExecutor, servers: dict[str, ServerProcess], jobs: int, steps: int
+) -> tuple[list[float], list[float], dict[str, list[ServedJob]]]:
+    """Direct call, encode and a job on each server, interleaved (the servers' order turning
+    round), so all see the same machine noise."""
     body: dict[str, Any] = {
         "model": "tessera-demo",
         "prompt": "a lighthouse at dusk",
@@ -209,15 +277,22 @@ def paired_runs(
     }
     calls: list[float] = []
     encodes: list[float] = []
-    served: list[ServedJob] = []
-    with server.client() as client:
-        one_served_job(client, {**body, "seed": 0})  # warm-up, both sides
+    served: dict[str, list[ServedJob]] = {label: [] for label in servers}
+    with contextlib.ExitStack() as stack:
+        clients = {label: stack.enter_context(server.client()) for label, server in servers.items()}
+        for client in clients.values():
+            one_served_job(client, {**body, "seed": 0})  # warm-up, every side
         direct.submit(_direct_call, steps, 0).result()
+        clocks = {label: PipelineClock(server) for label, server in servers.items()}
+        order = list(servers)
         for seed in range(1, jobs + 1):
             call, encoded = direct.submit(_direct_call, steps, seed).result()
             calls.append(call)
             encodes.append(encoded)
-            served.append(one_served_job(client, {**body, "seed": seed}))
+            for label in order:
+                job = one_served_job(clients[label], {**body, "seed": seed}, clocks[label])
+                served[label].append(job)
+            order = order[1:] + order[:1]
     return calls, encodes, served
 
 
@@ -248,29 +323,79 @@ def idle_latency(server: ServerProcess, job_id: int, gap: float, requests: int =
     return statistics.median(latencies[5:]) * 1000
 
 
+def fsync_ms(folder: Path, rounds: int = 50) -> float:
+    """Median milliseconds of one small write made durable: what a submit and a completion
+    each wait for in SQLite's commit (synchronous=FULL)."""
+    times = []
+    with (folder / "fsync-probe").open("wb") as file:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            file.write(b"x" * 4096)
+            file.flush()
+            os.fsync(file.fileno())
+            times.append(time.perf_counter() - started)
+    return median_ms(times)
+
+
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-def report(calls: list[float], encodes: list[float], served: list[ServedJob]) -> None:
-    """The limit, the API's share beyond it, and where that share goes, all medians."""
+def median_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return median_ms(known) if len(known) == len(values) else None
+
+
+def report(calls: list[float], encodes: list[float], served: dict[str, list[ServedJob]]) -> None:
+    """The limit, then per server its share beyond it and where that share goes, all
+    medians (the steps' medians need not add up to the share's)."""
     limit = [call + encoded for call, encoded in zip(calls, encodes, strict=True)]
-    share = [job.total - floor for job, floor in zip(served, limit, strict=True)]
-    beyond = [job.running - floor for job, floor in zip(served, limit, strict=True)]
-    rows = [
-        ("direct pipeline call", median_ms(calls)),
-        ("+ the worker's PNG encoding", median_ms(encodes)),
+    for label, ms in (
+        ("direct pipeline call (child process)", median_ms(calls)),
+        ("+ the worker's PNG encoding there", median_ms(encodes)),
         ("= the limit", median_ms(limit)),
-        ("through the API (submit..download)", median_ms([job.total for job in served])),
-        ("the API's own share (median of pairs)", median_ms(share)),
-        ("  submit (POST until job_id)", median_ms([job.submit for job in served])),
-        ("  queue wake (created -> started)", median_ms([job.queued for job in served])),
-        ("  run in the server beyond the limit", median_ms(beyond)),
-        ("  hand-off (finished -> long poll answers)", median_ms([j.handed_off for j in served])),
-        ("  download (GET the signed URL)", median_ms([job.download for job in served])),
-    ]
-    for label, ms in rows:
-        print(f"{label:44s} {ms:8.2f} ms")
+    ):
+        print(f"{label:56s} {ms:10.2f} ms")
+    rows: dict[str, list[float | None]] = {}
+    for jobs in served.values():
+        columns: dict[str, list[float | None]] = {
+            "through the API (POST sent -> image downloaded)": [job.total for job in jobs],
+            "  less the limit (median of pairs; pipeline noise)": [
+                job.total - floor for job, floor in zip(jobs, limit, strict=True)
+            ],
+            "  the server's own pipeline call": [job.call for job in jobs],
+            "  the server's own encoding": [job.encoding for job in jobs],
+            "the API's own share (total - the server's call+encode)": [job.share() for job in jobs],
+        }
+        for step in jobs[0].steps():
+            columns[f"  {step}"] = [job.steps()[step] for job in jobs]
+        columns["(beside it: POST until the client has the job_id)"] = [
+            job.accepted - job.sent for job in jobs
+        ]
+        columns["(in the steps: the client's own CPU, httpx)"] = [job.client_cpu for job in jobs]
+        columns["(the share less that CPU: the server's, at least)"] = [
+            None if share is None else share - job.client_cpu
+            for job in jobs
+            for share in [job.share()]
+        ]
+        for row, values in columns.items():
+            rows.setdefault(row, []).append(median_or_none(values))
+    print(f"{'median, ms':56s} " + " ".join(f"{label:>10s}" for label in served))
+    for row, figures in rows.items():
+        cells = " ".join("n/a".rjust(10) if ms is None else f"{ms:10.2f}" for ms in figures)
+        print(f"{row:56s} {cells}")
+    for label, jobs in served.items():
+        shares = [share for job in jobs if (share := job.share()) is not None]
+        if len(shares) < len(jobs):
+            continue
+        means = [
+            statistics.mean(job.steps()[step] or 0.0 for job in jobs) * 1000
+            for step in jobs[0].steps()
+        ]
+        print(
+            f"means, {label} (they add up): share {statistics.mean(shares) * 1000:.2f} ms"
+            f" = {' + '.join(f'{ms:.2f}' for ms in means)}"
+        )
 
 
 def main() -> None:
@@ -279,6 +404,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--poll-seconds", type=float, default=10)
     parser.add_argument("--encoder-rounds", type=int, default=9)
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="another checkout's interpreter (/work/main/.venv/bin/python): its server runs"
+        " the same jobs, interleaved, in a column of its own",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as scratch:
@@ -294,7 +425,14 @@ def main() -> None:
             {"demo (noise-like)": demo_image, "smooth stand-in": smooth_image(1024)},
             args.encoder_rounds,
         )
-        server = ServerProcess(data).start()
+        server = ServerProcess(data, metrics_port=free_port()).start()
+        servers = {"this": server}
+        if args.baseline:
+            (data / "baseline").mkdir()
+            (data / "baseline" / "models").symlink_to(data / "models")
+            servers["baseline"] = ServerProcess(
+                data / "baseline", metrics_port=free_port(), python=args.baseline
+            ).start()
         direct = ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("spawn"),
@@ -302,7 +440,7 @@ def main() -> None:
             initargs=(str(data / "models" / "tessera-demo"),),
         )
         try:
-            calls, encodes, served = paired_runs(direct, server, args.jobs, args.steps)
+            calls, encodes, served = paired_runs(direct, servers, args.jobs, args.steps)
             print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline, interleaved")
             report(calls, encodes, served)  # printed now: the busy phase below is long
             busy = poll_latency(server, args.poll_seconds, 20)
@@ -311,9 +449,11 @@ def main() -> None:
                     client, {"model": "tessera-demo", "prompt": "last", "image_size": "square"}
                 )
             quiet = {gap: idle_latency(server, 1, gap) for gap in (0.0, 0.05)}
+            durable = fsync_ms(data)
         finally:
             direct.shutdown()
-            server.kill()
+            for each in servers.values():
+                each.kill()
 
     print(
         f"task endpoint while busy ({len(busy)} polls): p50 {percentile(busy, 0.5) * 1000:.2f} ms,"
@@ -323,6 +463,7 @@ def main() -> None:
         f"task endpoint, worker idle: back to back {quiet[0.0]:.2f} ms,"
         f" after 50 ms quiet {quiet[0.05]:.2f} ms"
     )
+    print(f"fsync of a 4 KiB write in the data directory: median {durable:.2f} ms")
 
 
 if __name__ == "__main__":

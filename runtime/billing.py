@@ -22,13 +22,16 @@ def job_patches(width: int, height: int, num_images: int) -> int:
     return patches_per_image(width, height) * num_images
 
 
-def price(patches: int, price_per_patch: Decimal) -> Decimal:
-    return patches * price_per_patch
-
-
-# Sums of amounts never round: 60 significant digits hold any ledger (a trillion dollars to
-# 1e-40), and a sum that would need more raises rather than lose a digit.
+# Amounts never round: 60 significant digits hold any ledger (a trillion dollars to 1e-40),
+# and a product or sum that would need more raises rather than lose a digit.
 EXACT = decimal.Context(prec=60, traps=[decimal.Inexact, decimal.Rounded, decimal.InvalidOperation])
+
+
+def price(patches: int, price_per_patch: Decimal) -> Decimal:
+    """Exact: Python's default context keeps 28 digits, so 4096 patches at a rate of 28
+    significant digits would quietly lose the last three."""
+    with decimal.localcontext(EXACT):
+        return patches * price_per_patch
 
 
 def total(amounts: Iterable[Decimal]) -> Decimal:

@@ -109,7 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
     data_dir = settings.data_dir
     if assembled.created_key:
         print(
-            f"API key (shown once, stored hashed in {data_dir}): {assembled.created_key}",
+            f"API key (an admin key, shown once, stored hashed in {data_dir}): "
+            f"{assembled.created_key}",
             flush=True,
         )
     elif settings.api_keys_file is None and not settings.api_keys:

@@ -269,7 +269,9 @@ def serve_config(settings: ServeSettings) -> Assembled:
         key_file = data_dir / "api-keys.json"
         if not key_file.exists():
             created_key = new_key()
-            write_key_file(key_file, [created_key])
+            # The one key of a server nobody gave keys to is its owner's: it also reads
+            # usage (GET /v1/usage), like the chart's generated key.
+            write_key_file(key_file, [created_key], admin=True)
         # Read back, so the key gets the random id its file stores.
         keys = KeyRing.from_file(key_file, id_secret)
     if not len(keys):

@@ -78,8 +78,9 @@ class KeyRing:
             plain: list[str] = []
             admins: list[str] = []
             for line in text.splitlines():
-                key, _, role = line.split("#", 1)[0].strip().partition(" ")
-                (admins if role.strip() == "admin" else plain).append(key)
+                # Any whitespace between a key and its role: a tab too.
+                key, *role = line.split("#", 1)[0].split() or [""]
+                (admins if role == ["admin"] else plain).append(key)
             return cls.from_keys(plain, id_secret, admins)
         return cls(
             {
@@ -104,9 +105,15 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(24)
 
 
-def write_key_file(path: Path, keys: Iterable[str]) -> None:
-    """Store keys hashed, each with a random id, readable by the owner only."""
-    entries = [{"id": _ID_PREFIX + secrets.token_hex(5), "sha256": _digest(k)} for k in keys]
+def write_key_file(path: Path, keys: Iterable[str], *, admin: bool = False) -> None:
+    """Store keys hashed, each with a random id, readable by the owner only; ``admin``
+    marks every one of them an admin key."""
+    entries: list[dict[str, str | bool]] = [
+        {"id": _ID_PREFIX + secrets.token_hex(5), "sha256": _digest(k)} for k in keys
+    ]
+    if admin:
+        for entry in entries:
+            entry["admin"] = True
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:

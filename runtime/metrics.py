@@ -55,6 +55,14 @@ JOB_SECONDS = Histogram(
     ["model", "phase"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+PIPELINE_SECONDS = Histogram(
+    "tessera_pipeline_seconds",
+    "Seconds the worker's pipeline thread spent in one pipeline call (step=call, once per"
+    " call however many jobs it batched) and encoding one image (step=encode); a job's run"
+    " time beyond them is hand-offs and store writes.",
+    ["model", "step"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 WORKER_BUSY_SECONDS = Counter(
     "tessera_worker_busy_seconds_total",
     "Seconds a worker spent running jobs; its rate is the worker's utilisation.",

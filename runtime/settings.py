@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BeforeValidator,
     Field,
     SecretStr,
@@ -32,13 +31,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tessera.runtime.api.protocol import ClientDeadlines
+from tessera.runtime.jobs import queue_url
 from tessera.runtime.jobs.base import DEFAULT_RETENTION_SECONDS
 from tessera.runtime.models import DEFAULT_PRICE_PER_PATCH
 from tessera.runtime.params import ParameterLimits, Task
 from tessera.runtime.ratelimit import RateLimits
 from tessera.runtime.storage.base import PublicDownloads
 from tessera.runtime.usage.export import PushPolicy
-from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format
+from tessera.runtime.usage.formats import DEFAULT_SOURCE, Format, Rfc3339Time
 from tessera.runtime.worker.options import BatchOptions, BatchSize, BatchWaitMs, PipelineOptions
 
 DEFAULT_DATA_DIR = Path("~/.local/share/tessera")
@@ -86,6 +86,16 @@ def storage_url(value: str) -> str:
     return f"file://{value}" if value.startswith("/") else value
 
 
+def event_source(value: str) -> str:
+    """A CloudEvents ``source``: a URI reference, so printable ASCII without spaces."""
+    if not value or not all("!" <= character <= "~" for character in value):
+        raise ValueError(
+            "a CloudEvents source is a URI reference: printable ASCII without spaces, such as "
+            f"tessera or //tessera.example/eu-1, not {value!r}"
+        )
+    return value
+
+
 def parse_network(value: str) -> IPv4Network | IPv6Network:
     try:
         return ip_network(value, strict=False)
@@ -120,6 +130,8 @@ Strings = Annotated[tuple[str, ...], NoDecode, _SPLIT]
 Secrets = Annotated[tuple[SecretStr, ...], NoDecode, _SPLIT]
 Networks = Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode, BeforeValidator(_networks)]
 StorageUrl = Annotated[str, AfterValidator(storage_url)]
+QueueUrl = Annotated[str, AfterValidator(queue_url)]
+EventSource = Annotated[str, AfterValidator(event_source)]
 Rates = Annotated[str, AfterValidator(parse_rates)]
 
 
@@ -294,17 +306,27 @@ class WorkerSettings(_Settings):
         return BatchOptions(max_size=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms)
 
 
+# How long delivered usage records stay in the store. Finite, and at most ten years: the
+# store computes a cutoff in milliseconds from it.
+RetentionSeconds = Annotated[float, Field(ge=0, le=3650 * 24 * 3600, allow_inf_nan=False)]
+
+
 class UsageExportSettings(_Settings):
     """``tessera usage export``: one range of the usage ledger, as a file."""
 
-    queue: str
-    since: str = ""
+    queue: QueueUrl
+    # Default: the start, or the cursor saved under ``cursor_name``.
+    since: str | None = None
     until: str | None = None
     # A time instead of ``until``: every record that finished before it (an invoice period).
-    before: AwareDatetime | None = None
+    before: Rfc3339Time | None = None
     format: Format = Format.JSONL
-    source: str = DEFAULT_SOURCE
+    source: EventSource = DEFAULT_SOURCE
     output: Path | None = None
+    # Resume from the cursor saved under this name, and save the one reached once the
+    # range is written: the export then counts as delivered, and retention may trim it.
+    cursor_name: str | None = Field(default=None, min_length=1, max_length=100)
+    retention_seconds: RetentionSeconds = PushPolicy.retention_seconds
 
     @model_validator(mode="after")
     def _one_end(self) -> UsageExportSettings:
@@ -318,22 +340,25 @@ class UsagePushSettings(_Settings):
 
     ENV_ONLY: ClassVar[frozenset[str]] = frozenset({"push_token"})
 
-    queue: str
+    queue: QueueUrl
     to: str
     # Sent as ``Authorization: Bearer ...`` (OpenMeter's API token).
     push_token: SecretStr | None = None
-    source: str = DEFAULT_SOURCE
+    source: EventSource = DEFAULT_SOURCE
     batch_size: int = Field(default=PushPolicy.batch_size, ge=1, le=1000)
-    retention_seconds: float = Field(default=PushPolicy.retention_seconds, ge=0)
-    retry_max_seconds: float = Field(default=PushPolicy.retry_max_seconds, gt=0)
-    idle_seconds: float = Field(default=PushPolicy.idle_seconds, gt=0)
+    retention_seconds: RetentionSeconds = PushPolicy.retention_seconds
+    retry_max_seconds: float = Field(
+        default=PushPolicy.retry_max_seconds, gt=0, allow_inf_nan=False
+    )
+    idle_seconds: float = Field(default=PushPolicy.idle_seconds, gt=0, allow_inf_nan=False)
     # Deliver everything there is, then exit (a cron job, or a test).
     once: bool = False
 
     @field_validator("to", mode="after")
     @classmethod
     def _http(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https"):
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"expected an http(s) URL such as http://openmeter/api/v1/events, not {value!r}"
             )

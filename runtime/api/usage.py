@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Self
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from tessera.runtime.api.deps import AdminKey, Service
 from tessera.runtime.api.openapi import errors
 from tessera.runtime.billing import format_amount
 from tessera.runtime.errors import InvalidParameter
+from tessera.runtime.usage.formats import Rfc3339Time
 from tessera.runtime.usage.summary import GroupBy, UsageTotals, summarize
 
 router = APIRouter(tags=["usage"], responses=errors(401, 403, 422, 503))
@@ -55,8 +56,8 @@ class UsageReport(BaseModel):
 async def get_usage(
     _admin: AdminKey,
     service: Service,
-    start: Annotated[AwareDatetime, Query(description="first moment, RFC 3339 with an offset")],
-    end: Annotated[AwareDatetime | None, Query(description="end, excluded (default: now)")] = None,
+    start: Annotated[Rfc3339Time, Query(description="first moment, RFC 3339 with an offset")],
+    end: Annotated[Rfc3339Time | None, Query(description="end, excluded (default: now)")] = None,
     group_by: GroupBy = GroupBy.MODEL,
 ) -> UsageReport:
     end = end or datetime.now(UTC)

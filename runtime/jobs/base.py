@@ -445,6 +445,12 @@ class JobStore(WebhookOutbox, Protocol):
 
     async def save_cursor(self, name: str, cursor: str) -> None: ...
 
+    async def delivered_cursor(self) -> str:
+        """The position every saved cursor has passed (the oldest of them, model by model),
+        or ``""`` when none is saved: what retention may trim through, so no exporter loses
+        a record that another has not read yet."""
+        ...
+
     async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
         """Delete the records at or before cursor ``delivered`` that finished more than
         ``keep_seconds`` ago; never a record after it. Returns how many went."""

@@ -25,6 +25,7 @@ public name). Keys, for a model M and job N:
 - ``tessera:models``                  the queue name of every model that ever had a job
 - ``tessera:ledger-id``               this store's random id, part of every usage event id
 - ``tessera:usage-cursor:NAME``       an exporter's saved cursor
+- ``tessera:usage-cursors``           the names of the saved cursors (retention waits for all)
 - ``tessera:{M}:job:N``               the job, a hash (``batch``: its ``batch_key``, if any;
                                       ``webhook``: 1 if it has one)
 - ``tessera:{M}:queue``               queued ids, oldest first (a list)
@@ -505,7 +506,7 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 # The last id a millisecond can hold: a position just before the next millisecond.
 _LAST_SEQUENCE = 2**64 - 1
 
@@ -515,6 +516,15 @@ StreamId = tuple[int, int]
 def _stream_id(text: str) -> StreamId:
     milliseconds, sequence = text.split("-")
     return int(milliseconds), int(sequence)
+
+
+def _readable_position(text: str) -> bool:
+    """A stream id Redis can read after: both parts fit 64 bits, and a later id exists (an
+    exclusive start at the very last id is an error in Redis, not an empty range)."""
+    if not _STREAM_ID.match(text):
+        return False
+    milliseconds, sequence = _stream_id(text)
+    return milliseconds < _LAST_SEQUENCE and sequence <= _LAST_SEQUENCE
 
 
 class LedgerCursor:
@@ -531,7 +541,7 @@ class LedgerCursor:
         except ValueError:
             raise InvalidCursor(cursor) from None
         if not isinstance(positions, dict) or not all(
-            isinstance(value, str) and _STREAM_ID.match(value) for value in positions.values()
+            isinstance(value, str) and _readable_position(value) for value in positions.values()
         ):
             raise InvalidCursor(cursor)
         return positions
@@ -1163,7 +1173,24 @@ class RedisJobStore:
 
     async def save_cursor(self, name: str, cursor: str) -> None:
         LedgerCursor.decode(cursor)
-        await self._call(self._redis.set(f"{self.prefix}:usage-cursor:{name}", cursor))
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            pipeline.set(f"{self.prefix}:usage-cursor:{name}", cursor)
+            pipeline.sadd(f"{self.prefix}:usage-cursors", name)
+            await self._call(pipeline.execute())
+
+    async def delivered_cursor(self) -> str:
+        names = sorted(await self._call(self._redis.smembers(f"{self.prefix}:usage-cursors")))
+        if not names:
+            return ""
+        saved = [LedgerCursor.decode(await self.saved_cursor(name)) for name in names]
+        models = {model for positions in saved for model in positions}
+        # A model a cursor does not name is read from its start by it: nothing delivered.
+        return LedgerCursor.encode(
+            {
+                model: min((positions.get(model, "0-0") for positions in saved), key=_stream_id)
+                for model in models
+            }
+        )
 
     async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
         seconds, microseconds = await self._call(self._redis.time())

@@ -5,13 +5,19 @@ work). A change to job N wakes the waiters of N and the waiters of anything, nev
 long-polls of other jobs; a change the store cannot attribute (a bulk sweep, a subscription
 that reconnected and may have missed messages) wakes everyone.
 
+A write of this process that knows the job it left (``notify(job=...)``) hands that job to
+the long-polls it wakes, so they answer without reading the store again: on the path from a
+completion to the client that read is a hand-off to the store's thread and back.
+
 For writes a waiter cannot hear (another process on the same SQLite file) there are two
 ways, chosen by the store:
 
 - with a ``probe`` (a cheap token that changes whenever anything changed, such as SQLite's
   ``data_version``), one shared task reads it every ``poll_seconds`` while anyone waits and
   wakes them all when it moves, so two hundred waiters cost one read per poll, not two
-  hundred;
+  hundred (probe and checks must be answered in the order asked, as by SQLite's one
+  thread, so that the poller's first read comes before the check of the waiter that
+  started it);
 - without one, each waiter re-checks the store every ``poll_seconds``.
 """
 
@@ -20,11 +26,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tessera.runtime.jobs.base import Job, JobStatus
 
 T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Waiter:
+    job_id: int | None  # None: any change
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+    # The job as the write that woke this waiter left it; None: read it again.
+    handed: Job | None = None
 
 
 class ChangeSignal:
@@ -34,14 +49,21 @@ class ChangeSignal:
         self.poll_seconds = poll_seconds
         self._probe = probe
         self._poller: asyncio.Task[None] | None = None
-        # What each waiter waits for (a job id, or None for any change), to its wake-up.
-        self._waiters: dict[asyncio.Event, int | None] = {}
+        self._waiters: set[_Waiter] = set()
 
-    def notify(self, job_id: int | None = None) -> None:
-        """Job ``job_id`` changed; ``None``: something did, or may have, that no id names."""
-        for event, waiting_for in self._waiters.items():
-            if job_id is None or waiting_for is None or waiting_for == job_id:
-                event.set()
+    def notify(self, job_id: int | None = None, *, job: Job | None = None) -> None:
+        """Job ``job_id`` changed; ``None``: something did, or may have, that no id names.
+
+        ``job``: the job as this process's write left it (its id is ``job_id``); the waiters
+        of that job take it instead of reading it again. Writes are notified in commit order,
+        so the last job handed is the newest; any other change takes it back.
+        """
+        if job is not None:
+            job_id = job.id
+        for waiter in self._waiters:
+            if job_id is None or waiter.job_id is None or waiter.job_id == job_id:
+                waiter.handed = job if waiter.job_id == job_id else None
+                waiter.woken.set()
 
     async def _poll_probe(self) -> None:
         """While anyone waits: read the probe, and wake everyone when it moves."""
@@ -65,6 +87,17 @@ class ChangeSignal:
         *,
         claims: bool = False,
     ) -> T | None:
+        """``check()`` until it returns something (see ``_wait``); None at the timeout."""
+        return await self._wait(lambda _: check(), timeout, job_id, claims=claims)
+
+    async def _wait(
+        self,
+        check: Callable[[_Waiter], Awaitable[T | None]],
+        timeout: float,
+        job_id: int | None,
+        *,
+        claims: bool = False,
+    ) -> T | None:
         """``check()`` until it returns something, re-run when ``job_id`` (None: anything)
         changes; None at the timeout.
 
@@ -77,16 +110,19 @@ class ChangeSignal:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        woken = asyncio.Event()
-        self._waiters[woken] = job_id
+        waiter = _Waiter(job_id)
+        self._waiters.add(waiter)
         # With a shared probe, a waiter sleeps until woken; without, it re-checks on a timer.
         nap = None if self._probe is not None else self.poll_seconds
         try:
-            value = await check()
+            if timeout > 0 and self._probe is not None and self._poller is None:
+                self._poller = loop.create_task(self._poll_probe())
+                # Its first read of the probe goes to the store's one thread before this
+                # check's: a change that lands after the check moves the probe it compares.
+                await asyncio.sleep(0)
+            value = await check(waiter)
             if value is not None or timeout <= 0:
                 return value
-            if self._probe is not None and self._poller is None:
-                self._poller = loop.create_task(self._poll_probe())
             while value is None:
                 left = deadline - loop.time()
                 if left <= 0:
@@ -95,14 +131,14 @@ class ChangeSignal:
                 # wake-up does.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left if nap is None else min(nap, left)):
-                        await woken.wait()
-                woken.clear()
+                        await waiter.woken.wait()
+                waiter.woken.clear()
                 async with asyncio.timeout_at(None if claims else deadline):
-                    value = await check()
+                    value = await check(waiter)
         except TimeoutError:
             return None
         finally:
-            del self._waiters[woken]
+            self._waiters.discard(waiter)
         return value
 
     async def wait_for_status(
@@ -112,15 +148,17 @@ class ChangeSignal:
         status: JobStatus,
         timeout: float,
     ) -> Job:
-        """The job once its status is no longer ``status``, or as last read at the timeout."""
+        """The job once its status is no longer ``status``, or as last read at the timeout;
+        read with ``get`` unless a write handed it over."""
         latest: Job | None = None
 
-        async def changed() -> Job | None:
+        async def changed(waiter: _Waiter) -> Job | None:
             nonlocal latest
-            latest = await get(job_id)
+            handed, waiter.handed = waiter.handed, None  # one handed over during get stays
+            latest = handed or await get(job_id)
             return latest if latest.status is not status else None
 
-        found = await self.wait_until(changed, timeout, job_id)
+        found = await self._wait(changed, timeout, job_id)
         if found is not None:
             return found
         assert latest is not None  # the first check always completes

@@ -164,7 +164,9 @@ def _batch_key_of(row: sqlite3.Row) -> str | None:
 def _sequence(cursor: str) -> int:
     if cursor == "":
         return 0
-    if not cursor.isdecimal() or len(cursor) > 19:
+    # ASCII digits only (``isdecimal`` takes any script's), within SQLite's 64-bit integers.
+    digits = cursor.isascii() and cursor.isdigit() and len(cursor) <= 19
+    if not digits or int(cursor) > MAX_JOB_ID:
         raise InvalidCursor(cursor)
     return int(cursor)
 
@@ -273,8 +275,13 @@ class SQLiteJobStore:
         except sqlite3.Error as error:
             raise StoreUnavailable(f"the job store at {self.path} failed: {error}") from error
         if notify:
-            # A write that returns a job changed that job; any other may have changed many.
-            self._changes.notify(value.id if isinstance(value, Job) else None)
+            # A write that returns a job changed that job, and hands it to its long-polls;
+            # one that counts what it changed and found nothing (a sweep, every second)
+            # wakes no one; any other may have changed many.
+            if isinstance(value, Job):
+                self._changes.notify(job=value)
+            elif value != 0:
+                self._changes.notify()
         return value
 
     @staticmethod
@@ -299,18 +306,22 @@ class SQLiteJobStore:
             raise JobNotFound(job_id)
         return _job_from_row(row)
 
-    def _fetch_leased(self, connection: sqlite3.Connection, job_id: int, worker_id: str) -> Job:
-        job = self._fetch(connection, job_id)
+    @staticmethod
+    def _held(job: Job, worker_id: str) -> Job:
         if job.status is not JobStatus.IN_PROGRESS or job.worker_id != worker_id:
-            raise LeaseLost(f"worker {worker_id} no longer holds job {job_id}")
+            raise LeaseLost(f"worker {worker_id} no longer holds job {job.id}")
         return job
 
-    def _already(
+    def _finishing(
         self, connection: sqlite3.Connection, job_id: int, worker_id: str, status: JobStatus
-    ) -> Job | None:
-        """The job, if this worker already finished it so: a retried write changes nothing."""
+    ) -> tuple[Job, bool]:
+        """The job this worker finishes with ``status``, and whether it already did (a
+        retried write then changes nothing); read once."""
         job = self._fetch(connection, job_id)
-        return job if job.status is status and job.worker_id == worker_id else None
+        if job.status is status and job.worker_id == worker_id:
+            return job, True
+        check_transition(self._held(job, worker_id).status, status)
+        return job, False
 
     def _reclaim_expired(self, connection: sqlite3.Connection, now: float) -> None:
         expired = connection.execute(
@@ -475,7 +486,7 @@ class SQLiteJobStore:
             lambda: self._run(take, notify=False, durable=False), wait, claims=True
         )
         if job is not None:
-            self._changes.notify(job.id)
+            self._changes.notify(job=job)
         return job
 
     def _take(self, connection: sqlite3.Connection, job_id: int, worker_id: str, now: float) -> Job:
@@ -530,12 +541,12 @@ class SQLiteJobStore:
         if jobs is None:
             return []
         for job in jobs:
-            self._changes.notify(job.id)
+            self._changes.notify(job=job)
         return jobs
 
     async def heartbeat(self, job_id: int, worker_id: str, progress: int) -> None:
         def renew(connection: sqlite3.Connection) -> None:
-            self._fetch_leased(connection, job_id, worker_id)
+            self._held(self._fetch(connection, job_id), worker_id)
             connection.execute(
                 "UPDATE jobs SET progress = ?, lease_until = ? WHERE id = ?",
                 (max(0, min(progress, 100)), time.time() + self.policy.lease_seconds, job_id),
@@ -547,10 +558,9 @@ class SQLiteJobStore:
         self, job_id: int, worker_id: str, result: JobResult, namespace: str = ""
     ) -> Job:
         def finish(connection: sqlite3.Connection) -> Job:
-            if done := self._already(connection, job_id, worker_id, JobStatus.COMPLETED):
-                return done
-            job = self._fetch_leased(connection, job_id, worker_id)
-            check_transition(job.status, JobStatus.COMPLETED)
+            job, done = self._finishing(connection, job_id, worker_id, JobStatus.COMPLETED)
+            if done:
+                return job
             now = time.time()
             connection.execute(
                 "UPDATE jobs SET status = ?, progress = 100, finished_at = ?, result = ?,"
@@ -583,10 +593,9 @@ class SQLiteJobStore:
 
     async def fail(self, job_id: int, worker_id: str, error: str) -> Job:
         def mark_failed(connection: sqlite3.Connection) -> Job:
-            if done := self._already(connection, job_id, worker_id, JobStatus.FAILED):
-                return done
-            job = self._fetch_leased(connection, job_id, worker_id)
-            check_transition(job.status, JobStatus.FAILED)
+            job, done = self._finishing(connection, job_id, worker_id, JobStatus.FAILED)
+            if done:
+                return job
             connection.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_until = NULL"
                 " WHERE id = ?",
@@ -695,7 +704,7 @@ class SQLiteJobStore:
             )
             return [_job_from_row(row) for row in rows]
 
-        return await self._run(read, notify=False)
+        return await self._run(read, notify=False, write=False)
 
     async def delete(self, jobs: Sequence[Job]) -> None:
         def forget(connection: sqlite3.Connection) -> None:
@@ -757,6 +766,15 @@ class SQLiteJobStore:
             )
 
         await self._run(write, notify=False)
+
+    async def delivered_cursor(self) -> str:
+        def read(connection: sqlite3.Connection) -> str:
+            (oldest,) = connection.execute(
+                "SELECT MIN(CAST(cursor AS INTEGER)) FROM usage_cursors"
+            ).fetchone()
+            return "" if oldest is None else str(oldest)
+
+        return await self._run(read, notify=False, write=False)
 
     async def trim_usage(self, delivered: str, keep_seconds: float) -> int:
         through = _sequence(delivered)

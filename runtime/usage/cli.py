@@ -21,27 +21,35 @@ def _export(args: argparse.Namespace) -> int:
 async def _run_export(settings: UsageExportSettings) -> int:
     from tessera.runtime.errors import TesseraError
     from tessera.runtime.jobs import open_store
-    from tessera.runtime.usage.export import export_range
+    from tessera.runtime.usage.export import export_range, trim_delivered
 
+    try:
+        out = sys.stdout.buffer if settings.output is None else settings.output.open("wb")
+    except OSError as error:
+        print(f"error: --output: cannot write {settings.output}: {error.strerror}", file=sys.stderr)
+        return 2
     store = open_store(settings.queue)
     try:
+        since = settings.since
+        if since is None:
+            name = settings.cursor_name
+            since = "" if name is None else await store.saved_cursor(name)
         until = settings.until
         if settings.before is not None:
             until = await store.usage_cursor_at(settings.before)
-        if settings.output is None:
-            cursor = await export_range(
-                store, sys.stdout.buffer, settings.format, settings.since, until, settings.source
-            )
-        else:
-            with settings.output.open("wb") as out:
-                cursor = await export_range(
-                    store, out, settings.format, settings.since, until, settings.source
-                )
+        cursor = await export_range(store, out, settings.format, since, until, settings.source)
+        if settings.cursor_name is not None:
+            # Only once the whole range is out: a crash before exports it again next time.
+            out.flush()
+            await store.save_cursor(settings.cursor_name, cursor)
+            await trim_delivered(store, settings.retention_seconds)
     except TesseraError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2 if error.status_code < 500 else 1
     finally:
         await store.close()
+        if out is not sys.stdout.buffer:
+            out.close()
     sys.stdout.flush()
     # Last, on its own line: what the next export passes as --since.
     print(f"cursor: {cursor}", file=sys.stderr)
@@ -102,6 +110,17 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     export.add_argument("--format", choices=[f.value for f in Format], help="default jsonl")
     export.add_argument("--source", help="the CloudEvents source (default tessera)")
     export.add_argument("--output", type=Path, help="write to this file (default: stdout)")
+    export.add_argument(
+        "--cursor-name",
+        metavar="NAME",
+        help="resume from the cursor saved as NAME, and save the one reached; the store then"
+        " trims what every saved cursor has passed, after --retention-seconds",
+    )
+    export.add_argument(
+        "--retention-seconds",
+        type=float,
+        help="with --cursor-name: keep exported records this long in the store (a week)",
+    )
     export.set_defaults(handler=_export)
 
     push = actions.add_parser(

@@ -43,16 +43,21 @@ async def export_range(
     """Write the records after ``since`` and not after ``until``; return the cursor to
     resume from (the last record's). The same arguments write the same bytes."""
     encoder = Encoder(format, source)
+    # The first page is read before anything is written: a foreign cursor writes nothing.
+    page = await store.usage(since, until, PAGE_SIZE)
     out.write(encoder.start())
     cursor = since
-    while True:
-        page = await store.usage(cursor, until, PAGE_SIZE)
-        if not page.records:
-            break
+    while page.records:
         out.write(encoder.page(page.records))
         cursor = page.cursor
+        page = await store.usage(cursor, until, PAGE_SIZE)
     out.write(encoder.end())
     return cursor
+
+
+async def trim_delivered(store: JobStore, retention_seconds: float) -> int:
+    """Trim what every saved cursor has passed, once ``retention_seconds`` old."""
+    return await store.trim_usage(await store.delivered_cursor(), retention_seconds)
 
 
 class ReceiverUnavailable(Exception):
@@ -106,7 +111,7 @@ class Pusher:
             return 0
         await self._post(encode(Format.CLOUDEVENTS, page.records, self.source))
         await self.store.save_cursor(self.policy.cursor_name, page.cursor)
-        trimmed = await self.store.trim_usage(page.cursor, self.policy.retention_seconds)
+        trimmed = await trim_delivered(self.store, self.policy.retention_seconds)
         log.info("pushed %d usage events (%d old ones trimmed)", len(page.records), trimmed)
         return len(page.records)
 

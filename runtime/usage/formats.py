@@ -11,9 +11,12 @@ import csv
 import enum
 import io
 import json
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BeforeValidator
 
 from tessera.runtime.billing import format_amount
 from tessera.runtime.jobs.base import UsageRecord
@@ -32,6 +35,24 @@ class Format(enum.StrEnum):
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339_only(value: object) -> object:
+    """Refuse what pydantic would otherwise read as a time: a bare number is Unix seconds
+    below 2e10 and milliseconds above, so ``99999999999`` would quietly mean 1973."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("expected an RFC 3339 time with an offset, such as 2026-01-01T00:00:00Z")
+
+
+# A moment given by a person (a usage range's ends): RFC 3339 text, with an offset.
+Rfc3339Time = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
 
 
 def record_fields(record: UsageRecord) -> dict[str, Any]:

@@ -23,18 +23,28 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
 
 from PIL import Image
 
 from tessera.runtime import billing, metrics
 from tessera.runtime.errors import StorageUnavailable, StoreUnavailable
-from tessera.runtime.jobs.base import ImageFile, Job, JobResult, JobStore, LeaseLost, batch_key
+from tessera.runtime.jobs.base import (
+    ImageFile,
+    Job,
+    JobResult,
+    JobStatus,
+    JobStore,
+    LeaseLost,
+    batch_key,
+)
 from tessera.runtime.models import ModelSpec
 from tessera.runtime.storage import FileStore
 from tessera.runtime.worker.options import BatchOptions
 from tessera.runtime.worker.pipeline import LoadedPipeline, UnsupportedParameter, encode
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROGRESS_INTERVAL_SECONDS = 0.25
 # Between asks once the store's own retries are spent.
@@ -180,7 +190,7 @@ class Worker:
                 return
             for job, made, heartbeat in zip(jobs, images, heartbeats, strict=True):
                 await self._settle(
-                    job, functools.partial(self._store, job, made), heartbeat, started
+                    job, functools.partial(self._encode_and_store, job, made), heartbeat, started
                 )
         finally:
             # Cancelled mid-call, the worker renews none of the leases: the jobs run again.
@@ -237,6 +247,20 @@ class Worker:
             metrics.BILLED.labels(job.model).inc(float(result.price))
             if self.on_completed is not None:
                 await self.on_completed(job)
+        else:
+            await self._discard_if_cancelled(job, result)
+
+    async def _discard_if_cancelled(self, job: Job, result: JobResult) -> None:
+        """Delete the images of a job cancelled after they were stored (a batch goes on for
+        its other jobs): no result names them, so the retention sweep never would. A job
+        taken over after a lapse keeps them: its new run writes the same keys."""
+        try:
+            if (await self.store.get(job.id)).status is not JobStatus.CANCELLED:
+                return
+            for image in result.images:
+                await self.files.delete(image.key)
+        except (StoreUnavailable, StorageUnavailable) as error:
+            log.warning("job %s: the cancelled job's images stay: %s", job.id, error)
 
     async def _finish(self, job: Job, write: Callable[[], Awaitable[Job]]) -> bool:
         try:
@@ -250,40 +274,57 @@ class Worker:
             return False
         return True
 
-    async def _sources(self, job: Job) -> list[Image.Image]:
-        stored = [await self.files.get(key) for key in job.params.source_images]
-        return await asyncio.get_running_loop().run_in_executor(self._compute, _decode, stored)
+    async def _sources(self, job: Job) -> list[bytes]:
+        """The job's stored source images, still encoded: decoding waits for the pipeline's
+        thread, where the call runs anyway."""
+        return [await self.files.get(key) for key in job.params.source_images]
 
     async def _run(self, job: Job, progress: _Progress) -> JobResult:
-        params = job.params
-        pipeline = self.pipelines[job.model]
-        sources = await self._sources(job)
-        images = await asyncio.get_running_loop().run_in_executor(
-            self._compute, pipeline.generate, params, sources, _reporter([progress])
+        stored = await self._sources(job)
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self._compute, self._generate_encoded, job, stored, _reporter([progress])
         )
-        return await self._store(job, images)
+        return await self._store(job, encoded)
+
+    def _generate_encoded(
+        self, job: Job, stored: list[bytes], on_step: Callable[[int, int], None]
+    ) -> list[_Encoded]:
+        """On the pipeline's thread: decode, call and encode in one hand-off, not three."""
+        pipeline = self.pipelines[job.model]
+        sources = _decode(stored)
+        images = _timed(job.model, "call", pipeline.generate, job.params, sources, on_step)
+        return _encode_all(job, images)
 
     async def _generate_batch(
         self, jobs: list[Job], progress: list[_Progress]
     ) -> list[list[Image.Image]]:
         pipeline = self.pipelines[jobs[0].model]
-        requests = [(job.params, await self._sources(job)) for job in jobs]
+        stored = [(job.params, await self._sources(job)) for job in jobs]
+        on_step = _reporter(progress)
+
+        def call() -> list[list[Image.Image]]:
+            requests = [(params, _decode(sources)) for params, sources in stored]
+            return pipeline.generate_batch(requests, on_step)
+
         return await asyncio.get_running_loop().run_in_executor(
-            self._compute, pipeline.generate_batch, requests, _reporter(progress)
+            self._compute, _timed, jobs[0].model, "call", call
         )
 
-    async def _store(self, job: Job, images: list[Image.Image]) -> JobResult:
-        """Encode and store the job's images; what it costs."""
+    async def _encode_and_store(self, job: Job, images: list[Image.Image]) -> JobResult:
+        """One job's share of a batched call: encoded on the pipeline's thread, then stored."""
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self._compute, _encode_all, job, images
+        )
+        return await self._store(job, encoded)
+
+    async def _store(self, job: Job, encoded: list[_Encoded]) -> JobResult:
+        """Store the job's encoded images; what they cost."""
         params = job.params
-        loop = asyncio.get_running_loop()
         stored = []
-        for index, image in enumerate(images):
-            data, content_type = await loop.run_in_executor(
-                self._compute, encode, image, params.output_format
-            )
+        for index, image in enumerate(encoded):
             key = f"results/{job.id}/{index}.{params.output_format.value}"
-            await self.files.put(key, data)
-            stored.append(ImageFile(key, image.width, image.height, content_type))
+            await self.files.put(key, image.data)
+            stored.append(ImageFile(key, image.width, image.height, image.content_type))
         patches = billing.job_patches(params.width, params.height, len(stored))
         rate = self.models[job.model].price_per_patch
         return JobResult(
@@ -342,6 +383,31 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await asyncio.wait([task], timeout=CANCEL_AGAIN_SECONDS)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class _Encoded(NamedTuple):
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+
+
+def _timed(model: str, step: str, call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)``, its seconds observed where it runs: the pipeline's thread."""
+    started = time.perf_counter()
+    try:
+        return call(*args)
+    finally:
+        metrics.PIPELINE_SECONDS.labels(model, step).observe(time.perf_counter() - started)
+
+
+def _encode_all(job: Job, images: list[Image.Image]) -> list[_Encoded]:
+    """The job's images in its output format, on the pipeline's thread."""
+    encoded = []
+    for image in images:
+        data, content_type = _timed(job.model, "encode", encode, image, job.params.output_format)
+        encoded.append(_Encoded(data, content_type, image.width, image.height))
+    return encoded
 
 
 def _decode(sources: list[bytes]) -> list[Image.Image]:

@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from tests.support.gateway import GatewayDeployment
+from tests.support.server import ServerProcess
+
 FAST = {"num_inference_steps": 1}
 
 
@@ -74,3 +77,10 @@ def tampered(url: str) -> str:
     forged, count = re.subn(r"(?i)(signature=)", r"\g<1>0", url, count=1)
     assert count == 1, url
     return forged
+
+
+def store_url(server: ServerProcess | GatewayDeployment) -> str:
+    """The job store a test deployment writes, for reading its ledger past the API."""
+    if isinstance(server, GatewayDeployment):
+        return server.redis.url
+    return f"sqlite:///{server.data_dir / 'jobs.db'}"

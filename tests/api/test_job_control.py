@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.runtime.jobs import open_store
-from tests.api.helpers import FAST, assert_error, submit, wait
+from tests.api.helpers import FAST, assert_error, store_url, submit, wait
 from tests.support.gateway import GatewayDeployment
 from tests.support.server import ServerProcess
 
@@ -34,13 +34,9 @@ QUICK = {"model": "tessera-demo", "prompt": "a quick lighthouse", **FAST}
 
 def ledger(server: Deployment) -> list[int]:
     """The job ids the store's usage ledger bills, read past the API."""
-    if isinstance(server, GatewayDeployment):
-        url = server.redis.url
-    else:
-        url = f"sqlite:///{server.data_dir / 'jobs.db'}"
 
     async def read() -> list[int]:
-        store = open_store(url)
+        store = open_store(store_url(server))
         try:
             return [record.job_id for record in (await store.usage(limit=100_000)).records]
         finally:

@@ -68,6 +68,9 @@ def test_install_upgrade_uninstall(cluster: Cluster) -> None:
     # The generated key is the installer's admin key, and NOTES says what it reads.
     assert "admin key: it submits jobs and reads everyone's usage" in notes
     assert 'curl -s -H "api_key: $KEY" "http://127.0.0.1:8000/v1/usage?start=' in notes
+    # No usage exporter by default: NOTES says the ledger then stays in Redis, and how not.
+    assert "stays in Redis until a push exporter delivers it" in notes
+    assert "usageExporter.enabled=true" in notes
     # The hook created the peering object after the release's CRDs.
     peering = get(cluster, "clusterkopfpeering", "tessera")
     assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"

@@ -15,18 +15,17 @@ import yaml
 
 from tessera.operator import metrics as operator_metrics
 from tessera.runtime import metrics as runtime_metrics
-from tests.support.build import run_build_script
 from tests.support.metrics import exported_series
+from tests.support.prometheus import promtool as build_promtool
 
-from .render import REPO, render
+from .render import render
 
-BUILD_SCRIPT = REPO / "tests" / "tools" / "build-promtool"
 VALUES = {"monitoring.prometheusRule.enabled": "true"}
 
 
 @pytest.fixture(scope="module")
 def promtool() -> Path:
-    return run_build_script(BUILD_SCRIPT)
+    return build_promtool()
 
 
 def rule_groups() -> list[dict[str, Any]]:

@@ -3,10 +3,12 @@ lease so lapses take no time."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +28,8 @@ RESULT = JobResult(
 SHORT_LEASE = StorePolicy(lease_seconds=0.3, max_attempts=2)
 
 BACKENDS = ["sqlite_store", "redis_store"]
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -67,3 +71,21 @@ async def read_all(store: JobStore, since: str = "", page: int = 1000) -> list[U
             return records
         records.extend(batch.records)
         since = batch.cursor
+
+
+async def complete_many(store: JobStore, count: int) -> list[int]:
+    return [await complete_one(store) for _ in range(count)]
+
+
+def in_sqlite(database: Path, work: Callable[[JobStore], Awaitable[T]]) -> T:
+    """``work`` against the SQLite store in ``database``, from a test that drives the CLI
+    (and so runs no event loop of its own); the store is closed after."""
+
+    async def run() -> T:
+        store = SQLiteJobStore(database)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())

@@ -1,11 +1,15 @@
-"""What only the SQLite store must do: open a file written before jobs had a queue name."""
+"""What only the SQLite store must do: open a file written before jobs had a queue name,
+and hand a job its own process changed to the long-polls it wakes."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
+from tessera.runtime.jobs.base import Job, JobStatus
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
+from tests.store.conftest import RESULT
 from tests.store.test_store_conformance import PARAMS
 
 # The jobs table as it was, without the queue column.
@@ -41,3 +45,70 @@ async def test_jobs_queued_before_queue_names_wait_under_their_public_name(
         assert (await store.lease(["tessera-demo"], "w")).id == later.id  # type: ignore[union-attr]
     finally:
         await store.close()
+
+
+class CountedReads:
+    """The store's ``get``, counted: each call is a hand-off to its thread and a SELECT."""
+
+    def __init__(self, store: SQLiteJobStore):
+        self.count = 0
+        self.asked = asyncio.Event()
+        self._get = store.get
+        store.get = self  # type: ignore[method-assign]
+
+    async def __call__(self, job_id: int) -> Job:
+        self.count += 1
+        self.asked.set()
+        return await self._get(job_id)
+
+
+async def long_poll_through(
+    store: SQLiteJobStore, writer: SQLiteJobStore, *, sweep_first: bool = False
+) -> tuple[Job, int]:
+    """A long-poll on a running job that ``writer`` completes (after sweeps that find
+    nothing to do): what it answers, and how many reads it made after its first."""
+    job = await store.submit("m", "k", PARAMS)
+    assert await store.lease(["m"], "w") is not None
+    reads = CountedReads(store)
+    polling = asyncio.create_task(store.wait_for_change(job.id, JobStatus.IN_PROGRESS, 30))
+    await reads.asked.wait()  # its first read, before anything changed
+    if sweep_first:
+        assert await writer.abort_late("m") == 0
+        assert await writer.expire("m", 3600, "waited too long") == 0
+        assert await writer.release("another-worker") == 0
+    await writer.complete(job.id, "w", RESULT)
+    answered = await polling
+    return answered, reads.count - 1
+
+
+async def test_a_completion_hands_its_job_to_the_long_poll_without_a_read(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    try:
+        answered, reads = await long_poll_through(store, store)
+        assert (answered.status, answered.result, reads) == (JobStatus.COMPLETED, RESULT, 0)
+    finally:
+        await store.close()
+
+
+async def test_sweeps_that_change_nothing_wake_no_long_poll(tmp_path: Path) -> None:
+    # The gateway's sweep runs every second; each woken long-poll would read its job again.
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    try:
+        answered, reads = await long_poll_through(store, store, sweep_first=True)
+        assert (answered.status, reads) == (JobStatus.COMPLETED, 0)
+    finally:
+        await store.close()
+
+
+async def test_a_completion_by_another_process_is_read_once(tmp_path: Path) -> None:
+    # Another store on the same file stands for another process: its write is heard by
+    # the shared probe, which names no job, so the long-poll reads the job once.
+    store, other = SQLiteJobStore(tmp_path / "jobs.db"), SQLiteJobStore(tmp_path / "jobs.db")
+    try:
+        answered, reads = await long_poll_through(store, other)
+        assert (answered.status, answered.result, reads) == (JobStatus.COMPLETED, RESULT, 1)
+    finally:
+        await store.close()
+        await other.close()

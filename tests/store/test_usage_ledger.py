@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -93,12 +95,43 @@ async def test_failed_and_expired_jobs_leave_no_record(store: JobStore) -> None:
     assert await read_all(store) == []
 
 
+def _positions(positions: object) -> str:
+    """A cursor shaped like the Redis store's (base64url JSON), with any content."""
+    return base64.urlsafe_b64encode(json.dumps(positions).encode()).decode().rstrip("=")
+
+
+# Cursors nobody handed out: malformed, out of range for either backend (SQLite's 64-bit
+# integers, Redis's 64-bit stream ids), in another script's digits, absurdly long.
+FOREIGN_CURSORS = [
+    "not a cursor",
+    "-1",
+    "e30x!",
+    "W10",
+    "9999999999999999999",
+    str(2**63),
+    "\u0661\u0662",
+    "1" * 5000,
+    _positions({"m": "99999999999999999999-1"}),
+    _positions({"m": f"{2**64 - 1}-{2**64 - 1}"}),
+    _positions({"m": "\u0661-1"}),
+    _positions({"m": 5}),
+    _positions(["1-1"]),
+]
+
+
 async def test_a_foreign_cursor_is_refused(store: JobStore) -> None:
-    for cursor in ("not a cursor", "-1", "e30x!", "W10"):
+    await complete_one(store)
+    for cursor in FOREIGN_CURSORS:
         with pytest.raises(InvalidCursor):
             await store.usage(cursor)
-    with pytest.raises(InvalidCursor):
-        await store.save_cursor("push", "nonsense")
+        with pytest.raises(InvalidCursor):
+            await store.usage("", cursor)
+        with pytest.raises(InvalidCursor):
+            await store.trim_usage(cursor, keep_seconds=0)
+        with pytest.raises(InvalidCursor):
+            await store.save_cursor("push", cursor)
+    assert len(await read_all(store)) == 1, "nothing was trimmed"
+    assert await store.saved_cursor("push") == ""
 
 
 async def test_a_saved_cursor_survives_the_store(store: JobStore) -> None:
@@ -108,6 +141,24 @@ async def test_a_saved_cursor_survives_the_store(store: JobStore) -> None:
     await store.save_cursor("push", cursor)
     assert await store.saved_cursor("push") == cursor
     assert await store.saved_cursor("other") == ""
+
+
+async def test_retention_waits_for_every_saved_cursor(store: JobStore) -> None:
+    """Two exporters (the push one, an invoicing job's export): what is delivered is what
+    the slower one has read, model by model."""
+    assert await store.delivered_cursor() == "", "nothing saved: nothing delivered"
+    first = [await complete_one(store, model) for model in ["a", "b"]]
+    invoiced = (await store.usage()).cursor
+    later = [await complete_one(store, model) for model in ["b", "c"]]
+    await store.save_cursor("push", (await store.usage()).cursor)
+    await store.save_cursor("invoices", invoiced)
+    delivered = await store.delivered_cursor()
+    assert [r.job_id for r in await read_all(store, delivered)] == later
+    await asyncio.sleep(0.01)
+    assert await store.trim_usage(delivered, keep_seconds=0) == len(first)
+    assert [r.job_id for r in await read_all(store)] == later
+    await store.save_cursor("invoices", await store.saved_cursor("push"))
+    assert await store.trim_usage(await store.delivered_cursor(), keep_seconds=0) == len(later)
 
 
 async def test_trim_removes_only_delivered_records_past_the_window(store: JobStore) -> None:

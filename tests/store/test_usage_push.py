@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from tessera.runtime.jobs.base import JobStore
-from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.usage.export import Pusher, PushPolicy, PushRejected
-from tests.store.conftest import complete_one, read_all
+from tests.store.conftest import complete_one, in_sqlite, read_all
 from tests.support.usage_receiver import UsageReceiver
 from tests.support.waiting import wait_until
 
@@ -88,13 +87,7 @@ async def test_delivered_records_leave_the_store_after_the_window(
 
 def test_sigterm_stops_the_command_mid_retry_without_moving_the_cursor(tmp_path: Path) -> None:
     database = tmp_path / "jobs.db"
-
-    async def fill() -> None:
-        store = SQLiteJobStore(database)
-        await complete_one(store)
-        await store.close()
-
-    asyncio.run(fill())
+    in_sqlite(database, complete_one)
     receiver = UsageReceiver(refuse_with=503)  # down for good: retried forever
     try:
         command = [sys.executable, "-m", "tessera.runtime.cli", "usage", "push"]
@@ -109,11 +102,5 @@ def test_sigterm_stops_the_command_mid_retry_without_moving_the_cursor(tmp_path:
     finally:
         receiver.close()
 
-    async def saved() -> str:
-        store = SQLiteJobStore(database)
-        try:
-            return await store.saved_cursor("push")
-        finally:
-            await store.close()
-
-    assert asyncio.run(saved()) == "", "nothing was delivered, so nothing moved"
+    saved = in_sqlite(database, lambda store: store.saved_cursor("push"))
+    assert saved == "", "nothing was delivered, so nothing moved"

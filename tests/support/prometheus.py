@@ -23,7 +23,14 @@ from tests.support.server import free_port, stop_process, wait_for_http
 from tests.support.waiting import wait_until
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "build-prometheus"
+PROMTOOL_BUILD_SCRIPT = BUILD_SCRIPT.with_name("build-promtool")
 SCRAPE_SECONDS = 0.5
+
+
+def promtool() -> Path:
+    """promtool, built like Prometheus: ``check metrics`` lints an exposition against
+    Prometheus' naming conventions, ``check rules`` and ``test rules`` the chart's alerts."""
+    return run_build_script(PROMTOOL_BUILD_SCRIPT)
 
 
 @dataclass

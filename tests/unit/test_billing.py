@@ -29,5 +29,9 @@ def test_job_patches_sum_over_images() -> None:
 
 def test_price_is_exact_decimal() -> None:
     assert price(4096, Decimal("0.00000079")) == Decimal("0.00323584")
+    # 28 significant digits: the default context would round the product to 28 as well.
+    assert price(4096, Decimal("0.1234567890123456789012345678")) == Decimal(
+        "505.6790077945679007794567897088"
+    )
     assert format_amount(Decimal("0.00000079")) == "0.00000079"
     assert format_amount(Decimal("7.9E-7") * 1_000_000) == "0.79000000"

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tessera.runtime.config import serve_config
 from tessera.runtime.errors import Unauthorized
 from tessera.runtime.keys import KeyRing, write_key_file
+from tessera.runtime.settings import ServeSettings
 
 SECRET = b"s" * 32
 
@@ -53,9 +55,10 @@ def test_plain_keys_get_ids_keyed_by_the_server_secret(tmp_path: Path) -> None:
 
 def test_a_key_is_admin_only_when_its_file_says_so(tmp_path: Path) -> None:
     plain = tmp_path / "keys.txt"
-    plain.write_text("tsk_root admin  # may read usage\ntsk_user\n")
+    plain.write_text("tsk_root admin  # may read usage\ntsk_user\n\ntsk_tab\tadmin\n")
     ring = KeyRing.from_file(plain, SECRET)
     assert ring.authenticate("tsk_root").admin and not ring.authenticate("tsk_user").admin
+    assert ring.authenticate("tsk_tab").admin and len(ring) == 3
     assert (
         ring.authenticate("tsk_root").id
         == KeyRing.from_keys(["tsk_root"], SECRET).authenticate("tsk_root").id
@@ -69,3 +72,14 @@ def test_a_key_is_admin_only_when_its_file_says_so(tmp_path: Path) -> None:
     assert KeyRing.from_file(stored, SECRET).authenticate("tsk_old").admin
     ring = KeyRing.from_keys(["tsk_user"], SECRET, admin_keys=["tsk_root"])
     assert ring.authenticate("tsk_root").admin and len(ring) == 2
+
+
+def test_the_key_serve_makes_for_itself_is_an_admin_key(tmp_path: Path) -> None:
+    """A server given no keys makes one, its owner's: it reads usage too (GET /v1/usage),
+    as the chart's generated key does. Restarted, the same key stays admin."""
+    settings = ServeSettings(demo=True, data_dir=tmp_path / "data")
+    first = serve_config(settings)
+    assert first.created_key is not None
+    assert first.config.keys.authenticate(first.created_key).admin
+    again = serve_config(settings)
+    assert again.created_key is None and again.config.keys.authenticate(first.created_key).admin

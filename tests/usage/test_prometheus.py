@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.runtime.jobs.base import UsageRecord
 from tessera.runtime.jobs.redis import RedisJobStore
 from tests.api.helpers import FAST, png_bytes, submit, wait
 from tests.store.conftest import read_all
 from tests.support.gateway import GatewayDeployment
-from tests.support.prometheus import PrometheusServer
+from tests.support.prometheus import PrometheusServer, promtool
 from tests.support.waiting import wait_until
 
 SOURCE = "data:image/png;base64," + base64.b64encode(png_bytes(96, 64)).decode()
@@ -83,7 +87,32 @@ def test_promql_sums_equal_the_ledger(usage_deployment: GatewayDeployment, tmp_p
             'sum by (model) (tessera_job_seconds_count{phase="run"})', "model"
         )
         assert runs == completed
+        waits = prometheus.by_label(
+            'sum by (model) (tessera_job_seconds_count{phase="queue"})', "model"
+        )
+        assert waits == completed, "each job's queue wait observed once (none ran again)"
         busy = prometheus.by_label("sum by (model) (tessera_worker_busy_seconds_total)", "model")
         assert busy.keys() == patches.keys() and all(seconds > 0 for seconds in busy.values())
     finally:
         prometheus.stop()
+
+
+def test_every_series_is_named_as_prometheus_says(usage_deployment: GatewayDeployment) -> None:
+    """promtool's own lint (units, ``_total`` on counters, ...) on what the gateway and both
+    workers serve after the workload above, and no key or key id anywhere in it."""
+    lint = promtool()
+    key_ids = {record.key_id for record in ledger(usage_deployment)}
+    assert key_ids, "the workload above billed someone"
+    seen: set[str] = set()
+    for url in usage_deployment.metrics_urls:
+        text = httpx.get(url, timeout=10).text
+        checked = subprocess.run(
+            [str(lint), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        )
+        assert (checked.returncode, checked.stdout + checked.stderr) == (0, ""), url
+        families = [f for f in text_string_to_metric_families(text) if f.name.startswith("tessera")]
+        labels = {label for family in families for s in family.samples for label in s.labels}
+        assert not any("key" in label for label in labels), (url, labels)
+        assert not any(secret in text for secret in [*usage_deployment.keys, *key_ids]), url
+        seen |= {family.name for family in families}
+    assert {"tessera_patches", "tessera_jobs_finished", "tessera_job_seconds"} <= seen

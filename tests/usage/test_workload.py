@@ -36,6 +36,13 @@ from tests.support.worker import WorkerProcess
 SOURCE = "data:image/png;base64," + base64.b64encode(png_bytes(80, 64)).decode()
 SIZES = ["48x48", "64x48", "100x60", "128x96", "80x80"]
 CLI = [sys.executable, "-m", "tessera.runtime.cli"]
+# Long enough on the tiny demo pipeline (seconds) that a kill lands while it runs.
+SLOW = {
+    "model": "tessera-demo",
+    "prompt": "a slow lighthouse",
+    "image_size": "square_hd",
+    "num_inference_steps": 50,
+}
 # One model has two workers; killing one leaves the other working.
 WORKERS = {"tessera-demo": 2, "tessera-demo-edit": 1}
 
@@ -98,10 +105,14 @@ class Cluster:
         alive = [w for w in self.workers if w.process is not None and w.process.poll() is None]
         busy = [w for w in alive if _busy(w)]
         victim = chance.choice(busy or alive)
+        self.kill_worker(victim, busy=victim in busy)
+
+    def kill_worker(self, victim: WorkerProcess, busy: bool) -> None:
+        """SIGKILL one worker and start its replacement."""
         assert victim.process is not None
         victim.process.kill()
         victim.process.wait()
-        self.kills["worker busy" if victim in busy else "worker idle"] += 1
+        self.kills["worker busy" if busy else "worker idle"] += 1
         self.workers.remove(victim)
         self.workers.append(self.worker(victim.model).spawn())
 
@@ -194,6 +205,10 @@ def test_the_ledger_bills_every_completed_job_once_whatever_crashes(cluster: Clu
     chance = random.Random(1313)
     submitted: dict[int, tuple[str, str]] = {}  # job id -> (the key that submitted it, model)
     clients = {key: cluster.gateway.client(key) for key in KEYS}
+    # One slow job first, for the first kill to land mid-run for sure: the others take a
+    # fraction of a second, and a worker seen busy with one may be done before the kill.
+    slow = submit(clients[KEYS[0]], SLOW)
+    submitted[slow] = (KEYS[0], SLOW["model"])
     for _ in range(20):
         key = chance.choice(KEYS)
         body = {
@@ -213,8 +228,16 @@ def test_the_ledger_bills_every_completed_job_once_whatever_crashes(cluster: Clu
     everything = [*submitted, *failing]
 
     cluster.exporter = cluster.start_exporter()
-    # The first kill takes a worker that is running a job, so that job surely runs again.
-    wait_until("a busy worker", lambda: any(_busy(w) for w in cluster.workers), 60)
+
+    def slow_mid_run() -> bool:
+        task = clients[KEYS[0]].get(f"/images/tasks/{slow}").json()
+        return task["status"] == "in_progress" and 0 < task["progress"] < 80
+
+    # The first kill takes the slow job's worker between its first step and its last (with
+    # any other busy worker of its model): that job surely runs again.
+    wait_until("the slow job mid-run", slow_mid_run, 120)
+    for worker in [w for w in cluster.workers if w.model == SLOW["model"] and _busy(w)]:
+        cluster.kill_worker(worker, busy=True)
     deadline = time.monotonic() + 240
     while True:
         states = _jobs(cluster, everything)
@@ -227,7 +250,7 @@ def test_the_ledger_bills_every_completed_job_once_whatever_crashes(cluster: Clu
             cluster.chaos(chance)
         time.sleep(chance.uniform(0.5, 2.0))
     assert cluster.kills["worker busy"] >= 1 and cluster.kills["exporter"] >= 1, cluster.kills
-    assert any(attempts >= 2 for _, attempts in states.values()), "some job ran again"
+    assert states[slow][1] >= 2, "the slow job was killed mid-run and ran again"
 
     # The exporter settles: a last run delivers whatever the killed ones left.
     stop_process(cluster.exporter, signal.SIGKILL)

@@ -258,6 +258,14 @@ async def test_one_bad_job_fails_alone(
     assert counter.calls == [1, 1]
 
 
+async def _in_flight(
+    store: SQLiteJobStore, counter: CountingPipeline, jobs: list[Job]
+) -> list[Job]:
+    """The jobs as the store has them once the pipeline's held call has started."""
+    await asyncio.to_thread(counter.started.wait, 30)
+    return [await store.get(job.id) for job in jobs]
+
+
 async def test_a_crashed_batch_returns_every_job_and_bills_each_once(
     store: SQLiteJobStore,
     files: FileStore,
@@ -269,8 +277,7 @@ async def test_a_crashed_batch_returns_every_job_and_bills_each_once(
     counter.hold.clear()
     crashed = _worker(store, files, loaded, "crashed", BatchOptions(max_size=4))
     doomed = asyncio.create_task(crashed.run(asyncio.Event()))
-    await asyncio.to_thread(counter.started.wait, 30)
-    leased = [await store.get(job.id) for job in jobs]
+    leased = await _in_flight(store, counter, jobs)
     assert {(job.status, job.worker_id) for job in leased} == {(JobStatus.IN_PROGRESS, "crashed")}
     # The worker dies with the batch in flight: nothing renews its leases any more.
     doomed.cancel()
@@ -284,3 +291,33 @@ async def test_a_crashed_batch_returns_every_job_and_bills_each_once(
         (JobStatus.COMPLETED, "survivor", 2)
     ] * 3
     assert sorted(r.job_id for r in (await store.usage()).records) == [job.id for job in jobs]
+
+
+async def test_a_job_cancelled_mid_batch_is_not_billed_and_the_others_are(
+    store: SQLiteJobStore,
+    files: FileStore,
+    counting: tuple[LoadedPipeline, CountingPipeline],
+    tmp_path: Path,
+) -> None:
+    loaded, counter = counting
+    jobs = [await store.submit(MODEL, "k", job_params(seed=n)) for n in range(3)]
+    counter.hold.clear()
+    async with working(_worker(store, files, loaded, "w", BatchOptions(max_size=4))):
+        running = await _in_flight(store, counter, jobs)
+        assert {job.status for job in running} == {JobStatus.IN_PROGRESS}
+        await store.cancel(jobs[1].id, "cancelled by its client")
+        counter.hold.set()  # the call goes on: two of its jobs are still held
+        done = await _finished(store, jobs)
+    assert counter.calls == [3], "one call, never run again"
+    assert [job.status for job in done] == [
+        JobStatus.COMPLETED,
+        JobStatus.CANCELLED,
+        JobStatus.COMPLETED,
+    ]
+    assert done[1].result is None
+    records = (await store.usage()).records
+    assert sorted(r.job_id for r in records) == [jobs[0].id, jobs[2].id]
+    # Nothing of the cancelled job stays behind in storage: no result names its files, so
+    # the retention sweep could never find them.
+    stored = {path.parent.name for path in (tmp_path / "files" / "results").rglob("*.png")}
+    assert stored == {str(jobs[0].id), str(jobs[2].id)}
