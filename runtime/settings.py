@@ -277,7 +277,7 @@ class WorkerSettings(_Settings):
 
     model: str = Field(min_length=1)
     weights: Path
-    queue: str
+    queue: QueueUrl
     # The queue within it (the ImageModel's namespace/name, as the operator renders it);
     # empty: the model's public name, as a gateway keys a model no namespaced resource
     # declares.

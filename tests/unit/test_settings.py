@@ -73,25 +73,44 @@ def test_worker_settings_read_what_the_operator_renders(monkeypatch: pytest.Monk
     assert settings.worker_id == "flux-7d9f-abcde"
 
 
+_WORKER = ["worker", "--model", "demo", "--weights", "/weights"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (
-            ["--queue", "sqlite:///tmp/jobs.db", "--storage", "file:///s"],
+            ["gateway", "--queue", "sqlite:///tmp/jobs.db", "--storage", "file:///s"],
             "--queue (TESSERA_QUEUE): Value error, the gateway's queue is Redis",
         ),
-        (["--storage", "file:///s"], "--queue (TESSERA_QUEUE): Field required"),
+        (["gateway", "--storage", "file:///s"], "--queue (TESSERA_QUEUE): Field required"),
         (
-            ["--queue", "redis://127.0.0.1:9/0", "--storage", "file:///s", "--models", "x.yaml"],
+            [
+                "gateway",
+                "--queue",
+                "redis://127.0.0.1:9/0",
+                "--storage",
+                "file:///s",
+                "--models",
+                "x.yaml",
+            ],
             "the gateway needs a URL-signing secret shared by every replica",
+        ),
+        (
+            [*_WORKER, "--queue", "/etc/passwd"],
+            "--queue (TESSERA_QUEUE): Value error, unsupported queue URL '/etc/passwd'",
+        ),
+        (
+            [*_WORKER, "--queue", "sqlite://jobs.db"],
+            "--queue (TESSERA_QUEUE): Value error, a sqlite queue URL needs an absolute path",
         ),
     ],
 )
-def test_a_gateway_that_cannot_start_says_why_and_exits_2(
+def test_a_command_that_cannot_start_says_why_and_exits_2(
     arguments: list[str], message: str, tmp_path: Path
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tessera.runtime.cli", "gateway", *arguments],
+        [sys.executable, "-m", "tessera.runtime.cli", *arguments],
         capture_output=True,
         text=True,
         cwd=tmp_path,
