@@ -351,26 +351,40 @@ class SQLiteJobStore:
                 )
         self._webhooks_due_now(connection, given_up)
 
-    def _abort_late(self, connection: sqlite3.Connection, now: float, queues: Sequence[str]) -> int:
-        """Cancel the queued jobs whose Cancel-After deadline passed before they started."""
-        placeholders = ",".join("?" * len(queues))
-        cancelled = [
+    @classmethod
+    def _end_queued(
+        cls,
+        connection: sqlite3.Connection,
+        status: JobStatus,
+        reason: str,
+        now: float,
+        where: str,
+        arguments: Sequence[object],
+    ) -> int:
+        """End the queued jobs that also match ``where`` with ``status``, in this
+        transaction, and make their webhooks due; how many ended."""
+        ended = [
             row["id"]
             for row in connection.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?"  # noqa: S608
-                f" WHERE status = ? AND queue IN ({placeholders}) AND start_by <= ? RETURNING id",
-                (
-                    JobStatus.CANCELLED.value,
-                    now,
-                    DEADLINE_REASON,
-                    JobStatus.QUEUED.value,
-                    *queues,
-                    now,
-                ),
+                f" WHERE status = ? AND {where} RETURNING id",
+                (status.value, now, reason, JobStatus.QUEUED.value, *arguments),
             )
         ]
-        self._webhooks_due_now(connection, cancelled)
-        return len(cancelled)
+        cls._webhooks_due_now(connection, ended)
+        return len(ended)
+
+    def _abort_late(self, connection: sqlite3.Connection, now: float, queues: Sequence[str]) -> int:
+        """Cancel the queued jobs whose Cancel-After deadline passed before they started."""
+        placeholders = ",".join("?" * len(queues))
+        return self._end_queued(
+            connection,
+            JobStatus.CANCELLED,
+            DEADLINE_REASON,
+            now,
+            f"queue IN ({placeholders}) AND start_by <= ?",
+            (*queues, now),
+        )
 
     def _replay(
         self, connection: sqlite3.Connection, key_id: str, idempotency: Idempotency
@@ -676,23 +690,14 @@ class SQLiteJobStore:
         def fail_waiting(connection: sqlite3.Connection) -> int:
             now = time.time()
             self._reclaim_expired(connection, now)
-            failed = [
-                row["id"]
-                for row in connection.execute(
-                    "UPDATE jobs SET status = ?, finished_at = ?, error = ?"
-                    " WHERE status = ? AND queue = ? AND created_at <= ? RETURNING id",
-                    (
-                        JobStatus.FAILED.value,
-                        now,
-                        reason,
-                        JobStatus.QUEUED.value,
-                        model,
-                        now - queued_for,
-                    ),
-                )
-            ]
-            self._webhooks_due_now(connection, failed)
-            return len(failed)
+            return self._end_queued(
+                connection,
+                JobStatus.FAILED,
+                reason,
+                now,
+                "queue = ? AND created_at <= ?",
+                (model, now - queued_for),
+            )
 
         return await self._run(fail_waiting, notify=True)
 
