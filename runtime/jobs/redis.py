@@ -1168,13 +1168,16 @@ class RedisJobStore:
         return LedgerCursor.encode({model: before for model in await self._models()})
 
     async def saved_cursor(self, name: str) -> str:
-        saved = await self._call(self._redis.get(f"{self.prefix}:usage-cursor:{name}"))
+        saved = await self._call(self._redis.get(self._cursor_key(name)))
         return "" if saved is None else str(saved)
+
+    def _cursor_key(self, name: str) -> str:
+        return f"{self.prefix}:usage-cursor:{name}"
 
     async def save_cursor(self, name: str, cursor: str) -> None:
         LedgerCursor.decode(cursor)
         async with self._redis.pipeline(transaction=False) as pipeline:
-            pipeline.set(f"{self.prefix}:usage-cursor:{name}", cursor)
+            pipeline.set(self._cursor_key(name), cursor)
             pipeline.sadd(f"{self.prefix}:usage-cursors", name)
             await self._call(pipeline.execute())
 
@@ -1182,7 +1185,13 @@ class RedisJobStore:
         names = sorted(await self._call(self._redis.smembers(f"{self.prefix}:usage-cursors")))
         if not names:
             return ""
-        saved = [LedgerCursor.decode(await self.saved_cursor(name)) for name in names]
+        # One round trip for all of them, a GET each (the keys share no hash slot); a name
+        # whose cursor is gone reads from the start.
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for name in names:
+                pipeline.get(self._cursor_key(name))
+            texts = await self._call(pipeline.execute())
+        saved = [LedgerCursor.decode("" if text is None else str(text)) for text in texts]
         models = {model for positions in saved for model in positions}
         # A model a cursor does not name is read from its start by it: nothing delivered.
         return LedgerCursor.encode(
