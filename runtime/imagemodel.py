@@ -14,6 +14,7 @@ operator turns that into a ``kopf.PermanentError``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -229,7 +230,7 @@ class ImageModelSpec(_Spec):
             raise ValueError(
                 f"pricePerPatch must be a decimal string such as '0.00000079', not {value!r}"
             )
-        return value
+        return Decimal(str(value))
 
     @model_validator(mode="after")
     def _spread_over_gpus(self) -> Self:
@@ -327,9 +328,14 @@ def describe(error: ValidationError) -> str:
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ImageModelSpec:
-    """Validate a ``spec`` mapping (camelCase, as stored) or raise ``InvalidImageModel``."""
+    """Validate a ``spec`` mapping (camelCase, as stored) or raise ``InvalidImageModel``.
+
+    Strictly, as JSON: the API server refuses ``count: "2"`` for an integer, so a models file
+    read without a cluster must refuse it too, rather than coerce it and serve what
+    ``kubectl apply`` would not.
+    """
     try:
-        return ImageModelSpec.model_validate(dict(spec))
+        return ImageModelSpec.model_validate_json(json.dumps(dict(spec), default=str), strict=True)
     except ValidationError as error:
         raise InvalidImageModel(describe(error)) from None
 

@@ -12,7 +12,7 @@ import re
 import secrets
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from tessera.runtime.errors import InvalidParameter, ModalityIncompatible
@@ -126,6 +126,13 @@ GLOBAL_STEPS = IntRange(min=1, max=50, default=28)
 GLOBAL_GUIDANCE = FloatRange(min=1.0, max=20.0, default=4.5)
 
 
+_RANGES: dict[str, IntRange | FloatRange] = {
+    "num_images": GLOBAL_NUM_IMAGES,
+    "num_inference_steps": GLOBAL_STEPS,
+    "guidance_scale": GLOBAL_GUIDANCE,
+}
+
+
 class ParameterLimits(_Limits):
     """What one model accepts: the API's rules, optionally narrowed, with its own defaults."""
 
@@ -144,6 +151,15 @@ class ParameterLimits(_Limits):
     # Sent when a request gives none: Qwen-Image runs true CFG only with a negative prompt,
     # and its model card passes " ".
     default_negative_prompt: str | None = Field(default=None, max_length=10_000)
+
+    @field_validator("num_images", "num_inference_steps", "guidance_scale", mode="before")
+    @classmethod
+    def _fill_partial_range(cls, given: Any, info: ValidationInfo) -> Any:
+        # The CRD defaults each end of a range on its own, so `{default: 5}` means the API's
+        # min and max: a models file read without a cluster means what the server stores.
+        if not isinstance(given, dict) or info.field_name is None:
+            return given
+        return {**_RANGES[info.field_name].model_dump(by_alias=True), **given}
 
     @model_validator(mode="after")
     def _narrower_than_the_api(self) -> Self:

@@ -9,6 +9,7 @@ so defaulting, the schema and the CEL rules all apply).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 
 from tessera.operator import render
 from tessera.runtime.cli import build_parser
-from tessera.runtime.imagemodel import ImageModel, parse
+from tessera.runtime.imagemodel import ImageModel, InvalidImageModel, load_documents, parse
 from tessera.runtime.settings import WorkerSettings, settings_from
 from tests.cluster.harness import Cluster
 from tests.operator.process import install_crds
@@ -118,3 +119,82 @@ def test_examples_pass_the_api_servers_validation(
     # What the API server stored, its defaults filled in, means what the file means here.
     local = {example(path).name: example(path).spec for path in EXAMPLES}
     assert {body["metadata"]["name"]: parse(body).spec for body in accepted} == local
+
+
+# Values of the wrong JSON type, each where the CRD says another: the API server refuses
+# every one, and a models file read without a cluster must not quietly coerce them.
+WRONG_TYPES = [
+    ({"gpu": {"count": "2"}}, "spec.gpu.count"),
+    ({"queue": {"timeoutSeconds": 1.5}}, "spec.queue.timeoutSeconds"),
+    ({"replicas": True}, "spec.replicas"),
+    (
+        {"parameters": {"numInferenceSteps": {"default": "4"}}},
+        "spec.parameters.numInferenceSteps.default",
+    ),
+    ({"pricePerPatch": 0.0001}, "spec.pricePerPatch"),
+]
+
+
+def _with(change: dict[str, Any]) -> dict[str, Any]:
+    body = document(EXAMPLES_BY_NAME["demo-cpu.yaml"])
+    body["spec"] = {**body["spec"], **change}
+    return body
+
+
+EXAMPLES_BY_NAME = {path.name: path for path in EXAMPLES}
+
+
+@pytest.mark.parametrize(("change", "field"), WRONG_TYPES)
+def test_a_models_file_refuses_what_the_api_server_refuses(
+    change: dict[str, Any], field: str, tmp_path: Path
+) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump(_with(change)))
+    with pytest.raises(InvalidImageModel, match=re.escape(field)):
+        load_documents(models)
+
+
+# A range given in part (its other ends are the CRD's defaults), with an integer where the
+# CRD says number (JSON has one number type): both mean what the API server stores.
+PARTIAL = {
+    "parameters": {"guidanceScale": {"default": 5}, "numInferenceSteps": {"min": 2, "default": 10}}
+}
+
+
+def test_a_partial_range_takes_the_apis_other_ends(tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump(_with(PARTIAL)))
+    (model,) = load_documents(models)
+    limits = model.spec.parameters
+    assert (limits.guidance_scale.min, limits.guidance_scale.max) == (1.0, 20.0)
+    assert limits.guidance_scale.default == 5.0
+    assert (limits.num_inference_steps.min, limits.num_inference_steps.max) == (2, 50)
+
+
+def test_the_api_server_stores_a_partial_range_as_a_file_means_it(
+    kube_cluster: Cluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    install_crds(kube_cluster)
+    body = _with(PARTIAL)
+    result = kube_cluster.kubectl(
+        "apply", "--dry-run=server", "-n", kube_namespace, "-o", "json", "-f", "-",
+        input=json.dumps(body),
+    )  # fmt: skip
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump(body))
+    (local,) = load_documents(models)
+    assert parse(json.loads(result.stdout)).spec == local.spec
+
+
+def test_the_api_server_refuses_the_same_wrong_types(
+    kube_cluster: Cluster, kube_namespace: str
+) -> None:
+    install_crds(kube_cluster)
+    for change, field in WRONG_TYPES:
+        result = kube_cluster.kubectl(
+            "apply", "--dry-run=server", "-n", kube_namespace, "-f", "-",
+            input=json.dumps(_with(change)),
+            check=False,
+        )  # fmt: skip
+        assert result.returncode != 0, (change, result.stdout)
+        assert field in result.stderr, (field, result.stderr)
