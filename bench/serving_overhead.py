@@ -27,6 +27,7 @@ Usage: .venv/bin/python bench/serving_overhead.py [--jobs 50] [--steps 4] [--bas
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import multiprocessing
@@ -42,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import fpng
 import httpx
 import imagecodecs
@@ -156,7 +158,7 @@ class ServedJob:
     downloaded: float  # the client has the image
     call: float | None
     encoding: float | None
-    client_cpu: float  # the client's own CPU seconds in all that (httpx building, parsing)
+    client_cpu: float  # the client's own CPU seconds in all that (building, parsing)
 
     @property
     def total(self) -> float:
@@ -217,10 +219,22 @@ class PipelineClock:
         return grown.get("call"), grown.get("encode")
 
 
-def one_served_job(
-    client: httpx.Client, body: dict[str, Any], clock: PipelineClock | None = None
-) -> ServedJob:
-    """Submit, long-poll until complete, download: the reference client's whole path.
+@dataclass
+class ClientPath:
+    """One job's path as its client saw it: the moments, the client's own CPU seconds and
+    the completed task."""
+
+    sent: float
+    accepted: float
+    answered: float
+    downloaded: float
+    cpu: float
+    task: dict[str, Any]
+
+
+def httpx_path(client: httpx.Client, body: dict[str, Any]) -> ClientPath:
+    """Submit, long-poll until complete, download, by httpx: what Hyperstack's clients
+    (``requests``, httpx) do, and what they pay for it in CPU.
 
     The download reuses the client's connection pool, as a real client would: a fresh
     ``httpx.get`` builds a TLS context first, about 50 ms of the client's own time.
@@ -235,13 +249,89 @@ def one_served_job(
     answered = time.time()
     assert task["status"] == "completed", task
     client.get(task["result"]["data"][0]["url"]).raise_for_status()
-    downloaded, cpu = time.time(), time.thread_time() - cpu
+    downloaded = time.time()
+    return ClientPath(sent, accepted, answered, downloaded, time.thread_time() - cpu, task)
+
+
+async def aiohttp_path(
+    session: aiohttp.ClientSession, api_url: str, body: dict[str, Any]
+) -> ClientPath:
+    """The same path by aiohttp (its HTTP parser in C): half of httpx's CPU per job here
+    (docs/benchmarks.md), so the figures measure the server more than the client."""
+    cpu, sent = time.thread_time(), time.time()
+    async with session.post(f"{api_url}/images/generations", json=body) as response:
+        job_id = (await response.json())["job_id"]
+    accepted = time.time()
+    while True:
+        async with session.get(f"{api_url}/images/tasks/{job_id}?wait=30") as response:
+            task = await response.json()
+        if task["status"] in ("completed", "failed"):
+            break
+    answered = time.time()
+    assert task["status"] == "completed", task
+    async with session.get(task["result"]["data"][0]["url"]) as response:
+        response.raise_for_status()
+        await response.read()
+    downloaded = time.time()
+    return ClientPath(sent, accepted, answered, downloaded, time.thread_time() - cpu, task)
+
+
+class BenchClient:
+    """One keep-alive connection pool to one server, by ``kind``: aiohttp or httpx."""
+
+    KINDS = ("aiohttp", "httpx")
+
+    def __init__(self, server: ServerProcess, kind: str):
+        self.kind = kind
+        self.api_url = server.api_url
+        self._httpx = server.client() if kind == "httpx" else None
+        self._runner = asyncio.Runner() if kind == "aiohttp" else None
+        self._session: aiohttp.ClientSession | None = None
+        if self._runner is not None:
+            self._session = self._runner.run(self._open(server.api_key))
+
+    @staticmethod
+    async def _open(api_key: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            headers={"api_key": api_key}, connector=aiohttp.TCPConnector(limit=1)
+        )
+
+    def path(self, body: dict[str, Any]) -> ClientPath:
+        if self._httpx is not None:
+            return httpx_path(self._httpx, body)
+        assert self._runner is not None
+        assert self._session is not None
+        return self._runner.run(aiohttp_path(self._session, self.api_url, body))
+
+    def close(self) -> None:
+        if self._httpx is not None:
+            self._httpx.close()
+        if self._runner is not None:
+            assert self._session is not None
+            self._runner.run(self._session.close())
+            self._runner.close()
+
+
+def one_served_job(
+    client: BenchClient, body: dict[str, Any], clock: PipelineClock | None = None
+) -> ServedJob:
+    """Submit, long-poll until complete, download: the reference client's whole path."""
+    path = client.path(body)
     call, encoding = (None, None) if clock is None else clock.since_last()
     created, started, finished = (
-        _seconds(task[name]) for name in ("created_at", "started_at", "finished_at")
+        _seconds(path.task[name]) for name in ("created_at", "started_at", "finished_at")
     )
     return ServedJob(
-        sent, accepted, created, started, finished, answered, downloaded, call, encoding, cpu
+        path.sent,
+        path.accepted,
+        created,
+        started,
+        finished,
+        path.answered,
+        path.downloaded,
+        call,
+        encoding,
+        path.cpu,
     )
 
 
@@ -265,7 +355,11 @@ def _direct_call(steps: int, seed: int) -> tuple[float, float]:
 
 
 def paired_runs(
-    direct: ProcessPoolExecutor, servers: dict[str, ServerProcess], jobs: int, steps: int
+    direct: ProcessPoolExecutor,
+    servers: dict[str, ServerProcess],
+    jobs: int,
+    steps: int,
+    client_kind: str,
 ) -> tuple[list[float], list[float], dict[str, list[ServedJob]]]:
     """Direct call, encode and a job on each server, interleaved (the servers' order turning
     round), so all see the same machine noise."""
@@ -279,7 +373,10 @@ def paired_runs(
     encodes: list[float] = []
     served: dict[str, list[ServedJob]] = {label: [] for label in servers}
     with contextlib.ExitStack() as stack:
-        clients = {label: stack.enter_context(server.client()) for label, server in servers.items()}
+        clients = {}
+        for label, server in servers.items():
+            clients[label] = BenchClient(server, client_kind)
+            stack.callback(clients[label].close)
         for client in clients.values():
             one_served_job(client, {**body, "seed": 0})  # warm-up, every side
         direct.submit(_direct_call, steps, 0).result()
@@ -372,7 +469,7 @@ def report(calls: list[float], encodes: list[float], served: dict[str, list[Serv
         columns["(beside it: POST until the client has the job_id)"] = [
             job.accepted - job.sent for job in jobs
         ]
-        columns["(in the steps: the client's own CPU, httpx)"] = [job.client_cpu for job in jobs]
+        columns["(in the steps: the client's own CPU)"] = [job.client_cpu for job in jobs]
         columns["(the share less that CPU: the server's, at least)"] = [
             None if share is None else share - job.client_cpu
             for job in jobs
@@ -410,6 +507,13 @@ def main() -> None:
         help="another checkout's interpreter (/work/main/.venv/bin/python): its server runs"
         " the same jobs, interleaved, in a column of its own",
     )
+    parser.add_argument(
+        "--client",
+        choices=BenchClient.KINDS,
+        default="aiohttp",
+        help="the jobs' HTTP client: aiohttp (C parser, the server's figures) or httpx"
+        " (what Hyperstack's Python clients pay; about twice aiohttp's CPU per job)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as scratch:
@@ -440,14 +544,22 @@ def main() -> None:
             initargs=(str(data / "models" / "tessera-demo"),),
         )
         try:
-            calls, encodes, served = paired_runs(direct, servers, args.jobs, args.steps)
-            print(f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline, interleaved")
+            calls, encodes, served = paired_runs(
+                direct, servers, args.jobs, args.steps, args.client
+            )
+            print(
+                f"jobs: {args.jobs} x 512x512, {args.steps} steps, demo pipeline, interleaved;"
+                f" client: {args.client}"
+            )
             report(calls, encodes, served)  # printed now: the busy phase below is long
             busy = poll_latency(server, args.poll_seconds, 20)
-            with server.client() as client:  # the backlog must drain first
+            last = BenchClient(server, args.client)  # the backlog must drain first
+            try:
                 one_served_job(
-                    client, {"model": "tessera-demo", "prompt": "last", "image_size": "square"}
+                    last, {"model": "tessera-demo", "prompt": "last", "image_size": "square"}
                 )
+            finally:
+                last.close()
             quiet = {gap: idle_latency(server, 1, gap) for gap in (0.0, 0.05)}
             durable = fsync_ms(data)
         finally:
