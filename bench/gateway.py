@@ -16,9 +16,14 @@ Against a real redis-server (AOF, appendfsync always, as the chart runs it) and 
    p50/p99, while other long-polls wait on jobs that do not change.
 
 The load generator shares the machine with everything it measures: on a small machine its
-own CPU is part of the limit, for both phases alike.
+own CPU is part of the limit, for both phases alike. By default it writes pre-encoded
+requests on raw keep-alive HTTP/1.1 connections and reads each response by its
+Content-Length (as wrk-style tools do), checking every answer is a 200 with a job id;
+``--client aiohttp`` or ``--client httpx`` measure through a full HTTP client instead. It
+prints which one ran.
 
 Usage: .venv/bin/python bench/gateway.py [--jobs 5000] [--clients 64] [--polls 200]
+                                         [--client raw|aiohttp|httpx]
 """
 
 from __future__ import annotations
@@ -114,15 +119,107 @@ class CpuAccount:
         )
 
 
+class RawConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends a pre-encoded request and reads one
+    response with a Content-Length at a time: the load generator a server is measured with
+    (wrk-style), a fraction of a full client's CPU per request. Each response is still
+    checked by its caller."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> RawConnection:
+        _, connection = await asyncio.get_running_loop().create_connection(cls, host, port)
+        return connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = bytes(self._buffer[:head_end]).decode("latin-1").lower()
+        _, found, rest = head.partition("\r\ncontent-length:")
+        if not found:
+            self._fail(RuntimeError(f"a response without Content-Length: {head[:200]!r}"))
+            return
+        end = head_end + 4 + int(rest.partition("\r\n")[0])
+        if len(self._buffer) < end:
+            return
+        status, body = int(head[9:12]), bytes(self._buffer[head_end + 4 : end])
+        del self._buffer[:end]
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"the gateway closed the connection: {exc}"))
+
+    def _fail(self, error: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(error)
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        """Status and body of the answer to ``data``, one whole request."""
+        assert self._transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._transport.write(data)
+        return await self._waiter
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def raw_request(host: str, port: int, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    """A POST as a client sends it, encoded once."""
+    lines = [f"POST {path} HTTP/1.1", f"host: {host}:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def accepted_job_id(status: int, body: bytes) -> int:
+    """The job id of a 200 answer to a submission; anything else is an error."""
+    if status != 200:
+        raise RuntimeError(f"the gateway answered {status}: {body[:200]!r}")
+    return int(json.loads(body)["job_id"])
+
+
 async def through_gateways(
     gateways: list[ServerProcess], jobs: int, clients: int, client: str
 ) -> tuple[float, list[float]]:
-    """Half the submissions to each gateway, from keep-alive connection pools of
-    ``clients`` connections, by aiohttp (the default) or httpx."""
+    """Half the submissions to each gateway, from ``clients`` concurrent keep-alive
+    connections: raw HTTP/1.1 (the default), aiohttp or httpx. Every answer must be a 200
+    with a job id."""
     urls = [f"{g.api_url}/images/generations" for g in gateways]
     headers = {"api_key": KEYS[0], "content-type": "application/json"}
     async with contextlib.AsyncExitStack() as stack:
-        if client == "aiohttp":
+        if client == "raw":
+            targets = [httpx.URL(url) for url in urls]
+            requests = [
+                raw_request(str(t.host), t.port or 80, t.path, headers, BODY_BYTES) for t in targets
+            ]
+            idle: list[list[RawConnection]] = [[] for _ in targets]
+
+            async def submit(index: int) -> None:
+                which = index % len(targets)
+                free = idle[which]
+                if free:
+                    connection = free.pop()
+                else:
+                    target = targets[which]
+                    connection = await RawConnection.open(str(target.host), target.port or 80)
+                    stack.callback(connection.close)
+                accepted_job_id(*await connection.request(requests[which]))
+                free.append(connection)
+
+        elif client == "aiohttp":
             connector = aiohttp.TCPConnector(limit=clients)
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(connector=connector, headers=headers)
@@ -130,8 +227,7 @@ async def through_gateways(
 
             async def submit(index: int) -> None:
                 async with session.post(urls[index % len(urls)], data=BODY_BYTES) as response:
-                    response.raise_for_status()
-                    await response.read()
+                    accepted_job_id(response.status, await response.read())
 
         else:
             limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -141,7 +237,7 @@ async def through_gateways(
 
             async def submit(index: int) -> None:
                 response = await pool.post(urls[index % len(urls)], content=BODY_BYTES)
-                response.raise_for_status()
+                accepted_job_id(response.status_code, response.content)
 
         await timed_load(min(WARM_UP, jobs), clients, submit)  # warm-up: connections, caches
         return await timed_load(jobs, clients, submit)
@@ -216,9 +312,11 @@ def main() -> None:
     parser.add_argument("--polls", type=int, default=200)
     parser.add_argument(
         "--client",
-        choices=["aiohttp", "httpx"],
-        default="aiohttp",
-        help="the HTTP load generator (httpx costs several times aiohttp's CPU per request)",
+        choices=["raw", "aiohttp", "httpx"],
+        default="raw",
+        help="the HTTP load generator: raw keep-alive HTTP/1.1 connections sending a"
+        " pre-encoded request (the cheapest), aiohttp, or httpx (several times aiohttp's"
+        " CPU per request)",
     )
     args = parser.parse_args()
 
@@ -236,6 +334,7 @@ def main() -> None:
             for gateway in gateways:
                 gateway.wait_ready()
             print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            print(f"load generator: {args.client}")
             # First, while the queue is empty: the bench leases the jobs it submits.
             delays = asyncio.run(completion_seen(redis.url, gateways[0], args.polls))
             assert redis.process is not None
