@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from tessera.runtime.jobs.redis import MAX_CONNECTIONS, RedisJobStore
+import pytest
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
+
+from tessera.runtime.jobs.redis import MAX_CONNECTIONS, RedisJobStore, _PackedConnection
 from tests.store.test_store_conformance import PARAMS
 from tests.support.params import job_params
 from tests.support.redis_server import RedisServer
@@ -59,6 +63,24 @@ async def test_a_submission_is_two_round_trips_and_survives_a_lost_script(
     assert calls["cmdstat_incrby"] == 1 and "cmdstat_incr" not in calls  # one block of ids
     assert (await redis_store.queue_depth("m")).queued == 2
     assert [first.id, second.id] == [(await redis_store.lease(["m"], "w")).id for _ in "ab"]  # type: ignore[union-attr]
+
+
+def test_commands_packed_in_c_are_the_bytes_redis_py_packs() -> None:
+    """The store's connections pack with hiredis: the same bytes as redis-py's own packer
+    for what the store sends (words, ints, floats, text beyond ASCII, bytes, a two-word
+    command), and the same refusal of what Redis has no encoding for."""
+    commands = [
+        ("EVALSHA", "ab12", 3, "k:{m}:queue", 7, -1, 0.1, 1e20, 2.5, "née ☃", b"\x00\xff"),
+        ("SCRIPT LOAD", "return 1"),
+        ("SET", "tessera:job:1:model", "m"),
+    ]
+    packed, plain = _PackedConnection(), Connection()
+    assert b"".join(packed.pack_commands(commands)) == b"".join(plain.pack_commands(commands))
+    for value in (None, True, ["a"]):
+        with pytest.raises(DataError):
+            packed.pack_command("SET", "k", value)
+        with pytest.raises(DataError):
+            plain.pack_command("SET", "k", value)
 
 
 async def test_more_concurrent_commands_than_connections_wait_their_turn(
