@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import uuid
 
 import httpx
 import numpy as np
 import pytest
 
+from tessera.runtime.control import REPLAYED_HEADER
 from tessera.runtime.params import PRESETS
 from tests.api.helpers import download, generate, image_of
 from tests.support.server import ServerProcess
@@ -151,3 +153,70 @@ def test_negative_prompt_changes_the_image(demo_server: ServerProcess) -> None:
     assert download(plain["result"]["data"][0]["url"]) != download(
         negative["result"]["data"][0]["url"]
     )
+
+
+# FastAPI answers a body sent as "application/json; charset=utf-8" itself; the submission
+# routes answer a plain "application/json" one without it (api/images.py's SubmitRoute).
+GENERAL_JSON = "application/json; charset=utf-8"
+QUICK_JSON = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b'{"model": "tessera-demo", "prompt": "a lighthouse", "image_size": "square"}', {}),
+        (b'{"model": "tessera-demo", "prompt": "a lighthouse"}', {"Prefer": "wait=0"}),
+        (b'{"model": "tessera-demo", "prompt": "a lighthouse"}', {"Cancel-After": "90s"}),
+        (b'{"model": "tessera-demo", "prompt": "a lighthouse"}', {"Cancel-After": "soon"}),
+        (b'{"model": "tessera-demo", "prompt": "a lighthouse"}', {"Prefer": "wait=never"}),
+        (b'{"model": "tessera-demo", "prompt": "x", "num_images": 99}', {}),
+        (b'{"model": "tessera-demo", "prompt": "x", "unknown": 1}', {}),
+        (b'{"model": "no-such-model", "prompt": "x"}', {}),
+        (b'{"model": "tessera-demo", "prompt": 7}', {}),
+        (b'{"model": "tessera-demo", "prompt": "x"', {}),
+        (b'["tessera-demo"]', {}),
+        (b"", {}),
+    ],
+)
+def test_a_submission_answers_alike_either_way(
+    demo_server: ServerProcess, body: bytes, headers: dict[str, str]
+) -> None:
+    """The quick way and FastAPI's give the same status, the same headers and the same body
+    (a new job's id aside), valid or not: the quick way hands every error to FastAPI."""
+
+    def answer(content_type: str) -> tuple[int, dict[str, str], object]:
+        with demo_server.client() as client:
+            response = client.post(
+                "/images/generations",
+                content=body,
+                headers={**headers, "content-type": content_type},
+            )
+        kept = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("date", "content-length")
+        }
+        document = response.json()
+        if response.status_code == 200:
+            assert isinstance(document.pop("job_id"), int)
+        return response.status_code, kept, document
+
+    assert answer(QUICK_JSON) == answer(GENERAL_JSON)
+
+
+def test_a_repeated_idempotency_key_replays_alike_either_way(demo_server: ServerProcess) -> None:
+    body = b'{"model": "tessera-demo", "prompt": "once", "image_size": "square"}'
+    once = str(uuid.uuid4())
+    answers = []
+    with demo_server.client() as client:
+        for content_type in (QUICK_JSON, GENERAL_JSON, QUICK_JSON):
+            response = client.post(
+                "/images/generations",
+                content=body,
+                headers={"content-type": content_type, "Idempotency-Key": once},
+            )
+            assert response.status_code == 200
+            answers.append((response.json(), response.headers.get(REPLAYED_HEADER)))
+    first, *replays = answers
+    assert first[1] is None
+    assert replays == [(first[0], "true")] * 2
