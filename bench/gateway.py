@@ -129,6 +129,7 @@ class RawConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
 
     @classmethod
     async def open(cls, host: str, port: int) -> RawConnection:
@@ -158,6 +159,7 @@ class RawConnection(asyncio.Protocol):
             self._waiter.set_result((status, body))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         self._fail(ConnectionError(f"the gateway closed the connection: {exc}"))
 
     def _fail(self, error: Exception) -> None:
@@ -166,7 +168,8 @@ class RawConnection(asyncio.Protocol):
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
         """Status and body of the answer to ``data``, one whole request."""
-        assert self._transport is not None
+        if self._transport is None or self.closed:
+            raise ConnectionError("the connection is closed")
         self._waiter = asyncio.get_running_loop().create_future()
         self._transport.write(data)
         return await self._waiter
@@ -210,6 +213,9 @@ async def through_gateways(
             async def submit(index: int) -> None:
                 which = index % len(targets)
                 free = idle[which]
+                # A connection idle past the gateway's keep-alive timeout was closed by it.
+                while free and free[-1].closed:
+                    free.pop()
                 if free:
                     connection = free.pop()
                 else:
