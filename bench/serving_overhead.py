@@ -293,7 +293,10 @@ class BenchClient:
     @staticmethod
     async def _open(api_key: str) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
-            headers={"api_key": api_key}, connector=aiohttp.TCPConnector(limit=1)
+            headers={"api_key": api_key},
+            # Under uvicorn's 5 s keep-alive: aiohttp's own 15 s would reuse a connection
+            # the server has closed after a quiet spell, and the next POST fails.
+            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=2),
         )
 
     def path(self, body: dict[str, Any]) -> ClientPath:
