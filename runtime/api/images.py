@@ -169,7 +169,8 @@ class SubmitRoute(KeyFirstRoute):
                 key = authenticate(request)  # before the body, as KeyFirstRoute does
                 try:
                     body = GenerationRequest.model_validate(json.loads(await request.body()))
-                except ValueError:  # JSON or validation errors: FastAPI words the 422
+                # JSON, validation and nesting too deep for the parser: FastAPI words the 4xx.
+                except (ValueError, RecursionError):
                     pass
                 else:
                     controls = SubmitControls(

@@ -131,6 +131,21 @@ def test_a_body_that_is_not_json_says_where_it_breaks(demo_server: ServerProcess
     assert_error(not_an_object, 422, "body")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 200_000, b'{"model": "tessera-demo", "prompt": "x", "seed": ' + b"[" * 200_000],
+    ids=["top-level", "in-a-field"],
+)
+def test_json_nested_too_deep_to_parse_is_a_400(demo_server: ServerProcess, content: bytes) -> None:
+    # Deeper than Python's JSON parser recurses: a client error, never a 500.
+    with demo_server.client() as client:
+        response = client.post(
+            "/images/generations", content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert "parsing the body" in response.json()["message"]
+
+
 def test_this_servers_own_url_with_a_bad_signature(demo_server: ServerProcess) -> None:
     with demo_server.client() as client:
         task = completed_edit(client, image_url=data_url(png_bytes()))
