@@ -165,9 +165,8 @@ class ParameterLimits(_Limits):
     def _narrower_than_the_api(self) -> Self:
         if self.min_side > self.max_side:
             raise ValueError(f"minSide {self.min_side} is larger than maxSide {self.max_side}")
-        _check_range("numImages", self.num_images, GLOBAL_NUM_IMAGES)
-        _check_range("numInferenceSteps", self.num_inference_steps, GLOBAL_STEPS)
-        _check_range("guidanceScale", self.guidance_scale, GLOBAL_GUIDANCE)
+        for name, bound in _RANGES.items():
+            _check_range(to_camel(name), getattr(self, name), bound)
         if self.min_source_images > self.max_source_images:
             raise ValueError(
                 f"minSourceImages {self.min_source_images} is larger than "
