@@ -8,7 +8,11 @@ alone:
   random id beside each hash;
 - a key given in plain text (a file with one key per line, ``#`` starts a comment, or
   ``TESSERA_API_KEYS``) gets ``HMAC-SHA256(server secret, key)``, stable for as long as the
-  server keeps its secret.
+  server keeps its secret;
+- a JSON entry with a hash and no id (what the Helm chart writes from the hashes it is
+  given) gets that same HMAC, computed from the key when it is presented: the hash alone
+  holds too little to make an id that reveals nothing, and the key then has the one id it
+  would have in plain text.
 
 A key may be an admin key, allowed to read everyone's usage (``GET /v1/usage``): in JSON,
 ``"admin": true`` on its entry; in plain text, the word ``admin`` after the key on its line
@@ -53,8 +57,18 @@ def _keyed_id(key: str, secret: bytes) -> str:
 
 
 class KeyRing:
-    def __init__(self, keys_by_digest: dict[str, ApiKey] | None = None):
+    def __init__(
+        self,
+        keys_by_digest: dict[str, ApiKey] | None = None,
+        *,
+        unnamed: dict[str, bool] | None = None,
+        id_secret: bytes = b"",
+    ):
+        """``unnamed``: the hashes of keys with no stored id, each with its admin flag; they
+        are named from the key and ``id_secret`` when presented."""
         self._keys = dict(keys_by_digest or {})
+        self._unnamed = dict(unnamed or {})
+        self._id_secret = id_secret
 
     @classmethod
     def from_keys(
@@ -82,23 +96,34 @@ class KeyRing:
                 key, *role = line.split("#", 1)[0].split() or [""]
                 (admins if role == ["admin"] else plain).append(key)
             return cls.from_keys(plain, id_secret, admins)
+        entries = data["keys"]
         return cls(
             {
                 entry["sha256"]: ApiKey(entry["id"], admin=bool(entry.get("admin", False)))
-                for entry in data["keys"]
-            }
+                for entry in entries
+                if "id" in entry
+            },
+            unnamed={
+                entry["sha256"]: bool(entry.get("admin", False))
+                for entry in entries
+                if "id" not in entry
+            },
+            id_secret=id_secret,
         )
 
     def authenticate(self, presented: str | None) -> ApiKey:
         if not presented:
             raise Unauthorized("missing API key: send it in the 'api_key' header")
-        key = self._keys.get(_digest(presented.strip()))
-        if key is None:
-            raise Unauthorized("invalid API key")
-        return key
+        presented = presented.strip()
+        digest = _digest(presented)
+        if (key := self._keys.get(digest)) is not None:
+            return key
+        if (admin := self._unnamed.get(digest)) is not None:
+            return ApiKey(_keyed_id(presented, self._id_secret), admin=admin)
+        raise Unauthorized("invalid API key")
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._keys) + len(self._unnamed)
 
 
 def new_key() -> str:

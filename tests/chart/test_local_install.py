@@ -35,6 +35,8 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tessera.runtime.config import key_id_secret
+from tessera.runtime.keys import KeyRing
 from tests.cluster.forward import port_forward
 from tests.cluster.harness import (
     STORAGE_CLASS,
@@ -342,7 +344,13 @@ def test_helm_install_with_defaults_serves_the_seed_client_end_to_end(cluster: C
             (generated["job_id"], "tessera-demo", NS, 12),
             (edited["job_id"], "tessera-demo-edit", NS, 12),
         ]
-        key_id = f"key_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        # Named under the release's signing secret, as the gateway names a plain-text key;
+        # never from the key's hash, which the Secret of key hashes holds.
+        signing = base64.b64decode(
+            get(cluster, "-n", NS, "secret", f"{RELEASE}-signing")["data"]["secret"]
+        )
+        key_id = KeyRing.from_keys([key], key_id_secret(signing)).authenticate(key).id
+        assert hashlib.sha256(key.encode()).hexdigest()[:10] not in key_id
         assert {r["key_id"] for r in records} == {key_id}
         for record in records:
             assert Decimal(record["amount"]) == 12 * Decimal(record["price_per_patch"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -218,15 +219,16 @@ def _given_keys(r: Rendered) -> None:
     data = r.get("Secret", f"{FULL}-api-keys")["data"]["keys.json"]
     keys = json.loads(base64.b64decode(data))
     # Keys given are ordinary ones: whoever gives them marks an admin in their own file.
-    assert keys == {"keys": [{"id": "key_" + "ab" * 5, "sha256": "ab" * 32, "admin": False}]}
+    # No ids: the gateway names each key from the key, under its secret.
+    assert keys == {"keys": [{"sha256": "ab" * 32, "admin": False}]}
 
 
 def _given_admin_keys(r: Rendered) -> None:
     assert f"{FULL}-initial-api-key" not in r.names("Secret")
     data = r.get("Secret", f"{FULL}-api-keys")["data"]["keys.json"]
     assert json.loads(base64.b64decode(data))["keys"] == [
-        {"id": "key_" + "ab" * 5, "sha256": "ab" * 32, "admin": False},
-        {"id": "key_" + "cd" * 5, "sha256": "cd" * 32, "admin": True},
+        {"sha256": "ab" * 32, "admin": False},
+        {"sha256": "cd" * 32, "admin": True},
     ]
     assert r.names("Pod") == []  # no plain key for the test hook
 
@@ -671,11 +673,15 @@ def test_generated_key_is_accepted_by_the_gateways_key_file(tmp_path: Path) -> N
     key_file.write_bytes(
         base64.b64decode(rendered.get("Secret", f"{FULL}-api-keys")["data"]["keys.json"])
     )
-    # Key ids come from the key file (stored ids); the secret only names plain-text keys.
     ring = KeyRing.from_file(key_file, id_secret=b"gateway signing secret")
     assert len(ring) == 1
     identity = ring.authenticate(key.decode())
-    assert identity.id.startswith("key_")
+    # Named under the gateway's secret as a plain-text key is, never from the hash alone,
+    # which sits in the Secret and in the values.
+    plain = KeyRing.from_keys([key.decode()], b"gateway signing secret")
+    assert identity.id == plain.authenticate(key.decode()).id
+    digest = hashlib.sha256(key).hexdigest()
+    assert identity.id.startswith("key_") and digest[:10] not in identity.id
     # The installer's key: it may read everyone's usage (GET /v1/usage).
     assert identity.admin is True
     with pytest.raises(Unauthorized):

@@ -53,6 +53,31 @@ def test_plain_keys_get_ids_keyed_by_the_server_secret(tmp_path: Path) -> None:
         KeyRing.from_keys(["tsk_plain"], SECRET).authenticate("tsk_other")
 
 
+def test_a_hash_without_an_id_is_named_from_the_key_it_is_presented_with(
+    tmp_path: Path,
+) -> None:
+    """The chart's key file holds hashes only (from values anyone with the release can
+    read): each key is named as it would be in plain text, never from its hash."""
+    path = tmp_path / "keys.json"
+    entries = [
+        {"sha256": hashlib.sha256(b"tsk_user").hexdigest(), "admin": False},
+        {"sha256": hashlib.sha256(b"tsk_root").hexdigest(), "admin": True},
+        {"id": "key_stored", "sha256": hashlib.sha256(b"tsk_kept").hexdigest()},
+    ]
+    path.write_text(json.dumps({"keys": entries}))
+    ring = KeyRing.from_file(path, SECRET)
+    assert len(ring) == 3
+    plain = KeyRing.from_keys(["tsk_user", "tsk_root"], SECRET)
+    user, root = ring.authenticate("tsk_user"), ring.authenticate(" tsk_root\n")
+    assert user.id == plain.authenticate("tsk_user").id and not user.admin
+    assert root.id == plain.authenticate("tsk_root").id and root.admin
+    assert entries[0]["sha256"][:10] not in user.id
+    assert ring.authenticate("tsk_kept").id == "key_stored"
+    assert KeyRing.from_file(path, b"t" * 32).authenticate("tsk_user").id != user.id
+    with pytest.raises(Unauthorized):
+        ring.authenticate("tsk_other")
+
+
 def test_a_key_is_admin_only_when_its_file_says_so(tmp_path: Path) -> None:
     plain = tmp_path / "keys.txt"
     plain.write_text("tsk_root admin  # may read usage\ntsk_user\n\ntsk_tab\tadmin\n")
