@@ -335,6 +335,13 @@ class UsageExportSettings(_Settings):
         return self
 
 
+class UsageCursorsSettings(_Settings):
+    """``tessera usage cursors``: the saved cursors retention waits for, one forgotten."""
+
+    queue: QueueUrl
+    forget: str | None = Field(default=None, min_length=1, max_length=100)
+
+
 class UsagePushSettings(_Settings):
     """``tessera usage push``: the ledger, as CloudEvents batches, to an HTTP receiver."""
 

@@ -445,6 +445,15 @@ class JobStore(WebhookOutbox, Protocol):
 
     async def save_cursor(self, name: str, cursor: str) -> None: ...
 
+    async def saved_cursors(self) -> dict[str, str]:
+        """Every saved cursor, by name: the exporters retention waits for."""
+        ...
+
+    async def forget_cursor(self, name: str) -> bool:
+        """Drop the cursor saved as ``name`` (an exporter nobody runs any more), so retention
+        stops waiting for it; False when none was saved under that name."""
+        ...
+
     async def delivered_cursor(self) -> str:
         """The position every saved cursor has passed (the oldest of them, model by model),
         or ``""`` when none is saved: what retention may trim through, so no exporter loses

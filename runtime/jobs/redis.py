@@ -1226,24 +1226,43 @@ class RedisJobStore:
     def _cursor_key(self, name: str) -> str:
         return f"{self.prefix}:usage-cursor:{name}"
 
+    @property
+    def _cursor_names(self) -> str:
+        return f"{self.prefix}:usage-cursors"
+
     async def save_cursor(self, name: str, cursor: str) -> None:
         LedgerCursor.decode(cursor)
         async with self._redis.pipeline(transaction=False) as pipeline:
             pipeline.set(self._cursor_key(name), cursor)
-            pipeline.sadd(f"{self.prefix}:usage-cursors", name)
+            pipeline.sadd(self._cursor_names, name)
             await self._call(pipeline.execute())
 
-    async def delivered_cursor(self) -> str:
-        names = sorted(await self._call(self._redis.smembers(f"{self.prefix}:usage-cursors")))
+    async def saved_cursors(self) -> dict[str, str]:
+        names = sorted(await self._call(self._redis.smembers(self._cursor_names)))
         if not names:
-            return ""
+            return {}
         # One round trip for all of them, a GET each (the keys share no hash slot); a name
         # whose cursor is gone reads from the start.
         async with self._redis.pipeline(transaction=False) as pipeline:
             for name in names:
                 pipeline.get(self._cursor_key(name))
             texts = await self._call(pipeline.execute())
-        saved = [LedgerCursor.decode("" if text is None else str(text)) for text in texts]
+        return {
+            name: "" if text is None else str(text) for name, text in zip(names, texts, strict=True)
+        }
+
+    async def forget_cursor(self, name: str) -> bool:
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            pipeline.delete(self._cursor_key(name))
+            pipeline.srem(self._cursor_names, name)
+            deleted, removed = await self._call(pipeline.execute())
+        return bool(deleted or removed)
+
+    async def delivered_cursor(self) -> str:
+        cursors = await self.saved_cursors()
+        if not cursors:
+            return ""
+        saved = [LedgerCursor.decode(text) for text in cursors.values()]
         models = {model for positions in saved for model in positions}
         # A model a cursor does not name is read from its start by it: nothing delivered.
         return LedgerCursor.encode(

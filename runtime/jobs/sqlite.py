@@ -772,6 +772,20 @@ class SQLiteJobStore:
 
         await self._run(write, notify=False)
 
+    async def saved_cursors(self) -> dict[str, str]:
+        def read(connection: sqlite3.Connection) -> dict[str, str]:
+            rows = connection.execute("SELECT name, cursor FROM usage_cursors ORDER BY name")
+            return {str(row["name"]): str(row["cursor"]) for row in rows}
+
+        return await self._run(read, notify=False, write=False)
+
+    async def forget_cursor(self, name: str) -> bool:
+        def delete(connection: sqlite3.Connection) -> bool:
+            deleted = connection.execute("DELETE FROM usage_cursors WHERE name = ?", (name,))
+            return deleted.rowcount > 0
+
+        return await self._run(delete, notify=False)
+
     async def delivered_cursor(self) -> str:
         def read(connection: sqlite3.Connection) -> str:
             (oldest,) = connection.execute(

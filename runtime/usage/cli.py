@@ -1,4 +1,4 @@
-"""``tessera usage export`` and ``tessera usage push``: thin commands over the ledger."""
+"""``tessera usage export``, ``push`` and ``cursors``: thin commands over the ledger."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
-from tessera.runtime.settings import UsageExportSettings, UsagePushSettings, settings_from
+from tessera.runtime.settings import (
+    UsageCursorsSettings,
+    UsageExportSettings,
+    UsagePushSettings,
+    settings_from,
+)
 from tessera.runtime.usage.formats import Format
 
 
@@ -90,8 +95,40 @@ async def _run_push(settings: UsagePushSettings) -> int:
     return 0
 
 
+def _cursors(args: argparse.Namespace) -> int:
+    settings = settings_from(UsageCursorsSettings, args)
+    return asyncio.run(_run_cursors(settings))
+
+
+async def _run_cursors(settings: UsageCursorsSettings) -> int:
+    """List the saved cursors, name and position, after forgetting one if asked: a name
+    nobody exports under any more holds every record after it in the store."""
+    from tessera.runtime.errors import TesseraError
+    from tessera.runtime.jobs import open_store
+
+    store = open_store(settings.queue)
+    try:
+        if settings.forget is not None:
+            if not await store.forget_cursor(settings.forget):
+                saved = ", ".join(await store.saved_cursors()) or "none"
+                print(
+                    f"error: --forget: no cursor is saved as {settings.forget!r} (saved: {saved})",
+                    file=sys.stderr,
+                )
+                return 2
+            print(f"forgot cursor {settings.forget!r}", file=sys.stderr)
+        for name, cursor in (await store.saved_cursors()).items():
+            print(f"{name}\t{cursor}")
+    except TesseraError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2 if error.status_code < 500 else 1
+    finally:
+        await store.close()
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``usage export`` and ``usage push`` to the ``tessera`` command."""
+    """Add ``usage export``, ``push`` and ``cursors`` to the ``tessera`` command."""
     quiet = argparse.SUPPRESS
     usage = commands.add_parser("usage", help="export or push the usage ledger (billing)")
     actions = usage.add_subparsers(dest="usage_command", required=True, metavar="ACTION")
@@ -141,3 +178,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     push.add_argument("--idle-seconds", type=float, help="rest this long when caught up")
     push.add_argument("--once", action="store_true", help="deliver what there is, then exit")
     push.set_defaults(handler=_push)
+
+    cursors = actions.add_parser(
+        "cursors",
+        argument_default=quiet,
+        help="list the saved cursors (retention waits for every one), or forget one",
+    )
+    cursors.add_argument("--queue", help="the job store: redis://HOST:PORT/DB or sqlite:///path")
+    cursors.add_argument(
+        "--forget",
+        metavar="NAME",
+        help="drop the cursor saved as NAME (an export nobody runs any more), then list",
+    )
+    cursors.set_defaults(handler=_cursors)

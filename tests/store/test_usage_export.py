@@ -160,6 +160,38 @@ def test_a_named_export_resumes_by_itself_and_lets_retention_trim(tmp_path: Path
     assert export_named() == []
 
 
+def test_cursors_lists_what_retention_waits_for_and_forgets_one(tmp_path: Path) -> None:
+    """An invoicing export retired by its owner: listed, then forgotten, after which the
+    push exporter's deliveries are trimmed again."""
+    database = tmp_path / "jobs.db"
+
+    def usage(*arguments: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "tessera.runtime.cli", "usage", *arguments]
+        return subprocess.run(
+            [*command, "--queue", f"sqlite://{database}"],
+            capture_output=True,
+            check=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert usage("cursors").stdout == "", "nothing saved"
+    in_sqlite(database, lambda store: complete_many(store, 1))
+    usage("export", "--cursor-name", "invoices-2025")
+    later = in_sqlite(database, lambda store: complete_many(store, 2))
+    usage("export", "--cursor-name", "push", "--retention-seconds", "0")
+    listed = usage("cursors").stdout.splitlines()
+    assert [line.split("\t")[0] for line in listed] == ["invoices-2025", "push"]
+    assert [record.job_id for record in in_sqlite(database, read_all)] == later, (
+        "the old export holds back what it has not read"
+    )
+    forgot = usage("cursors", "--forget", "invoices-2025")
+    assert forgot.stdout.splitlines() == listed[1:]
+    assert "forgot cursor 'invoices-2025'" in forgot.stderr
+    usage("export", "--cursor-name", "push", "--retention-seconds", "0")
+    assert in_sqlite(database, read_all) == []
+
+
 # A flag a user got wrong, and the name the refusal must give: exit 2, never a traceback.
 HOSTILE_FLAGS = [
     (["export", "--queue", "/etc/passwd"], "--queue"),
@@ -180,6 +212,8 @@ HOSTILE_FLAGS = [
     (["push", "--to", "http://x", "--batch-size", "0", "--once"], "--batch-size"),
     (["export", "--cursor-name", ""], "--cursor-name"),
     (["export", "--cursor-name", "x", "--retention-seconds", "-1"], "--retention-seconds"),
+    (["cursors", "--forget", ""], "--forget"),
+    (["cursors", "--forget", "never-saved"], "--forget: no cursor is saved as 'never-saved'"),
 ]
 
 

@@ -161,6 +161,28 @@ async def test_retention_waits_for_every_saved_cursor(store: JobStore) -> None:
     assert await store.trim_usage(await store.delivered_cursor(), keep_seconds=0) == len(later)
 
 
+async def test_a_forgotten_cursor_no_longer_holds_retention(store: JobStore) -> None:
+    """An invoicing export nobody runs any more kept every record after it; forgotten, it
+    lets retention trim what the push exporter delivered."""
+    assert await store.saved_cursors() == {}
+    stale = (await store.usage()).cursor
+    await complete_one(store)
+    await store.save_cursor("invoices-2025", stale)
+    await store.save_cursor("push", (await store.usage()).cursor)
+    assert await store.saved_cursors() == {
+        "invoices-2025": stale,
+        "push": await store.saved_cursor("push"),
+    }
+    await asyncio.sleep(0.01)
+    assert await store.trim_usage(await store.delivered_cursor(), keep_seconds=0) == 0
+    assert await store.forget_cursor("invoices-2025") is True
+    assert await store.forget_cursor("invoices-2025") is False, "gone already"
+    assert await store.forget_cursor("never-saved") is False
+    assert list(await store.saved_cursors()) == ["push"]
+    assert await store.saved_cursor("invoices-2025") == ""
+    assert await store.trim_usage(await store.delivered_cursor(), keep_seconds=0) == 1
+
+
 async def test_trim_removes_only_delivered_records_past_the_window(store: JobStore) -> None:
     await complete_one(store)
     delivered = (await store.usage()).cursor
