@@ -7,6 +7,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tessera.runtime.errors import FileNotFound
@@ -24,6 +25,9 @@ class LocalFileStore:
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
+
+    def blocking_put(self) -> Callable[[str, bytes], None]:
+        return self._put
 
     async def create(self, key: str, data: bytes) -> bool:
         return await asyncio.to_thread(self._put, key, data, exclusive=True)
