@@ -7,10 +7,8 @@ a loop that counts what it hands to threads shows one to the pipeline's thread p
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import logging
-from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +27,7 @@ from tessera.runtime.sources import SourceResolver, prepare_source
 from tessera.runtime.storage import LocalFileStore, UrlSigner
 from tessera.runtime.worker.pipeline import LoadedPipeline, encode
 from tessera.runtime.worker.runner import Worker
+from tests.support.hops import HopCountingLoop
 from tests.support.params import job_params
 
 # Long enough that scheduling noise on a loaded machine stays under it; far shorter than
@@ -126,22 +125,6 @@ def test_a_large_source_is_checked_without_blocking_the_api_loop(tmp_path: Path)
     assert slow_callbacks(store_and_read_back) == []
 
 
-class HopCountingLoop(asyncio.SelectorEventLoop):
-    """An event loop that names each function it hands to a thread (``run_in_executor``,
-    which ``asyncio.to_thread`` uses too): each is a thread hand-off and back."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hops: Counter[str] = Counter()
-
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
-        called = func
-        if isinstance(func, functools.partial):  # asyncio.to_thread: partial(context.run, f)
-            called = func.args[0] if func.func.__name__ == "run" else func.func
-        self.hops[called.__qualname__] += 1
-        return super().run_in_executor(executor, func, *args)
-
-
 @pytest.mark.parametrize("edit", [False, True], ids=["generation", "edit"])
 def test_a_job_hands_its_image_work_to_the_pipeline_thread_once(
     tmp_path: Path, demo_models_dir: Path, edit: bool
@@ -161,7 +144,8 @@ def test_a_job_hands_its_image_work_to_the_pipeline_thread_once(
 
     async def one_job() -> JobResult:
         store = SQLiteJobStore(tmp_path / "jobs.db")
-        await files.put("sources/1.png", source.getvalue())
+        # Written by another process (the gateway's), so the worker reads it from the disk.
+        await LocalFileStore(tmp_path / "files").put("sources/1.png", source.getvalue())
         worker = Worker(store, files, {name: ModelSpec(name=name)}, {name: pipeline}, "w1")
         job = await store.submit(name, "key", params)
         leased = await store.lease([name], "w1")
