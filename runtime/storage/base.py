@@ -59,7 +59,7 @@ class FileStore(Protocol):
         """Store ``data`` whole: a reader sees the old bytes or the new, never a mix."""
         ...
 
-    def blocking_put(self) -> Callable[[str, bytes], None] | None:
+    def blocking_put(self) -> Callable[[str, bytes], object] | None:
         """``put`` for a caller on a thread of its own, which it blocks until the file is
         stored: the worker stores results on the pipeline's thread, in the hand-off that
         encoded them, not in one more hand-off to a thread and back. None where the store

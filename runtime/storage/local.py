@@ -79,7 +79,7 @@ class LocalFileStore:
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
 
-    def blocking_put(self) -> Callable[[str, bytes], None]:
+    def blocking_put(self) -> Callable[[str, bytes], object]:
         return self._put
 
     async def create(self, key: str, data: bytes) -> bool:

@@ -307,8 +307,8 @@ class Worker:
             data, content_type = _timed(job.model, "encode", encode, image, output_format)
             encoded.append(_Encoded(data, content_type, image.width, image.height))
         if self._put_here is not None:
-            for index, image in enumerate(encoded):
-                self._put_here(_result_key(job, index), image.data)
+            for index, done in enumerate(encoded):
+                self._put_here(_result_key(job, index), done.data)
         return encoded
 
     async def _generate_batch(
