@@ -601,7 +601,15 @@ class SQLiteJobStore:
                     job.attempts,
                 ),
             )
-            return self._fetch(connection, job_id)
+            # The job as written, from the one read: no SELECT and parse of it again.
+            return replace(
+                job,
+                status=JobStatus.COMPLETED,
+                progress=100,
+                finished_at=_when(now),
+                result=result,
+                lease_until=None,
+            )
 
         return await self._run(finish, notify=True)
 
@@ -610,12 +618,15 @@ class SQLiteJobStore:
             job, done = self._finishing(connection, job_id, worker_id, JobStatus.FAILED)
             if done:
                 return job
+            now = time.time()
             connection.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, lease_until = NULL"
                 " WHERE id = ?",
-                (JobStatus.FAILED.value, time.time(), error, job_id),
+                (JobStatus.FAILED.value, now, error, job_id),
             )
-            return self._fetch(connection, job_id)
+            return replace(
+                job, status=JobStatus.FAILED, finished_at=_when(now), error=error, lease_until=None
+            )
 
         return await self._run(mark_failed, notify=True)
 

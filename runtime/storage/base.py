@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 from tessera.runtime.errors import FileNotFound, PayloadTooLarge
@@ -56,6 +57,13 @@ class FileStore(Protocol):
 
     async def put(self, key: str, data: bytes) -> None:
         """Store ``data`` whole: a reader sees the old bytes or the new, never a mix."""
+        ...
+
+    def blocking_put(self) -> Callable[[str, bytes], object] | None:
+        """``put`` for a caller on a thread of its own, which it blocks until the file is
+        stored: the worker stores results on the pipeline's thread, in the hand-off that
+        encoded them, not in one more hand-off to a thread and back. None where the store
+        writes only asynchronously (S3): the caller awaits ``put``."""
         ...
 
     async def create(self, key: str, data: bytes) -> bool:

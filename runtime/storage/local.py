@@ -6,11 +6,64 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from tessera.runtime.errors import FileNotFound
 from tessera.runtime.storage.base import check_key, check_size
+
+# What this process wrote in the last few seconds is read back from memory. In ``tessera
+# serve`` the worker writes a result and its client downloads it a moment later: served
+# from here, the download is no hand-off to a thread and back. Bounded in bytes and in
+# age: a result is fetched once, right after its job finished.
+RECENT_SECONDS = 10.0
+RECENT_BYTES = 32 * 2**20
+
+
+class _RecentWrites:
+    """The bytes of the files this store wrote within ``RECENT_SECONDS``, newest last,
+    ``RECENT_BYTES`` at most; any thread may write (the pipeline's stores results)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def remember(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._drop(key)
+            if len(data) <= RECENT_BYTES:
+                self._files[key] = (time.monotonic(), data)
+                self._bytes += len(data)
+            cutoff = time.monotonic() - RECENT_SECONDS
+            while self._files and (
+                self._bytes > RECENT_BYTES or next(iter(self._files.values()))[0] < cutoff
+            ):
+                self._drop(next(iter(self._files)))
+
+    def recall(self, key: str) -> bytes | None:
+        with self._lock:
+            kept = self._files.get(key)
+        if kept is None or kept[0] < time.monotonic() - RECENT_SECONDS:
+            return None
+        return kept[1]
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def forget_under(self, prefix: str) -> None:
+        with self._lock:
+            for key in [key for key in self._files if key.startswith(prefix + "/")]:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        kept = self._files.pop(key, None)
+        if kept is not None:
+            self._bytes -= len(kept[1])
 
 
 class LocalFileStore:
@@ -18,12 +71,16 @@ class LocalFileStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._recent = _RecentWrites()
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
+
+    def blocking_put(self) -> Callable[[str, bytes], object]:
+        return self._put
 
     async def create(self, key: str, data: bytes) -> bool:
         return await asyncio.to_thread(self._put, key, data, exclusive=True)
@@ -37,17 +94,19 @@ class LocalFileStore:
                 file.write(data)
             if not exclusive:
                 os.replace(staging, target)
-                return True
-            # A hard link fails if the target exists, where a rename would replace it.
-            try:
-                os.link(staging, target)
-            except FileExistsError:
-                return False
+            else:
+                # A hard link fails if the target exists, where a rename would replace it.
+                try:
+                    os.link(staging, target)
+                except FileExistsError:
+                    return False
+            self._recent.remember(key, data)
             return True
         finally:
             Path(staging).unlink(missing_ok=True)
 
     async def delete_older_than(self, prefix: str, seconds: float) -> int:
+        self._recent.forget_under(prefix)
         return await asyncio.to_thread(self._delete_older_than, prefix, seconds)
 
     def _delete_older_than(self, prefix: str, seconds: float) -> int:
@@ -62,6 +121,10 @@ class LocalFileStore:
         return deleted
 
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        recent = self._recent.recall(check_key(key))
+        if recent is not None:
+            check_size(len(recent), max_bytes)
+            return recent
         return await asyncio.to_thread(self._get, key, max_bytes)
 
     def _get(self, key: str, max_bytes: int | None) -> bytes:
@@ -73,6 +136,7 @@ class LocalFileStore:
             raise FileNotFound(f"no file named {key!r}") from None
 
     async def delete(self, key: str) -> None:
+        self._recent.forget(key)
         await asyncio.to_thread(self._delete, key)
 
     def _delete(self, key: str) -> None:

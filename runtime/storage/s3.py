@@ -85,6 +85,9 @@ class S3FileStore:
         self.presigned = public_downloads == "presigned"
         self._signed_base: str | None = None
 
+    def blocking_put(self) -> None:
+        return None  # obstore's calls are awaited on the event loop
+
     async def put(self, key: str, data: bytes) -> None:
         await self._put(key, data, "overwrite")
 

@@ -93,6 +93,9 @@ class Worker:
         # One thread for all pipeline work: torch's OpenMP pool belongs to the thread that
         # calls it, and hopping between threads rebuilds the pool and loses warm caches.
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-pipeline")
+        # Where the file store can write from a thread, results are stored by the pipeline's
+        # thread as soon as they are encoded: no hand-off to another thread and back.
+        self._put_here = files.blocking_put()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process jobs until ``stop`` is set; the jobs in flight are finished first."""
@@ -289,11 +292,24 @@ class Worker:
     def _generate_encoded(
         self, job: Job, stored: list[bytes], on_step: Callable[[int, int], None]
     ) -> list[_Encoded]:
-        """On the pipeline's thread: decode, call and encode in one hand-off, not three."""
+        """On the pipeline's thread: decode, call, encode and store in one hand-off."""
         pipeline = self.pipelines[job.model]
         sources = _decode(stored)
         images = _timed(job.model, "call", pipeline.generate, job.params, sources, on_step)
-        return _encode_all(job, images)
+        return self._encode_all(job, images)
+
+    def _encode_all(self, job: Job, images: list[Image.Image]) -> list[_Encoded]:
+        """The job's images in its output format, on the pipeline's thread; stored there
+        too when the file store can write from a thread."""
+        encoded = []
+        output_format = job.params.output_format
+        for image in images:
+            data, content_type = _timed(job.model, "encode", encode, image, output_format)
+            encoded.append(_Encoded(data, content_type, image.width, image.height))
+        if self._put_here is not None:
+            for index, done in enumerate(encoded):
+                self._put_here(_result_key(job, index), done.data)
+        return encoded
 
     async def _generate_batch(
         self, jobs: list[Job], progress: list[_Progress]
@@ -313,17 +329,18 @@ class Worker:
     async def _encode_and_store(self, job: Job, images: list[Image.Image]) -> JobResult:
         """One job's share of a batched call: encoded on the pipeline's thread, then stored."""
         encoded = await asyncio.get_running_loop().run_in_executor(
-            self._compute, _encode_all, job, images
+            self._compute, self._encode_all, job, images
         )
         return await self._store(job, encoded)
 
     async def _store(self, job: Job, encoded: list[_Encoded]) -> JobResult:
-        """Store the job's encoded images; what they cost."""
+        """Store the job's encoded images, unless the pipeline's thread did; what they cost."""
         params = job.params
         stored = []
         for index, image in enumerate(encoded):
-            key = f"results/{job.id}/{index}.{params.output_format.value}"
-            await self.files.put(key, image.data)
+            key = _result_key(job, index)
+            if self._put_here is None:
+                await self.files.put(key, image.data)
             stored.append(ImageFile(key, image.width, image.height, image.content_type))
         patches = billing.job_patches(params.width, params.height, len(stored))
         rate = self.models[job.model].price_per_patch
@@ -401,13 +418,8 @@ def _timed(model: str, step: str, call: Callable[..., T], *args: Any) -> T:
         metrics.PIPELINE_SECONDS.labels(model, step).observe(time.perf_counter() - started)
 
 
-def _encode_all(job: Job, images: list[Image.Image]) -> list[_Encoded]:
-    """The job's images in its output format, on the pipeline's thread."""
-    encoded = []
-    for image in images:
-        data, content_type = _timed(job.model, "encode", encode, image, job.params.output_format)
-        encoded.append(_Encoded(data, content_type, image.width, image.height))
-    return encoded
+def _result_key(job: Job, index: int) -> str:
+    return f"results/{job.id}/{index}.{job.params.output_format.value}"
 
 
 def _decode(sources: list[bytes]) -> list[Image.Image]:

@@ -112,3 +112,33 @@ async def test_a_completion_by_another_process_is_read_once(tmp_path: Path) -> N
     finally:
         await store.close()
         await other.close()
+
+
+async def test_a_completion_or_failure_reads_its_job_once_and_answers_it_as_stored(
+    tmp_path: Path,
+) -> None:
+    # The job a finishing write answers is built from its one read, not read again: on
+    # every job's path, under the store's write lock.
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    statements: list[str] = []
+    try:
+        for _ in range(2):
+            await store.submit("m", "k", PARAMS)
+        first, second = await store.lease_batch(["m"], "w", 2)
+        await asyncio.get_running_loop().run_in_executor(
+            store._executor,
+            lambda: store._connect().set_trace_callback(statements.append),
+        )
+        completed = await store.complete(first.id, "w", RESULT, "team")
+        failed = await store.fail(second.id, "w", "it broke")
+        reads = [statement for statement in statements if statement.startswith("SELECT")]
+        assert reads == [f"SELECT * FROM jobs WHERE id = {job.id}" for job in (first, second)]
+        assert (completed, failed) == (await store.get(first.id), await store.get(second.id))
+        assert (completed.status, completed.result, failed.status, failed.error) == (
+            JobStatus.COMPLETED,
+            RESULT,
+            JobStatus.FAILED,
+            "it broke",
+        )
+    finally:
+        await store.close()

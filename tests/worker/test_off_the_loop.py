@@ -7,10 +7,8 @@ a loop that counts what it hands to threads shows one to the pipeline's thread p
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import logging
-from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy
 import pytest
 from PIL import Image
 
+from tessera.runtime.jobs.base import JobResult
 from tessera.runtime.jobs.sqlite import SQLiteJobStore
 from tessera.runtime.keys import ApiKey
 from tessera.runtime.models import ModelSpec
@@ -28,6 +27,7 @@ from tessera.runtime.sources import SourceResolver, prepare_source
 from tessera.runtime.storage import LocalFileStore, UrlSigner
 from tessera.runtime.worker.pipeline import LoadedPipeline, encode
 from tessera.runtime.worker.runner import Worker
+from tests.support.hops import HopCountingLoop
 from tests.support.params import job_params
 
 # Long enough that scheduling noise on a loaded machine stays under it; far shorter than
@@ -83,9 +83,10 @@ def test_a_job_runs_without_blocking_the_worker_loop(
 ) -> None:
     params = job_params(width=512, height=512, num_images=2)
 
-    async def one_job() -> None:
+    files = LocalFileStore(tmp_path / "files")
+
+    async def one_job() -> JobResult:
         store = SQLiteJobStore(tmp_path / "jobs.db")
-        files = LocalFileStore(tmp_path / "files")
         worker = Worker(
             store, files, {"demo": ModelSpec(name="demo")}, {"demo": demo_pipeline}, "w1"
         )
@@ -124,28 +125,12 @@ def test_a_large_source_is_checked_without_blocking_the_api_loop(tmp_path: Path)
     assert slow_callbacks(store_and_read_back) == []
 
 
-class HopCountingLoop(asyncio.SelectorEventLoop):
-    """An event loop that names each function it hands to a thread (``run_in_executor``,
-    which ``asyncio.to_thread`` uses too): each is a thread hand-off and back."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hops: Counter[str] = Counter()
-
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
-        called = func
-        if isinstance(func, functools.partial):  # asyncio.to_thread: partial(context.run, f)
-            called = func.args[0] if func.func.__name__ == "run" else func.func
-        self.hops[called.__qualname__] += 1
-        return super().run_in_executor(executor, func, *args)
-
-
 @pytest.mark.parametrize("edit", [False, True], ids=["generation", "edit"])
 def test_a_job_hands_its_image_work_to_the_pipeline_thread_once(
     tmp_path: Path, demo_models_dir: Path, edit: bool
 ) -> None:
-    """Decoding the source, the call and encoding both images: one hand-off, not four;
-    then one per file read or stored. The store's own hops (lease renewals vary) are left
+    """Decoding the source, the call, encoding and storing both images: one hand-off, not
+    six; then one per source file read. The store's own hops (lease renewals vary) are left
     out."""
     name = "tessera-demo-edit" if edit else "tessera-demo"
     pipeline = LoadedPipeline.load(demo_models_dir / name, "cpu")
@@ -155,26 +140,33 @@ def test_a_job_hands_its_image_work_to_the_pipeline_thread_once(
         width=64, height=64, num_images=2, source_images=("sources/1.png",) if edit else ()
     )
 
-    async def one_job() -> None:
+    files = LocalFileStore(tmp_path / "files")
+
+    async def one_job() -> JobResult:
         store = SQLiteJobStore(tmp_path / "jobs.db")
-        files = LocalFileStore(tmp_path / "files")
-        await files.put("sources/1.png", source.getvalue())
+        # Written by another process (the gateway's), so the worker reads it from the disk.
+        await LocalFileStore(tmp_path / "files").put("sources/1.png", source.getvalue())
         worker = Worker(store, files, {name: ModelSpec(name=name)}, {name: pipeline}, "w1")
         job = await store.submit(name, "key", params)
         leased = await store.lease([name], "w1")
         assert leased is not None
         loop.hops.clear()
         await worker.process(leased)
-        assert (await store.get(job.id)).result is not None
+        result = (await store.get(job.id)).result
+        assert result is not None
         await store.close()
+        return result
 
     with asyncio.Runner(loop_factory=HopCountingLoop) as runner:
         loop = runner.get_loop()
         assert isinstance(loop, HopCountingLoop)
-        runner.run(one_job())
+        result = runner.run(one_job())
     store_hops = [hop for hop in loop.hops if hop.startswith("SQLiteJobStore.")]
     assert store_hops  # the counter sees the store's hops too
     for hop in store_hops:
         del loop.hops[hop]
     source_reads = {"LocalFileStore._get": 1} if edit else {}
-    assert loop.hops == {"Worker._generate_encoded": 1, "LocalFileStore._put": 2, **source_reads}
+    assert loop.hops == {"Worker._generate_encoded": 1, **source_reads}
+    # Stored whole, where the result says, by the pipeline's thread.
+    for image in result.images:
+        assert Image.open(files.path(image.key)).size == (image.width, image.height) == (64, 64)
