@@ -539,16 +539,22 @@ class _QuickPool(aioredis.BlockingConnectionPool):
     and records observability figures on every call, even when a connection is free: a
     twentieth of a gateway's CPU per submission (bench/gateway.py). A free connection (or
     room for a new one) while nobody waits is taken at once, checked as the pool checks it
-    (``ensure_connection``); otherwise, and while the pool handles maintenance
-    notifications, the pool's own way waits in line for one, so a waiter is never overtaken.
+    (``ensure_connection``); otherwise, and while Redis announces maintenance (the pool
+    then rewrites its connections under a lock), the pool's own way waits in line for one,
+    so a waiter is never overtaken.
     """
 
     def __init__(self, **options: Any):
         super().__init__(**options)
         self._waiting = 0
+        self._maintenance = False
+
+    def set_in_maintenance(self, in_maintenance: bool) -> None:
+        super().set_in_maintenance(in_maintenance)
+        self._maintenance = in_maintenance
 
     async def get_connection(self) -> Any:  # type: ignore[override]
-        if self._waiting or not self.can_get_connection() or self.maint_notifications_enabled():
+        if self._waiting or self._maintenance or not self.can_get_connection():
             self._waiting += 1
             try:
                 return await super().get_connection()
