@@ -557,10 +557,10 @@ class _QuickPool(aioredis.BlockingConnectionPool):
         if self._waiting or self._maintenance or not self.can_get_connection():
             self._waiting += 1
             try:
-                return await super().get_connection()
+                return await super().get_connection()  # type: ignore[no-untyped-call]
             finally:
                 self._waiting -= 1
-        connection = self.get_available_connection()
+        connection = self.get_available_connection()  # type: ignore[no-untyped-call]
         try:
             await self.ensure_connection(connection)
         except BaseException:
@@ -778,7 +778,7 @@ class RedisJobStore:
         or timeout, after dropping the connection, as ``Pipeline.execute`` does; an error
         reply is raised once every reply is read, so the connection never desyncs."""
         pool = self._redis.connection_pool
-        connection = await pool.get_connection()
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         packed = connection.pack_commands(commands)
 
         async def send() -> list[Any]:
@@ -795,7 +795,7 @@ class RedisJobStore:
             await connection.disconnect(error=error)
 
         try:
-            replies = await connection.retry.call_with_retry(send, drop)
+            replies: list[Any] = await connection.retry.call_with_retry(send, drop)
         finally:
             await pool.release(connection)
         for reply in replies:
