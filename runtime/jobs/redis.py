@@ -532,6 +532,43 @@ class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
     pass
 
 
+class _QuickPool(aioredis.BlockingConnectionPool):
+    """A blocking pool that hands out a free connection without its waiting machinery.
+
+    redis-py's ``BlockingConnectionPool.get_connection`` enters a condition, arms a timeout
+    and records observability figures on every call, even when a connection is free: a
+    twentieth of a gateway's CPU per submission (bench/gateway.py). A free connection (or
+    room for a new one) while nobody waits is taken at once, checked as the pool checks it
+    (``ensure_connection``); otherwise, and while Redis announces maintenance (the pool
+    then rewrites its connections under a lock), the pool's own way waits in line for one,
+    so a waiter is never overtaken.
+    """
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self._waiting = 0
+        self._maintenance = False
+
+    def set_in_maintenance(self, in_maintenance: bool) -> None:
+        super().set_in_maintenance(in_maintenance)
+        self._maintenance = in_maintenance
+
+    async def get_connection(self) -> Any:  # type: ignore[override]
+        if self._waiting or self._maintenance or not self.can_get_connection():
+            self._waiting += 1
+            try:
+                return await super().get_connection()  # type: ignore[no-untyped-call]
+            finally:
+                self._waiting -= 1
+        connection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+
 _PACKED = {
     Connection: _PackedConnection,
     SSLConnection: _PackedSSLConnection,
@@ -639,7 +676,7 @@ class RedisJobStore:
             **parse_url(url),
         }
         options["connection_class"] = _PACKED[options.get("connection_class", Connection)]
-        pool = aioredis.BlockingConnectionPool(**options)
+        pool = _QuickPool(**options)
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._changes = ChangeSignal(poll_seconds=SAFETY_POLL_SECONDS)
         # The webhook sender's own wake-ups: changes of jobs with webhooks, not of every job.
@@ -720,21 +757,51 @@ class RedisJobStore:
 
         EVALSHA by hand: a pipeline given a registered script first asks SCRIPT EXISTS, one
         more round trip per call. A Redis that lost the script (restarted, flushed) answers
-        NOSCRIPT; it is loaded and the whole pipeline, idempotent, is sent again.
+        NOSCRIPT; it is loaded and the whole round trip, idempotent, is sent again.
         """
         source = self._scripts[script]
+        batch = [*commands, ("EVALSHA", source.sha, len(keys), *keys, *args)]
         for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipeline:
-                for command in commands:
-                    pipeline.execute_command(*command)
-                pipeline.evalsha(source.sha, len(keys), *keys, *args)
-                try:
-                    return list(await pipeline.execute())
-                except NoScriptError:
-                    if attempt:
-                        raise
+            try:
+                return await self._round_trip(batch)
+            except NoScriptError:
+                if attempt:
+                    raise
             await self._redis.script_load(source.script)
         raise AssertionError("unreachable")
+
+    async def _round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` written at once on one pooled connection, their raw replies read in
+        order: what redis-py's ``Pipeline`` does without a transaction, less its per-call
+        objects, hooks and reply callbacks (a tenth of a gateway's CPU per submission,
+        bench/gateway.py). The same ``Retry`` retries the whole batch on a connection error
+        or timeout, after dropping the connection, as ``Pipeline.execute`` does; an error
+        reply is raised once every reply is read, so the connection never desyncs."""
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        packed = connection.pack_commands(commands)
+
+        async def send() -> list[Any]:
+            await connection.send_packed_command(packed)
+            replies = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+            return replies
+
+        async def drop(error: Exception) -> None:
+            await connection.disconnect(error=error)
+
+        try:
+            replies: list[Any] = await connection.retry.call_with_retry(send, drop)
+        finally:
+            await pool.release(connection)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     async def _listen(self) -> None:
         """Start, once, the task that turns Redis notifications into local wake-ups."""

@@ -4,8 +4,10 @@ when it meets jobs written by an older gateway."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
@@ -92,6 +94,34 @@ async def test_more_concurrent_commands_than_connections_wait_their_turn(
     jobs = await asyncio.gather(*(redis_store.submit("m", "k", PARAMS) for _ in range(count)))
     assert len({job.id for job in jobs}) == count
     assert (await redis_store.queue_depth("m")).queued == count
+
+
+async def test_a_free_connection_skips_the_pools_waiting_way(
+    redis_store: RedisJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted: submissions one after another take a free connection without redis-py's
+    blocking ``get_connection`` (its condition, timeout and hooks); while Redis announces
+    maintenance every command goes that way, under the pool's lock."""
+    waited = 0
+    wait = aioredis.BlockingConnectionPool.get_connection
+
+    async def counted(pool: aioredis.BlockingConnectionPool) -> Any:
+        nonlocal waited
+        waited += 1
+        return await wait(pool)
+
+    monkeypatch.setattr(aioredis.BlockingConnectionPool, "get_connection", counted)
+    pool = redis_store._redis.connection_pool
+    for _ in range(5):
+        await redis_store.submit("m", "k", PARAMS)
+    assert waited == 0
+    pool.set_in_maintenance(True)  # type: ignore[attr-defined]
+    try:
+        await redis_store.submit("m", "k", PARAMS)
+    finally:
+        pool.set_in_maintenance(False)  # type: ignore[attr-defined]
+    assert waited == 1
+    assert (await redis_store.queue_depth("m")).queued == 6
 
 
 async def test_a_job_queued_before_batching_comes_alone(redis_store: RedisJobStore) -> None:
