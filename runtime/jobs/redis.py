@@ -427,12 +427,16 @@ return #ARGV - 1
 
 
 # A job changed: its webhook entry, if any, is due now, unless a failed attempt is waiting
-# out its backoff. KEYS[1] outbox, KEYS[2] the job's webhook hash; ARGV[1] id.
+# out its backoff. KEYS[1] outbox, KEYS[2] the job's webhook hash, KEYS[3] the job; ARGV[1] id.
 _WEBHOOK_TOUCH = (
     _NOW
     + """
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due then return 0 end
+-- Still queued and never started: nothing to report. This is the job's own submission,
+-- heard by a relay perhaps after a sender has looked and settled: no change to look at.
+local status, started = unpack(redis.call('HMGET', KEYS[3], 'status', 'started_at'))
+if status == 'queued' and not started then return 0 end
 redis.call('HINCRBY', KEYS[2], 'changes', 1)
 if tonumber(due) > now and (tonumber(redis.call('HGET', KEYS[2], 'attempts')) or 0) == 0 then
   redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -1364,7 +1368,10 @@ class RedisJobStore:
 
     async def _webhook_due_now(self, model: str, job_id: int) -> None:
         await self._call(
-            self._scripts["webhook_touch"](keys=self._webhook_keys(model, job_id), args=[job_id])
+            self._scripts["webhook_touch"](
+                keys=[*self._webhook_keys(model, job_id), f"{self._job_prefix(model)}{job_id}"],
+                args=[job_id],
+            )
         )
 
     async def _claim_webhooks(self, limit: int, hold_seconds: float) -> list[WebhookDue] | None:

@@ -167,6 +167,23 @@ async def test_a_webhook_sender_looks_only_at_changes_of_jobs_with_webhooks(
         await gateway.close()
 
 
+async def test_a_submission_heard_late_is_no_change_to_a_settled_entry(
+    redis_store: RedisJobStore,
+) -> None:
+    """The relay may hear a job's own submission after a sender has claimed and settled its
+    entry; that touch must not make it due again (nothing has happened to report), while a
+    lease, the job's first change, still does."""
+    job = await redis_store.submit("m", "k", job_params(prompt="p", webhook_url=HOOK))
+    (due,) = await redis_store.claim_webhooks(10, 30)
+    await redis_store.settle_webhook(due, 3600)
+    await redis_store._webhook_due_now("m", job.id)  # the submission's event, heard late
+    assert await redis_store.claim_webhooks(10, 30) == []
+    assert await redis_store.lease(["m"], "w") is not None
+    await redis_store._webhook_due_now("m", job.id)  # the lease's event
+    (again,) = await redis_store.claim_webhooks(10, 30)
+    assert again.job_id == job.id and again.changes > due.changes
+
+
 async def test_ids_of_two_gateways_are_unique_and_the_queue_keeps_submission_order(
     redis_store: RedisJobStore, redis_server: RedisServer
 ) -> None:
