@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tessera.runtime.settings import (
     UsageCursorsSettings,
@@ -17,6 +19,25 @@ from tessera.runtime.settings import (
 )
 from tessera.runtime.usage.formats import Format
 
+if TYPE_CHECKING:
+    from tessera.runtime.jobs.base import JobStore
+
+
+async def _on_store(queue: str, work: Callable[[JobStore], Awaitable[int]]) -> int:
+    """``work``'s exit code on the job store at ``queue``, closed after; a Tessera error is
+    its message on stderr and exit 2 (the caller's to fix) or 1 (the store's)."""
+    from tessera.runtime.errors import TesseraError
+    from tessera.runtime.jobs import open_store
+
+    store = open_store(queue)
+    try:
+        return await work(store)
+    except TesseraError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2 if error.status_code < 500 else 1
+    finally:
+        await store.close()
+
 
 def _export(args: argparse.Namespace) -> int:
     settings = settings_from(UsageExportSettings, args)
@@ -24,8 +45,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 async def _run_export(settings: UsageExportSettings) -> int:
-    from tessera.runtime.errors import TesseraError
-    from tessera.runtime.jobs import open_store
     from tessera.runtime.usage.export import export_range, trim_delivered
 
     try:
@@ -33,8 +52,8 @@ async def _run_export(settings: UsageExportSettings) -> int:
     except OSError as error:
         print(f"error: --output: cannot write {settings.output}: {error.strerror}", file=sys.stderr)
         return 2
-    store = open_store(settings.queue)
-    try:
+
+    async def export(store: JobStore) -> int:
         since = settings.since
         if since is None:
             name = settings.cursor_name
@@ -43,22 +62,20 @@ async def _run_export(settings: UsageExportSettings) -> int:
         if settings.before is not None:
             until = await store.usage_cursor_at(settings.before)
         cursor = await export_range(store, out, settings.format, since, until, settings.source)
+        out.flush()
         if settings.cursor_name is not None:
             # Only once the whole range is out: a crash before exports it again next time.
-            out.flush()
             await store.save_cursor(settings.cursor_name, cursor)
             await trim_delivered(store, settings.retention_seconds)
-    except TesseraError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 2 if error.status_code < 500 else 1
+        # Last, on its own line: what the next export passes as --since.
+        print(f"cursor: {cursor}", file=sys.stderr)
+        return 0
+
+    try:
+        return await _on_store(settings.queue, export)
     finally:
-        await store.close()
         if out is not sys.stdout.buffer:
             out.close()
-    sys.stdout.flush()
-    # Last, on its own line: what the next export passes as --since.
-    print(f"cursor: {cursor}", file=sys.stderr)
-    return 0
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -69,15 +86,13 @@ def _push(args: argparse.Namespace) -> int:
 async def _run_push(settings: UsagePushSettings) -> int:
     import httpx
 
-    from tessera.runtime.errors import TesseraError
-    from tessera.runtime.jobs import open_store
     from tessera.runtime.usage.export import Pusher
 
     headers = {}
     if settings.push_token is not None:
         headers["authorization"] = f"Bearer {settings.push_token.get_secret_value()}"
-    store = open_store(settings.queue)
-    try:
+
+    async def push(store: JobStore) -> int:
         async with httpx.AsyncClient(headers=headers, timeout=30) as client:
             pusher = Pusher(store, client, settings.to, settings.source, settings.policy())
             # SIGTERM stops it even mid-retry, with the cursor where the last 2xx left it.
@@ -87,12 +102,9 @@ async def _run_push(settings: UsagePushSettings) -> int:
                 loop.add_signal_handler(signum, work.cancel)
             with contextlib.suppress(asyncio.CancelledError):
                 await work
-    except TesseraError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 2 if error.status_code < 500 else 1
-    finally:
-        await store.close()
-    return 0
+        return 0
+
+    return await _on_store(settings.queue, push)
 
 
 def _cursors(args: argparse.Namespace) -> int:
@@ -103,11 +115,8 @@ def _cursors(args: argparse.Namespace) -> int:
 async def _run_cursors(settings: UsageCursorsSettings) -> int:
     """List the saved cursors, name and position, after forgetting one if asked: a name
     nobody exports under any more holds every record after it in the store."""
-    from tessera.runtime.errors import TesseraError
-    from tessera.runtime.jobs import open_store
 
-    store = open_store(settings.queue)
-    try:
+    async def cursors(store: JobStore) -> int:
         if settings.forget is not None:
             if not await store.forget_cursor(settings.forget):
                 saved = ", ".join(await store.saved_cursors()) or "none"
@@ -119,12 +128,9 @@ async def _run_cursors(settings: UsageCursorsSettings) -> int:
             print(f"forgot cursor {settings.forget!r}", file=sys.stderr)
         for name, cursor in (await store.saved_cursors()).items():
             print(f"{name}\t{cursor}")
-    except TesseraError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 2 if error.status_code < 500 else 1
-    finally:
-        await store.close()
-    return 0
+        return 0
+
+    return await _on_store(settings.queue, cursors)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
