@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from tessera.runtime.api.deps import CurrentKey, KeyFirstRoute, Service, authenticate
 from tessera.runtime.api.openapi import errors
@@ -169,8 +170,9 @@ class SubmitRoute(KeyFirstRoute):
                 key = authenticate(request)  # before the body, as KeyFirstRoute does
                 try:
                     body = GenerationRequest.model_validate(json.loads(await request.body()))
-                # JSON, validation and nesting too deep for the parser: FastAPI words the 4xx.
-                except (ValueError, RecursionError):
+                # JSON, validation, nesting too deep for the parser and a client gone mid-body
+                # (no 500 logged for a client that left): FastAPI words the 4xx.
+                except (ValueError, RecursionError, ClientDisconnect):
                     pass
                 else:
                     controls = SubmitControls(

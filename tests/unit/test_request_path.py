@@ -112,3 +112,54 @@ async def test_a_plain_json_submission_solves_no_dependencies(
             )
             answers.append((response.status_code, response.json()["status"], solved))
     assert answers == [(200, "queued", 0), (200, "queued", 1)]
+
+
+async def test_a_client_gone_mid_body_raises_nothing_out_of_the_app(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """uvicorn logs whatever the app raises as an unhandled error with its traceback: a
+    submission whose client left before its body was whole is a 400 that nobody reads."""
+    settings = GatewaySettings(
+        queue=redis_server.url,
+        storage=f"file://{tmp_path / 'storage'}",
+        models=write_models(tmp_path / "models.yaml", demo_image_models()),
+        api_keys=("key",),
+        signing_secret="secret",
+    )
+    app = create_app(gateway_config(settings).config)
+    parts = [{"type": "http.request", "body": b'{"model": "tessera-', "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/images/generations",
+        "raw_path": b"/v1/images/generations",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"gw"),
+            (b"api_key", b"key"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"60"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("gw", 80),
+    }
+    async with app.router.lifespan_context(app):
+        store = app.state.service.store
+        before = await store.queue_depth("tessera-demo")  # the server is the module's
+        await app(scope, receive, send)
+        after = await store.queue_depth("tessera-demo")
+    assert sent[0]["status"] == 400
+    assert after == before  # nothing was queued
