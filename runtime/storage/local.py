@@ -55,11 +55,6 @@ class _RecentWrites:
         with self._lock:
             self._drop(key)
 
-    def forget_under(self, prefix: str) -> None:
-        with self._lock:
-            for key in [key for key in self._files if key.startswith(prefix + "/")]:
-                self._drop(key)
-
     def _drop(self, key: str) -> None:
         kept = self._files.pop(key, None)
         if kept is not None:
@@ -106,7 +101,6 @@ class LocalFileStore:
             Path(staging).unlink(missing_ok=True)
 
     async def delete_older_than(self, prefix: str, seconds: float) -> int:
-        self._recent.forget_under(prefix)
         return await asyncio.to_thread(self._delete_older_than, prefix, seconds)
 
     def _delete_older_than(self, prefix: str, seconds: float) -> int:
@@ -116,6 +110,8 @@ class LocalFileStore:
         for path in root.rglob("*") if root.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
                 if path.is_file() and path.stat().st_mtime < cutoff:
+                    # Forgotten first, as `delete` does: what a sweep keeps stays in memory.
+                    self._recent.forget(path.relative_to(self.root).as_posix())
                     path.unlink()
                     deleted += 1
         return deleted

@@ -4,6 +4,7 @@ with no hand-off to a thread, and never what was deleted, swept or written elsew
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,23 @@ def test_what_was_deleted_or_swept_is_not_read_from_memory(tmp_path: Path) -> No
         for key in ("results/1/0.png", "uploads/k/a.png"):
             with pytest.raises(FileNotFound):
                 await store.get(key)
+
+    run_counting(scenario)
+
+
+def test_a_sweep_forgets_only_what_it_deleted(tmp_path: Path) -> None:
+    async def scenario(loop: HopCountingLoop) -> None:
+        store = LocalFileStore(tmp_path)
+        await store.put("uploads/k/kept.png", b"kept")
+        old = await asyncio.to_thread(store.path, "uploads/k/old.png")
+        await store.put("uploads/k/old.png", b"old")
+        await asyncio.to_thread(os.utime, old, (1.0, 1.0))  # written long ago, as it were
+        assert await store.delete_older_than("uploads", 60) == 1
+        loop.hops.clear()
+        assert await store.get("uploads/k/kept.png") == b"kept"
+        assert loop.hops == {}  # still from memory
+        with pytest.raises(FileNotFound):
+            await store.get("uploads/k/old.png")
 
     run_counting(scenario)
 
