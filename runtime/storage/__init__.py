@@ -50,10 +50,13 @@ def open_storage(
     *,
     public_downloads: PublicDownloads = "presigned",
     environ: Mapping[str, str] | None = None,
+    read_back_writes: bool = True,
 ) -> FileStore:
     """The store a URL names; ``InvalidStorageUrl`` names the rule a bad one breaks.
 
     ``environ`` (default: the process environment) holds the AWS_* settings of s3:// URLs.
+    ``read_back_writes``: a file:// store keeps what this process wrote in the last seconds
+    in memory, for the downloads it serves; a process that serves none turns it off.
     """
     parts = urlsplit(url)
     shown = _without_credentials(url)
@@ -64,7 +67,7 @@ def open_storage(
             raise InvalidStorageUrl(
                 shown, "absolute_path", "a file URL takes an absolute path: three slashes"
             )
-        return LocalFileStore(Path(unquote(parts.path)))
+        return LocalFileStore(Path(unquote(parts.path)), read_back_writes=read_back_writes)
     if parts.scheme == "s3":
         if "@" in parts.netloc:
             raise InvalidStorageUrl(

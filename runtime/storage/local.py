@@ -18,16 +18,18 @@ from tessera.runtime.storage.base import check_key, check_size
 # What this process wrote in the last few seconds is read back from memory. In ``tessera
 # serve`` the worker writes a result and its client downloads it a moment later: served
 # from here, the download is no hand-off to a thread and back. Bounded in bytes and in
-# age: a result is fetched once, right after its job finished.
+# age: a result is fetched once, right after its job finished. A worker-only process serves
+# no downloads and keeps nothing (``read_back_writes=False``).
 RECENT_SECONDS = 10.0
 RECENT_BYTES = 32 * 2**20
 
 
 class _RecentWrites:
     """The bytes of the files this store wrote within ``RECENT_SECONDS``, newest last,
-    ``RECENT_BYTES`` at most; any thread may write (the pipeline's stores results)."""
+    ``capacity`` at most; any thread may write (the pipeline's stores results)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self._lock = threading.Lock()
         self._files: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._bytes = 0
@@ -35,12 +37,12 @@ class _RecentWrites:
     def remember(self, key: str, data: bytes) -> None:
         with self._lock:
             self._drop(key)
-            if len(data) <= RECENT_BYTES:
+            if len(data) <= self.capacity:
                 self._files[key] = (time.monotonic(), data)
                 self._bytes += len(data)
             cutoff = time.monotonic() - RECENT_SECONDS
             while self._files and (
-                self._bytes > RECENT_BYTES or next(iter(self._files.values()))[0] < cutoff
+                self._bytes > self.capacity or next(iter(self._files.values()))[0] < cutoff
             ):
                 self._drop(next(iter(self._files)))
 
@@ -64,9 +66,9 @@ class _RecentWrites:
 class LocalFileStore:
     """Writes go through a temporary file and a rename; the gateway serves every download."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, read_back_writes: bool = True):
         self.root = Path(root)
-        self._recent = _RecentWrites()
+        self._recent = _RecentWrites(RECENT_BYTES if read_back_writes else 0)
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)

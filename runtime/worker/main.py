@@ -100,7 +100,8 @@ async def run_worker(settings: WorkerSettings) -> None:
 
     spec = _model_spec(settings)
     try:
-        files = open_storage(_storage_url(settings))
+        # The gateway serves the downloads: nothing here reads a result back.
+        files = open_storage(_storage_url(settings), read_back_writes=False)
     except InvalidStorageUrl as error:
         raise ConfigError(str(error)) from None
     store = open_store(settings.queue, StorePolicy(lease_seconds=settings.lease_seconds))

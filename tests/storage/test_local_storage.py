@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tessera.runtime.errors import FileNotFound, PayloadTooLarge
-from tessera.runtime.storage import LocalFileStore, local
+from tessera.runtime.storage import LocalFileStore, local, open_storage
 from tests.support.hops import HopCountingLoop
 
 
@@ -70,6 +70,17 @@ def test_a_sweep_forgets_only_what_it_deleted(tmp_path: Path) -> None:
         assert loop.hops == {}  # still from memory
         with pytest.raises(FileNotFound):
             await store.get("uploads/k/old.png")
+
+    run_counting(scenario)
+
+
+def test_a_store_that_serves_no_downloads_keeps_nothing(tmp_path: Path) -> None:
+    async def scenario(loop: HopCountingLoop) -> None:
+        store = open_storage(tmp_path.as_uri(), read_back_writes=False)  # a worker's
+        await store.put("results/1/0.png", b"one")
+        loop.hops.clear()
+        assert await store.get("results/1/0.png") == b"one"
+        assert loop.hops == {"LocalFileStore._get": 1}
 
     run_counting(scenario)
 
