@@ -426,17 +426,22 @@ def test_the_printer_columns_show_the_backlog(
     wait_replicas(cluster, namespace, "shown", 0, operator)
     submit(redis_server, f"{namespace}/shown", 5)
     wait_replicas(cluster, namespace, "shown", 2, operator)
-    wait_until(
-        "the queue depth in status",
-        lambda: (
-            (get(cluster, namespace, "im", "shown") or {}).get("status", {}).get("queueDepth") == 5
-        ),
-        timeout=10,
-    )
+
+    # The scale-up is the last decision only until the next tick finds 2 replicas right for
+    # 5 jobs ("Steady"), which then holds while nothing changes: the columns are read there.
+    def settled() -> bool:
+        status = (get(cluster, namespace, "im", "shown") or {}).get("status", {})
+        decision = status.get("autoscaling", {}).get("lastDecision", {})
+        return status.get("queueDepth") == 5 and decision.get("reason") == "Steady"
+
+    wait_until("the queue depth and a steady decision in status", settled, timeout=10)
     table = cluster.kubectl("-n", namespace, "get", "im", "shown", "-o", "wide").stdout.split("\n")
     header, row = table[0].split(), table[1].split()
     values = dict(zip(header, row, strict=False))
-    assert (values["QUEUE"], values["DESIRED"], values["SCALING"]) == ("5", "2", "ScaledUp")
+    assert (values["QUEUE"], values["DESIRED"], values["SCALING"]) == ("5", "2", "Steady")
+    # Separate submissions: the autoscaler may have seen the first alone and scaled 0 -> 1.
+    last = scaled_events(cluster, namespace, "shown")[-1]["message"]
+    assert re.match(r"Scaled [01] -> 2: 5 jobs in backlog", last), last
 
 
 def model_gauges(operator: OperatorProcess, namespace: str, name: str) -> dict[str, float]:
