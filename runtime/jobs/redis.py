@@ -39,7 +39,10 @@ public name). Keys, for a model M and job N:
 - ``tessera:idempotency:{K}:H``       API key K's Idempotency-Key (digest H): its job, 24 h
 - ``tessera:{M}:webhooks``            jobs with webhooks still to send, scored by when to look
 - ``tessera:{M}:webhook:N``           job N's webhook progress: events done, failed attempts
-- channel ``tessera:{M}:events``      a job id on every status change
+- channel ``tessera:{M}:events``      a job id on every status change of a job
+- channel ``tessera:{M}:submitted``   a new job's id: only processes that lease (workers) and
+                                      the autoscaler hear it; a gateway's long-polls and
+                                      webhooks wait on jobs already submitted
 """
 
 from __future__ import annotations
@@ -691,6 +694,8 @@ class RedisJobStore:
         self._id_lock = asyncio.Lock()
         # Set once this process sends webhooks: its relay then makes changed jobs' entries due.
         self._sends_webhooks = False
+        # Set at this process's first lease: its relay then hears new jobs as well.
+        self._hears_submissions = False
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
@@ -807,16 +812,30 @@ class RedisJobStore:
                 raise reply
         return replies
 
-    async def _listen(self) -> None:
-        """Start, once, the task that turns Redis notifications into local wake-ups."""
+    async def _listen(self, *, submissions: bool = False) -> None:
+        """Start, once, the task that turns Redis notifications into local wake-ups; a
+        process's first lease subscribes it again to hear new jobs as well. A gateway never
+        leases: it is not sent every submission of every gateway in the cluster."""
+        if submissions and not self._hears_submissions:
+            self._hears_submissions = True
+            # Subscribing again wakes every waiter to look once: nothing said in between is lost.
+            await self._stop_listening()
         if self._listener is None:
             self._listener = asyncio.create_task(self._relay_events())
+
+    async def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            # Bounded: a subscription stuck on a dead connection must not hold anything up.
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._listener, LISTENER_STOP_SECONDS)
+            self._listener = None
 
     async def _relay_events(self) -> None:
         """Each message carries the id of the job that changed: only its waiters wake (and
         workers, who wait for any change). Only a job with a webhook costs a sender a round
         trip (its outbox entry made due) and a look at the outbox."""
-        changes = self.changes()
+        changes = self.changes(submissions=self._hears_submissions)
         try:
             async for model, job_id, has_webhook in changes:
                 if job_id is None:
@@ -968,7 +987,7 @@ class RedisJobStore:
                 args=[
                     f"{self._job_prefix(queue)}{job_id}",
                     job_id,
-                    self._model_key(queue, "events"),
+                    self._model_key(queue, "submitted"),
                     max_queued or 0,
                     "model", model,
                     "key_id", key_id,
@@ -1009,6 +1028,7 @@ class RedisJobStore:
         return None
 
     async def lease(self, models: list[str], worker_id: str, wait: float = 0.0) -> Job | None:
+        await self._listen(submissions=True)
         return await self._changes.wait_until(
             lambda: self._take(models, worker_id), wait, claims=True
         )
@@ -1035,6 +1055,7 @@ class RedisJobStore:
         wait: float = 0.0,
         key: str | None = None,
     ) -> list[Job]:
+        await self._listen(submissions=True)
         jobs = await self._changes.wait_until(
             lambda: self._take_batch(models, worker_id, max_jobs, key), wait, claims=True
         )
@@ -1163,23 +1184,26 @@ class RedisJobStore:
         values = await self._call(self._redis.mget(keys))
         return {w: json.loads(v) for w, v in zip(worker_ids, values, strict=True) if v}
 
-    async def changes(self) -> AsyncGenerator[tuple[str | None, int | None, bool], None]:
-        """(model, job id, whether the job has a webhook) of every job that is submitted or
-        changes status, as it happens.
+    async def changes(
+        self, *, submissions: bool = True
+    ) -> AsyncGenerator[tuple[str | None, int | None, bool], None]:
+        """(model, job id, whether the job has a webhook) of every job that changes status,
+        and (``submissions``) of every new job, as it happens.
 
         (None, None, False) each time the subscription starts again: changes made while
         unsubscribed went unheard, so a caller looks at everything once more.
         """
-        pattern = f"{self.prefix}:*:events"
+        channels = ("events", "submitted") if submissions else ("events",)
         start = len(self.prefix) + 2  # past "tessera:{"
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.psubscribe(pattern)
+                    await pubsub.psubscribe(*(f"{self.prefix}:*:{name}" for name in channels))
                     yield None, None, False
                     async for message in pubsub.listen():
                         if message.get("type") == "pmessage":
-                            model = str(message["channel"])[start : -len("}:events")]
+                            channel = str(message["channel"])
+                            model = channel[start : channel.rindex("}:")]
                             yield model, *_event(message.get("data"))
             except asyncio.CancelledError:
                 raise
@@ -1420,9 +1444,5 @@ class RedisJobStore:
         )
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            # Bounded: a subscription stuck on a dead connection must not hold up shutdown.
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-                await asyncio.wait_for(self._listener, LISTENER_STOP_SECONDS)
+        await self._stop_listening()
         await self._redis.aclose()

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
@@ -136,13 +137,13 @@ async def test_a_job_queued_before_batching_comes_alone(redis_store: RedisJobSto
 async def test_a_webhook_sender_looks_only_at_changes_of_jobs_with_webhooks(
     redis_store: RedisJobStore, redis_server: RedisServer
 ) -> None:
-    """Every gateway sends webhooks and hears every change of every job. A change of a job
-    without a webhook must cost a sender no round trip (the outbox touch) and no look at
-    the outbox (a claim's SMEMBERS), or each submission costs Redis work in proportion to
-    the replicas."""
+    """Every gateway sends webhooks and hears every status change of every job (not the
+    submissions: nothing has happened to report). A change of a job without a webhook must
+    cost a sender no round trip (the outbox touch) and no look at the outbox (a claim's
+    SMEMBERS), or each change costs Redis work in proportion to the replicas."""
     gateway = RedisJobStore(redis_server.url, prefix=redis_store.prefix)  # another replica
     try:
-        await gateway.submit("m", "k", PARAMS)  # subscribed from here on
+        await gateway.queue_depth("m")  # subscribed from here on
         sender = asyncio.create_task(redis_store.claim_webhooks(10, 30, wait=10))
         await asyncio.to_thread(
             wait_until,
@@ -156,15 +157,60 @@ async def test_a_webhook_sender_looks_only_at_changes_of_jobs_with_webhooks(
             assert await gateway.lease(["m"], "w") is not None
         # Changes arrive in order: once the sender claims this one, it heard all the others.
         hooked = await gateway.submit("m", "k", job_params(prompt="p", webhook_url=HOOK))
+        started = await gateway.lease(["m"], "w")
+        assert started is not None and started.id == hooked.id
         (due,) = await asyncio.wait_for(sender, 5)
         assert due.job_id == hooked.id
         stats = await redis_store._redis.info("commandstats")
         calls = {name: entry["calls"] for name, entry in stats.items()}
-        assert calls["cmdstat_publish"] == 41  # the sender heard every change
+        assert calls["cmdstat_publish"] == 42  # the sender heard the 21 leases
         assert calls["cmdstat_zscore"] == 1  # one outbox touch: the webhook job's
         assert calls["cmdstat_smembers"] == 1  # one claim (a look at each model's outbox)
     finally:
         await gateway.close()
+
+
+async def test_a_gateway_hears_no_submissions_and_a_worker_hears_them_from_its_first_lease(
+    redis_store: RedisJobStore, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that never leases (a gateway) is not sent every submission of every gateway
+    in the cluster: its long-polls and webhooks wait on jobs already submitted. Its first
+    lease (a worker's) subscribes it to new jobs too, or a waiting worker would find them
+    only by its safety poll (15 s)."""
+    heard: list[int | None] = []
+    notify = redis_store._changes.notify
+
+    def counted(job_id: int | None = None, *, job: Any = None) -> None:
+        heard.append(job_id)
+        notify(job_id, job=job)
+
+    monkeypatch.setattr(redis_store._changes, "notify", counted)
+
+    def patterns() -> list[int]:
+        """Patterns per subscribed connection."""
+        with redis.Redis.from_url(redis_server.url) as client:
+            return sorted(int(c["psub"]) for c in client.client_list() if int(c["psub"]))
+
+    other = RedisJobStore(redis_server.url, prefix=redis_store.prefix)  # another replica
+    try:
+        await redis_store.queue_depth("m")  # subscribes it
+        await other.queue_depth("m")
+        await asyncio.to_thread(wait_until, "both subscribed", lambda: patterns() == [1, 1])
+        for _ in range(5):
+            await other.submit("m", "k", PARAMS)
+        leased = await other.lease(["m"], "w")  # the other's subscription widens
+        assert leased is not None
+        # In order on one connection: by the lease's change, all five would have come.
+        await asyncio.to_thread(wait_until, "the lease heard", lambda: leased.id in heard)
+        assert heard == [None, leased.id]
+        worker = asyncio.create_task(redis_store.lease(["n"], "w2", wait=10))
+        await asyncio.to_thread(wait_until, "both widened", lambda: patterns() == [2, 2])
+        new = await other.submit("n", "k", PARAMS)
+        taken = await asyncio.wait_for(worker, 5)
+        assert taken is not None and taken.id == new.id
+        assert heard[-1] == new.id  # woken by the submission itself, not by a poll
+    finally:
+        await other.close()
 
 
 async def test_a_submission_heard_late_is_no_change_to_a_settled_entry(
