@@ -22,7 +22,7 @@ Content-Length (as wrk-style tools do), checking every answer is a 200 with a jo
 ``--client aiohttp`` or ``--client httpx`` measure through a full HTTP client instead. It
 prints which one ran.
 
-Usage: .venv/bin/python bench/gateway.py [--jobs 5000] [--clients 64] [--polls 200]
+Usage: .venv/bin/python bench/gateway.py [--jobs 5000] [--clients 16] [--polls 200]
                                          [--client raw|aiohttp|httpx]
 """
 
@@ -314,7 +314,13 @@ def line(name: str, seconds: float, latencies: list[float], jobs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=16,
+        help="concurrent submitters: 16 keep this machine's two cores busy; more only queue"
+        " (the rate stays, p99 grows: 18 ms at 16, 30 ms at 24, 150 ms at 64)",
+    )
     parser.add_argument("--polls", type=int, default=200)
     parser.add_argument(
         "--client",
