@@ -31,6 +31,7 @@ from gateway import BODY_BYTES, MODEL, WARM_UP
 from tessera.runtime.api.app import create_app
 from tessera.runtime.config import gateway_config
 from tessera.runtime.settings import GatewaySettings
+from tests.support.asgi import call, post_scope
 from tests.support.gateway import demo_image_models, write_models
 from tests.support.redis_server import RedisServer
 
@@ -45,32 +46,8 @@ HEADERS = [
 
 async def submit(app: Any) -> None:
     """One submission through the ASGI application, as uvicorn hands it over."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": HEADERS,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-    messages = iter([{"type": "http.request", "body": BODY_BYTES, "more_body": False}])
-    statuses = []
-
-    async def receive() -> dict[str, Any]:
-        return next(messages, {"type": "http.disconnect"})
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    await app(scope, receive, send)
+    sent = await call(app, post_scope(PATH, HEADERS), [BODY_BYTES])
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
     if statuses != [200]:
         raise RuntimeError(f"a submission was answered {statuses}")
 

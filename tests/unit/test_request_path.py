@@ -18,6 +18,7 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
@@ -26,6 +27,7 @@ from tessera.runtime.api.app import create_app
 from tessera.runtime.config import ServerConfig, gateway_config
 from tessera.runtime.keys import KeyRing
 from tessera.runtime.settings import GatewaySettings
+from tests.support.asgi import call, post_scope
 from tests.support.gateway import demo_image_models, write_models
 from tests.support.redis_server import RedisServer
 
@@ -75,12 +77,7 @@ def test_no_route_or_dependency_runs_in_the_thread_pool() -> None:
     assert threaded == set()
 
 
-async def test_a_plain_json_submission_solves_no_dependencies(
-    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Counted, not timed: a gateway over a real redis-server answers a valid
-    ``application/json`` submission without FastAPI's dependency solving; the same body
-    with a charset (FastAPI's way) solves them once, and both queue a job."""
+def _gateway_app(redis_server: RedisServer, tmp_path: Path) -> FastAPI:
     settings = GatewaySettings(
         queue=redis_server.url,
         storage=f"file://{tmp_path / 'storage'}",
@@ -88,7 +85,16 @@ async def test_a_plain_json_submission_solves_no_dependencies(
         api_keys=("key",),
         signing_secret="secret",
     )
-    app = create_app(gateway_config(settings).config)
+    return create_app(gateway_config(settings).config)
+
+
+async def test_a_plain_json_submission_solves_no_dependencies(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted, not timed: a gateway over a real redis-server answers a valid
+    ``application/json`` submission without FastAPI's dependency solving; the same body
+    with a charset (FastAPI's way) solves them once, and both queue a job."""
+    app = _gateway_app(redis_server, tmp_path)
     solved = 0
     solve = fastapi.routing.solve_dependencies
 
@@ -119,47 +125,13 @@ async def test_a_client_gone_mid_body_raises_nothing_out_of_the_app(
 ) -> None:
     """uvicorn logs whatever the app raises as an unhandled error with its traceback: a
     submission whose client left before its body was whole is a 400 that nobody reads."""
-    settings = GatewaySettings(
-        queue=redis_server.url,
-        storage=f"file://{tmp_path / 'storage'}",
-        models=write_models(tmp_path / "models.yaml", demo_image_models()),
-        api_keys=("key",),
-        signing_secret="secret",
-    )
-    app = create_app(gateway_config(settings).config)
-    parts = [{"type": "http.request", "body": b'{"model": "tessera-', "more_body": True}]
-
-    async def receive() -> dict[str, Any]:
-        return parts.pop(0) if parts else {"type": "http.disconnect"}
-
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/images/generations",
-        "raw_path": b"/v1/images/generations",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"gw"),
-            (b"api_key", b"key"),
-            (b"content-type", b"application/json"),
-            (b"content-length", b"60"),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("gw", 80),
-    }
+    app = _gateway_app(redis_server, tmp_path)
+    headers = [(b"api_key", b"key"), (b"content-type", b"application/json")]
+    scope = post_scope("/v1/images/generations", [*headers, (b"content-length", b"60")])
     async with app.router.lifespan_context(app):
         store = app.state.service.store
         before = await store.queue_depth("tessera-demo")  # the server is the module's
-        await app(scope, receive, send)
+        sent = await call(app, scope, [b'{"model": "tessera-'], whole=False)
         after = await store.queue_depth("tessera-demo")
     assert sent[0]["status"] == 400
     assert after == before  # nothing was queued
