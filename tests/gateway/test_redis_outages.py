@@ -57,7 +57,7 @@ def test_a_redis_restart_loses_nothing_and_bills_nothing_twice(
         submitter = threading.Thread(target=lambda: during.append(submit(client, BODY)))
         submitter.start()
         time.sleep(3)
-        RedisServer(redis.directory, port=redis.port).start()
+        redis.start()  # the same directory and port; the deployment stops it at the end
         submitter.join(60)
         assert len(during) == 1, deployment.log()
 
