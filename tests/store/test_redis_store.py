@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
@@ -186,11 +185,7 @@ async def test_a_gateway_hears_no_submissions_and_a_worker_hears_them_from_its_f
 
     monkeypatch.setattr(redis_store._changes, "notify", counted)
 
-    def patterns() -> list[int]:
-        """Patterns per subscribed connection."""
-        with redis.Redis.from_url(redis_server.url) as client:
-            return sorted(int(c["psub"]) for c in client.client_list() if int(c["psub"]))
-
+    patterns = redis_server.patterns_per_subscriber
     other = RedisJobStore(redis_server.url, prefix=redis_store.prefix)  # another replica
     try:
         await redis_store.queue_depth("m")  # subscribes it

@@ -65,8 +65,13 @@ class RedisServer:
     def pattern_subscriber_clients(self) -> int:
         """How many connections hold a pattern subscription (``pattern_subscribers`` counts
         patterns: two processes on one pattern are one)."""
+        return len(self.patterns_per_subscriber())
+
+    def patterns_per_subscriber(self) -> list[int]:
+        """How many patterns each connection that holds any subscribes to, fewest first."""
         with redis.Redis.from_url(self.url) as client:
-            return sum(int(entry["psub"]) > 0 for entry in client.client_list())
+            counts = (int(entry["psub"]) for entry in client.client_list())
+            return sorted(count for count in counts if count)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
