@@ -55,7 +55,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -64,6 +64,7 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import (
+    AbstractConnection,
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
@@ -512,11 +513,20 @@ REPLAY_TRIES = 250
 CLAIM_SECONDS = 60
 
 
-class _HiredisPacking:
+class _QuickCommands(AbstractConnection):
     """Packs commands with hiredis, in C, as redis-py's synchronous client does: its asyncio
     connection packs them in Python, argument by argument, and a submission's script call
     has some twenty arguments (a fifth of the store's CPU per submission, bench/gateway.py).
-    The same bytes go on the wire (tests/store/test_redis_store.py)."""
+    The same bytes go on the wire (tests/store/test_redis_store.py).
+
+    And writes a command that cannot wait without a timer: with a ``socket_timeout`` (5 s
+    by default) redis-py wraps every write in ``asyncio.wait_for``, a task and a timer per
+    command, though a write that leaves the socket's buffer under its high-water mark never
+    waits (a twentieth of a gateway's CPU per submission). Such a write goes straight to
+    the socket, its errors handled as redis-py handles them; a write that may wait for Redis
+    to read, one on a connection not yet open, and one that checks the connection's health
+    first take redis-py's timed way.
+    """
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):  # "SCRIPT LOAD": the words go as separate arguments
@@ -526,16 +536,36 @@ class _HiredisPacking:
         except TypeError as error:  # None, a bool, a list: what redis-py refuses too
             raise DataError(error) from error
 
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        writer = self._writer
+        if writer is None or self.health_check_interval or not isinstance(command, list):
+            return await super().send_packed_command(command, check_health)
+        transport = writer.transport
+        _, high = transport.get_write_buffer_limits()
+        if transport.get_write_buffer_size() + sum(map(len, command)) > high:
+            return await super().send_packed_command(command, check_health)
+        try:
+            writer.writelines(command)
+            await writer.drain()  # at once under the mark; raises if the connection broke
+        except OSError as error:
+            await self.disconnect(nowait=True)
+            raise ConnectionError(f"Error while writing to socket: {error}") from error
+        except BaseException:
+            await self.disconnect(nowait=True)
+            raise
 
-class _PackedConnection(_HiredisPacking, Connection):
+
+class _PackedConnection(_QuickCommands, Connection):
     pass
 
 
-class _PackedSSLConnection(_HiredisPacking, SSLConnection):
+class _PackedSSLConnection(_QuickCommands, SSLConnection):
     pass
 
 
-class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+class _PackedUnixConnection(_QuickCommands, UnixDomainSocketConnection):
     pass
 
 

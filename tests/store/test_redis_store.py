@@ -4,12 +4,16 @@ when it meets jobs written by an older gateway."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tessera.runtime.jobs.redis import MAX_CONNECTIONS, RedisJobStore, _PackedConnection
 from tests.store.test_store_conformance import PARAMS
@@ -83,6 +87,60 @@ def test_commands_packed_in_c_are_the_bytes_redis_py_packs() -> None:
             packed.pack_command("SET", "k", value)
         with pytest.raises(DataError):
             plain.pack_command("SET", "k", value)
+
+
+async def test_a_submission_arms_no_write_timer(redis_store: RedisJobStore) -> None:
+    """Counted: submissions on an open connection create no task (redis-py's timed write,
+    ``asyncio.wait_for``, makes one per command); their jobs land all the same."""
+    await redis_store.submit("m", "k", PARAMS)  # the connection and the listener open
+    loop = asyncio.get_running_loop()
+    created = 0
+    previous = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **options)
+
+    loop.set_task_factory(counting)
+    try:
+        for _ in range(5):
+            await redis_store.submit("m", "k", PARAMS)
+    finally:
+        loop.set_task_factory(previous)
+    assert created == 0
+    assert (await redis_store.queue_depth("m")).queued == 6
+
+
+async def test_a_write_that_must_wait_for_redis_keeps_its_timeout(tmp_path: Path) -> None:
+    """To a Redis that stopped reading (SIGSTOP): a command larger than the socket's buffer
+    times out after ``socket_timeout``, as redis-py's own write does; a small one is written
+    at once and its reply times out instead. Each drops its connection."""
+    server = RedisServer(tmp_path / "redis").start()
+    big, small = (_PackedConnection(port=server.port, socket_timeout=0.5) for _ in "ab")
+    try:
+        for connection in (big, small):
+            await connection.connect()
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError, match="writing"):
+                await big.send_command("SET", "big", b"x" * (64 << 20))
+            assert 0.4 < time.monotonic() - started < 5
+            await small.send_command("SET", "small", "x")  # into the buffer: no wait
+            with pytest.raises(RedisTimeoutError, match="reading"):
+                await small.read_response()
+            assert not big.is_connected and not small.is_connected
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await small.connect()
+        await small.send_command("PING")
+        assert await small.read_response() == b"PONG"
+    finally:
+        for connection in (big, small):
+            await connection.disconnect()
+        server.stop()
 
 
 async def test_more_concurrent_commands_than_connections_wait_their_turn(
