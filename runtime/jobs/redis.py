@@ -53,6 +53,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -78,8 +79,8 @@ from redis.exceptions import (
     NoScriptError,
     RedisError,
     ResponseError,
-    TimeoutError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tessera.runtime.errors import (
     IdempotencyMismatch,
@@ -709,7 +710,7 @@ class RedisJobStore:
             "timeout": CONNECTION_WAIT_SECONDS,
             "decode_responses": True,
             "retry": Retry(RETRY_BACKOFF, RETRY_ATTEMPTS),
-            "retry_on_error": [ConnectionError, TimeoutError],
+            "retry_on_error": [ConnectionError, RedisTimeoutError],
             **parse_url(url),
         }
         options["connection_class"] = _PACKED[options.get("connection_class", Connection)]
@@ -813,7 +814,8 @@ class RedisJobStore:
         """``commands`` written at once on one pooled connection, their raw replies read in
         order: what redis-py's ``Pipeline`` does without a transaction, less its per-call
         objects, hooks and reply callbacks (a tenth of a gateway's CPU per submission,
-        bench/gateway.py). The same ``Retry`` retries the whole batch on a connection error
+        bench/gateway.py), and with one timer for the round trip rather than one for each
+        write and reply. The same ``Retry`` retries the whole batch on a connection error
         or timeout, after dropping the connection, as ``Pipeline.execute`` does; an error
         reply is raised once every reply is read, so the connection never desyncs."""
         pool = self._redis.connection_pool
@@ -823,11 +825,17 @@ class RedisJobStore:
         async def send() -> list[Any]:
             await connection.send_packed_command(packed)
             replies = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as error:
-                    replies.append(error)
+            # One deadline for all the replies: redis-py arms a timer for every read. A
+            # read cut short drops the connection, as redis-py's own timeout does.
+            try:
+                async with asyncio.timeout(connection.socket_timeout):
+                    for _ in commands:
+                        try:
+                            replies.append(await connection.read_response(timeout=math.inf))
+                        except ResponseError as error:
+                            replies.append(error)
+            except TimeoutError:
+                raise RedisTimeoutError("Timeout reading from Redis") from None
             return replies
 
         async def drop(error: Exception) -> None:
@@ -857,7 +865,7 @@ class RedisJobStore:
         if self._listener is not None:
             self._listener.cancel()
             # Bounded: a subscription stuck on a dead connection must not hold anything up.
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._listener, LISTENER_STOP_SECONDS)
             self._listener = None
 

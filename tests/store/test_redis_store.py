@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -89,38 +91,52 @@ def test_commands_packed_in_c_are_the_bytes_redis_py_packs() -> None:
             plain.pack_command("SET", "k", value)
 
 
-async def test_a_submission_arms_no_write_timer(redis_store: RedisJobStore) -> None:
-    """Counted: submissions on an open connection create no task (redis-py's timed write,
-    ``asyncio.wait_for``, makes one per command); their jobs land all the same."""
+async def test_a_submission_arms_one_timer_and_creates_no_task(
+    redis_store: RedisJobStore,
+) -> None:
+    """Counted: a submission on an open connection arms one timer, its round trip's
+    deadline, and creates no task. redis-py arms a timer for each reply it reads and writes
+    under ``asyncio.wait_for``, a task and a timer per command. The jobs land all the same."""
     await redis_store.submit("m", "k", PARAMS)  # the connection and the listener open
     loop = asyncio.get_running_loop()
-    created = 0
-    previous = loop.get_task_factory()
+    created = timers = 0
+    previous, call_at = loop.get_task_factory(), loop.call_at
 
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
+    def counting_tasks(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
         nonlocal created
         created += 1
         return asyncio.Task(coro, loop=loop, **options)
 
-    loop.set_task_factory(counting)
+    def counting_timers(*args: Any, **options: Any) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return call_at(*args, **options)
+
+    loop.set_task_factory(counting_tasks)
+    loop.call_at = counting_timers  # type: ignore[method-assign,assignment]
     try:
         for _ in range(5):
             await redis_store.submit("m", "k", PARAMS)
     finally:
         loop.set_task_factory(previous)
-    assert created == 0
+        del loop.call_at
+    assert (created, timers) == (0, 5)
     assert (await redis_store.queue_depth("m")).queued == 6
 
 
 async def test_a_write_that_must_wait_for_redis_keeps_its_timeout(tmp_path: Path) -> None:
     """To a Redis that stopped reading (SIGSTOP): a command larger than the socket's buffer
     times out after ``socket_timeout``, as redis-py's own write does; a small one is written
-    at once and its reply times out instead. Each drops its connection."""
+    at once and its reply times out instead, and so does the store's round trip, whose
+    replies share one deadline. Each drops its connection."""
     server = RedisServer(tmp_path / "redis").start()
     big, small = (_PackedConnection(port=server.port, socket_timeout=0.5) for _ in "ab")
+    store = RedisJobStore(f"{server.url}?socket_timeout=0.5")
+    store._redis.connection_pool.connection_kwargs["retry"] = Retry(NoBackoff(), 0)
     try:
         for connection in (big, small):
             await connection.connect()
+        assert await store._round_trip([("PING",)]) == ["PONG"]
         assert server.process is not None
         server.process.send_signal(signal.SIGSTOP)
         try:
@@ -132,6 +148,12 @@ async def test_a_write_that_must_wait_for_redis_keeps_its_timeout(tmp_path: Path
             with pytest.raises(RedisTimeoutError, match="reading"):
                 await small.read_response()
             assert not big.is_connected and not small.is_connected
+            # The store's round trip: one deadline for its replies, then the connection dropped.
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await store._round_trip([("PING",), ("PING",)])
+            assert 0.4 < time.monotonic() - started < 5
+            assert store._redis.connection_pool._available_connections[0].is_connected is False
         finally:
             server.process.send_signal(signal.SIGCONT)
         await small.connect()
@@ -140,6 +162,7 @@ async def test_a_write_that_must_wait_for_redis_keeps_its_timeout(tmp_path: Path
     finally:
         for connection in (big, small):
             await connection.disconnect()
+        await store.close()
         server.stop()
 
 
