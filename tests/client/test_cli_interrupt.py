@@ -24,8 +24,20 @@ def _spawn(server: ServerProcess, stdin: int | IO[bytes], cwd: Path) -> subproce
     env = {**os.environ, "TESSERA_BASE_URL": server.api_url, "TESSERA_API_KEY": server.api_key}
     command = [sys.executable, "-m", "tessera.runtime.cli", "generate", "a slow lighthouse"]
     return subprocess.Popen(
-        [*command, *SLOW], stdin=stdin, stderr=subprocess.PIPE, env=env, cwd=cwd
+        [*command, *SLOW],
+        stdin=stdin,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        preexec_fn=_hear_ctrl_c,
     )
+
+
+def _hear_ctrl_c() -> None:
+    """SIGINT as a terminal's user has it, whoever ran the suite: a shell without job
+    control starts a background command (``make test &``) with SIGINT ignored, its children
+    inherit that, and Python then installs no KeyboardInterrupt handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _read_until(process: subprocess.Popen[bytes], text: str, timeout: float = 120) -> str:
