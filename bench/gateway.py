@@ -5,13 +5,16 @@ Against a real redis-server (AOF, appendfsync always, as the chart runs it) and 
 
 1. Submissions per second and p50/p99 submit latency of C concurrent clients posting N
    generations, half to each gateway.
-2. The same load generator calling Redis directly with the same atomic submit script
-   (``RedisJobStore.submit``): the limit on this machine. Then the ratio of the two.
-3. CPU-seconds per 1,000 jobs (user + system time, from /proc) of both gateway processes,
-   of redis-server and of the load generator itself, for phases 1 and 2: on a machine with
+2. The same through two ``bench/bare_gateway.py`` processes: a raw HTTP protocol in front
+   of the same submit, no framework, no key, no validation. The floor of any Python
+   gateway on this store; the gateways' distance from it is their own code.
+3. The same load generator calling Redis directly with the same atomic submit script
+   (``RedisJobStore.submit``): the limit on this machine. Then the ratios.
+4. CPU-seconds per 1,000 jobs (user + system time, from /proc) of both gateway processes,
+   of redis-server and of the load generator itself, for phases 1 to 3: on a machine with
    few cores their sum, not the gateway alone, sets the rate, and a load generator that
    spends more than the gateways measures itself.
-4. (Run first, on an empty queue.) Time from a job's completion (this process completes it
+5. (Run first, on an empty queue.) Time from a job's completion (this process completes it
    as a worker would) to a client long-polling its task through a gateway seeing it:
    p50/p99, while other long-polls wait on jobs that do not change.
 
@@ -36,7 +39,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -47,6 +50,7 @@ import httpx
 # The repository root, for tests.support; bench/ itself, for common.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from bare_http import BareProcess
 from common import demo_params
 from serving_overhead import percentile
 
@@ -195,7 +199,7 @@ def accepted_job_id(status: int, body: bytes) -> int:
 
 
 async def through_gateways(
-    gateways: list[ServerProcess], jobs: int, clients: int, client: str
+    gateways: Sequence[ServerProcess | BareProcess], jobs: int, clients: int, client: str
 ) -> tuple[float, list[float]]:
     """Half the submissions to each gateway, from ``clients`` concurrent keep-alive
     connections: raw HTTP/1.1 (the default), aiohttp or httpx. Every answer must be a 200
@@ -340,6 +344,7 @@ def main() -> None:
         models = write_models(root / "models.yaml", demo_image_models(queue=queue))
         deployment = GatewayDeployment(root, root / "no-pipelines", redis)
         gateways = [deployment.gateway(models) for _ in range(2)]
+        bare = [BareProcess("bare_gateway.py", ("--redis", redis.url), root) for _ in range(2)]
         try:
             for gateway in gateways:
                 gateway.spawn()
@@ -357,13 +362,25 @@ def main() -> None:
             submitted = args.jobs + min(WARM_UP, args.jobs)
             http_cpu = account.per_thousand(before, submitted)
             gateway_rate = line("two gateways (HTTP)", seconds, latencies, args.jobs)
+            for each in bare:
+                each.start()
+            bare_account = CpuAccount([b.process.pid for b in bare if b.process], redis.process.pid)
+            before = bare_account.sample()
+            load = through_gateways(bare, args.jobs, args.clients, args.client)
+            seconds, latencies = asyncio.run(load)
+            bare_cpu = bare_account.per_thousand(before, submitted)
+            bare_rate = line("two bare gateways (HTTP + submit)", seconds, latencies, args.jobs)
+            for each in bare:
+                each.kill()
             before = account.sample()
             seconds, latencies = asyncio.run(straight_to_redis(redis.url, args.jobs, args.clients))
             direct_cpu = account.per_thousand(before, submitted)
             redis_rate = line("Redis directly (same script)", seconds, latencies, args.jobs)
+            print(f"{'ratio gateway / bare gateway':<34} {gateway_rate / bare_rate:8.2f}")
             print(f"{'ratio gateway / Redis':<34} {gateway_rate / redis_rate:8.2f}")
             print("CPU-seconds per 1,000 jobs:")
             print(f"  {'through the gateways':<32} {http_cpu}")
+            print(f"  {'through the bare gateways':<32} {bare_cpu}")
             print(f"  {'Redis directly':<32} {direct_cpu}")
             print(
                 f"{'completion -> long-poll sees it':<34}"
@@ -374,6 +391,8 @@ def main() -> None:
         finally:
             for gateway in gateways:
                 gateway.stop()
+            for each in bare:
+                each.kill()
             redis.stop()
 
 

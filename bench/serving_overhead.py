@@ -14,7 +14,10 @@
    server share: request in, queue wake, the worker beyond the call and encoding, the
    completion's hand-off to the long poll, the download. Each step runs from one moment
    to the next, so they add up to the share and none counts twice. ``--baseline`` runs
-   another checkout's server on the same jobs, interleaved, in a column beside.
+   another checkout's server on the same jobs, interleaved, in a column beside; and
+   ``bench/bare_server.py``, the thinnest server of those three requests (the same call
+   and encoding on a thread, canned JSON, no store), whose share is this machine's floor
+   for any server.
 5. Latency of GET /v1/images/tasks/{id} while the worker is busy: p50 and p99.
 6. The same request with the worker idle, back to back and after 50 ms of quiet: a request
    that finds the machine idle pays for waking the server's threads, which is most of what
@@ -54,6 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 # The repository root, for tests.support; bench/ itself, for common.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from bare_http import BareProcess
 from common import demo_params
 
 from tessera.runtime.demo import ensure_demo_pipeline
@@ -197,7 +201,7 @@ class PipelineClock:
     """The server's ``tessera_pipeline_seconds`` sums, read between jobs: each read's
     growth is the seconds of the job (or jobs) since the last."""
 
-    def __init__(self, server: ServerProcess):
+    def __init__(self, server: ServerProcess | BareProcess):
         self.urls = server.metrics_urls
         self.last = self._sums()
 
@@ -281,7 +285,7 @@ class BenchClient:
 
     KINDS = ("aiohttp", "httpx")
 
-    def __init__(self, server: ServerProcess, kind: str):
+    def __init__(self, server: ServerProcess | BareProcess, kind: str):
         self.kind = kind
         self.api_url = server.api_url
         self._httpx = server.client() if kind == "httpx" else None
@@ -359,7 +363,7 @@ def _direct_call(steps: int, seed: int) -> tuple[float, float]:
 
 def paired_runs(
     direct: ProcessPoolExecutor,
-    servers: dict[str, ServerProcess],
+    servers: dict[str, ServerProcess | BareProcess],
     jobs: int,
     steps: int,
     client_kind: str,
@@ -533,13 +537,15 @@ def main() -> None:
             args.encoder_rounds,
         )
         server = ServerProcess(data, metrics_port=free_port()).start()
-        servers = {"this": server}
+        servers: dict[str, ServerProcess | BareProcess] = {"this": server}
         if args.baseline:
             (data / "baseline").mkdir()
             (data / "baseline" / "models").symlink_to(data / "models")
             servers["baseline"] = ServerProcess(
                 data / "baseline", metrics_port=free_port(), python=args.baseline
             ).start()
+        model = str(data / "models" / "tessera-demo")
+        servers["bare"] = BareProcess("bare_server.py", ("--model", model), data).start()
         direct = ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("spawn"),
